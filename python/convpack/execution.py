@@ -447,8 +447,12 @@ def execute_code(
         status_w = -1
         return _supervise(proc, status_r, timeout, max_output_bytes, uid)
     finally:
-        if proc is not None and proc.poll() is None:
-            _kill_group(proc)
+        if proc is not None:
+            if proc.poll() is None:
+                _kill_group(proc)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
         if status_w >= 0:
             os.close(status_w)
         os.close(status_r)
