@@ -14,6 +14,7 @@ letters only), or from ``words=`` / ``word_list=``.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from collections.abc import Iterable
@@ -65,6 +66,18 @@ USER_MESSAGE_TEMPLATES = (
 _QUOTES = ("", "'", '"')
 
 
+@functools.lru_cache(maxsize=1)
+def _package_words() -> tuple[str, ...]:
+    try:
+        from english_words import get_english_words_set
+    except ImportError as exc:
+        raise FileNotFoundError(
+            "SpellingBee needs a word list: install the 'english-words' package "
+            "or pass word_list=<file with one word per line>"
+        ) from exc
+    return tuple(sorted(get_english_words_set(["web2"], alpha=True, lower=True)))
+
+
 def load_words(word_list: str | os.PathLike[str] | None = None) -> list[str]:
     """The word list, sorted so that it is the same everywhere.
 
@@ -79,14 +92,7 @@ def load_words(word_list: str | os.PathLike[str] | None = None) -> list[str]:
             words = {line.strip() for line in f}
         words.discard("")
         return sorted(words)
-    try:
-        from english_words import get_english_words_set
-    except ImportError as exc:
-        raise FileNotFoundError(
-            "SpellingBee needs a word list: install the 'english-words' package "
-            "or pass word_list=<file with one word per line>"
-        ) from exc
-    return sorted(get_english_words_set(["web2"], alpha=True, lower=True))
+    return list(_package_words())
 
 
 class _WordTask(Task):
@@ -107,7 +113,12 @@ class _WordTask(Task):
             raise ValueError(f"size must be >= 0, got {size}")
         self.size = size
         self.split = split
-        self.words = sorted(set(words)) if words is not None else load_words(word_list)
+        if words is not None:
+            self.words: list[str] | tuple[str, ...] = sorted(set(words))
+        elif word_list is not None:
+            self.words = load_words(word_list)
+        else:
+            self.words = _package_words()  # shared by every instance
         if not self.words:
             raise ValueError(f"{type(self).__name__}: the word list is empty")
 
