@@ -8,4 +8,4 @@ copy (``data_dir=`` or ``CONVPACK_DATA_DIR``, see ``tasks.data``).
 Submodules are imported on use, so ``import tasks`` stays cheap.
 """
 
-__all__ = ["common", "data", "gsm8k", "mmlu", "arc", "humaneval", "smoltalk", "spellingbee", "customjson"]
+__all__ = ["arc", "common", "customjson", "data", "gsm8k", "humaneval", "mmlu", "smoltalk", "spellingbee"]

@@ -43,7 +43,9 @@ class ARC(Task):
         choices = list(row["choices"]["text"])
         answer = row["answerKey"]
         if answer not in letters:
-            raise ValueError(f"ARC row {index} ({row.get('id')}): answerKey {answer!r} is not one of the labels {letters}")
+            raise ValueError(
+                f"ARC row {index} ({row.get('id')}): answerKey {answer!r} is not one of the labels {letters}"
+            )
         return {
             "messages": [
                 {"role": "user", "content": render_mc(row["question"], letters, choices)},

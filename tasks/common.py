@@ -80,7 +80,7 @@ class Task:
         return (stop - start + self.step - 1) // self.step
 
     def __getitem__(self, index: int) -> Conversation:
-        if isinstance(index, slice) or isinstance(index, bool):
+        if isinstance(index, (slice, bool)):
             raise TypeError(f"{type(self).__name__} indices must be integers, got {type(index).__name__}")
         index = operator.index(index)
         n = len(self)
@@ -226,15 +226,17 @@ def validate_messages(messages: Any) -> None:
         if isinstance(content, str):
             continue
         if role != "assistant":
-            raise ConversationFormatError(
-                f"message {i}: {role} content must be a string, got {type(content).__name__}"
-            )
+            raise ConversationFormatError(f"message {i}: {role} content must be a string, got {type(content).__name__}")
         if not isinstance(content, list):
             raise ConversationFormatError(
                 f"message {i}: assistant content must be a string or a list of parts, got {type(content).__name__}"
             )
         for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") not in _PART_TYPES or not isinstance(part.get("text"), str):
+            if (
+                not isinstance(part, dict)
+                or part.get("type") not in _PART_TYPES
+                or not isinstance(part.get("text"), str)
+            ):
                 raise ConversationFormatError(
                     f"message {i}, part {j}: expected {{'type': 'text'|'python'|'python_output', 'text': str}}, got {part!r:.80}"
                 )

@@ -48,7 +48,9 @@ class CustomJSON(Task):
                         raise ConversationFormatError(f"{where}: an object must have a 'messages' array")
                     data = data["messages"]
                 if not isinstance(data, list):
-                    raise ConversationFormatError(f"{where}: expected a JSON array of messages, got {type(data).__name__}")
+                    raise ConversationFormatError(
+                        f"{where}: expected a JSON array of messages, got {type(data).__name__}"
+                    )
                 try:
                     validate_messages(data)
                 except ConversationFormatError as exc:

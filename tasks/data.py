@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENV_VAR", "EXTENSIONS", "DatasetNotFoundError", "resolve_data_dir", "local_candidates", "load_task_dataset"]
+__all__ = ["ENV_VAR", "EXTENSIONS", "DatasetNotFoundError", "load_task_dataset", "local_candidates", "resolve_data_dir"]
 
 ENV_VAR = "CONVPACK_DATA_DIR"
 EXTENSIONS = ("jsonl", "json", "parquet")

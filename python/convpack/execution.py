@@ -34,20 +34,19 @@ truly hostile code inside a VM or container as well.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
+import random
 import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["ExecutionResult", "execute_code", "SANDBOX_UID_BASE", "SANDBOX_UID_COUNT"]
+__all__ = ["SANDBOX_UID_BASE", "SANDBOX_UID_COUNT", "ExecutionResult", "execute_code"]
 
 DEFAULT_MAX_MEMORY_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
@@ -61,8 +60,7 @@ DEFAULT_MAX_OPEN_FILES = 128
 SANDBOX_UID_BASE = 1_879_048_192
 SANDBOX_UID_COUNT = 1 << 20
 
-_uid_counter = itertools.count()
-_uid_lock = threading.Lock()
+_uid_random = random.SystemRandom()
 
 
 @dataclass
@@ -309,9 +307,10 @@ os._exit(0)
 
 
 def _allocate_uid() -> int:
-    with _uid_lock:
-        n = next(_uid_counter)
-    return SANDBOX_UID_BASE + (os.getpid() * 4096 + n) % SANDBOX_UID_COUNT
+    # Random rather than counted so that concurrent evaluator processes do
+    # not share ids; a clash among a handful of live programs out of 2**20
+    # ids is negligible and would only merge their process budgets.
+    return SANDBOX_UID_BASE + _uid_random.randrange(SANDBOX_UID_COUNT)
 
 
 def _interpreter_world_readable() -> bool:
@@ -557,9 +556,7 @@ def _supervise(
     isolation = tuple(applied)
 
     def fail(error: str, **flags: bool) -> ExecutionResult:
-        return ExecutionResult(
-            False, stdout, stderr, error, isolation=isolation, output_truncated=overflow, **flags
-        )
+        return ExecutionResult(False, stdout, stderr, error, isolation=isolation, output_truncated=overflow, **flags)
 
     if timed_out:
         return fail(f"timed out after {timeout} seconds", timeout=True)

@@ -14,6 +14,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from task_fixtures import (
+    ARC_ROWS,
+    GSM8K_ROWS,
+    MMLU_AUX_ROWS,
+    MMLU_ROWS,
+    SMOLTALK_BAD_ROWS,
+    SMOLTALK_ROWS,
+    write_jsonl,
+    write_parquet,
+)
 
 _CACHE = tempfile.mkdtemp(prefix="convpack-hf-cache-")
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -21,6 +31,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_CACHE"] = _CACHE
 os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
 os.environ.pop("CONVPACK_DATA_DIR", None)
+
+# If another test module imported them first, the variables above came too
+# late for these two: switch the hub off in their settings directly.
+import datasets.config
+import huggingface_hub.constants
+
+datasets.config.HF_HUB_OFFLINE = True
+huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,156 +52,6 @@ def _no_env_data_dir(monkeypatch):
     monkeypatch.delenv("CONVPACK_DATA_DIR", raising=False)
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
-
-
-def write_parquet(path: Path, rows: list[dict]) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
-
-
-def hub_order(rows: list[dict]) -> list[dict]:
-    """The order the hub path gives these rows: the hub split's rows, in
-    file order, shuffled by `datasets` with seed 42."""
-    import datasets
-
-    return list(datasets.Dataset.from_list(rows).shuffle(seed=42))
-
-
-GSM8K_ROWS = [
-    {
-        "question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?",
-        "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72",
-    },
-    {
-        "question": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?",
-        "answer": "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nWorking 50 minutes, she earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10",
-    },
-    {
-        "question": "A farm has 1,200 cows and buys 34 more. How many cows does it have now?",
-        "answer": "It has 1200 + 34 = 1234 cows.\n#### 1,234",
-    },
-    {
-        "question": "Is 2*3 equal to 6? Add 5 and 5 if it is.",
-        "answer": "Check: <<2*3==6=True>>True. Then <<5+5>>\n#### 10",
-    },
-    {
-        "question": "A diver is 5 meters below sea level and goes 3 meters deeper. What is her height relative to sea level?",
-        "answer": "-5 - 3 = <<-5-3=-8>>-8\n#### -8",
-    },
-]
-
-MMLU_ROWS = [
-    {
-        "question": "Find the degree for the given field extension Q(sqrt(2), sqrt(3)) over Q.",
-        "subject": "abstract_algebra",
-        "choices": ["0", "4", "2", "6"],
-        "answer": 1,
-    },
-    {
-        "question": "Which of the following is the body cavity that contains the pituitary gland?",
-        "subject": "anatomy",
-        "choices": ["Abdominal", "Cranial", "Pleural", "Spinal"],
-        "answer": 1,
-    },
-    {
-        "question": "What is the second planet from the Sun?",
-        "subject": "astronomy",
-        "choices": ["Venus", "Mercury", "Earth", "Mars"],
-        "answer": 0,
-    },
-    {
-        "question": "Which gas makes up most of Earth's atmosphere?",
-        "subject": "high_school_chemistry",
-        "choices": ["Oxygen", "Carbon dioxide", "Argon", "Nitrogen"],
-        "answer": 3,
-    },
-]
-
-MMLU_AUX_ROWS = [
-    {"train": {"question": "Aux question one?", "subject": "", "choices": ["a1", "b1", "c1", "d1"], "answer": 2}},
-    {"train": {"question": "Aux question two?", "subject": "", "choices": ["a2", "b2", "c2", "d2"], "answer": 0}},
-    {"train": {"question": "Aux question three?", "subject": "", "choices": ["a3", "b3", "c3", "d3"], "answer": 3}},
-]
-
-ARC_ROWS = [
-    {
-        "id": "Mercury_7175875",
-        "question": "An astronomer observes that a planet rotates faster after a meteorite impact. Which is the most likely effect of this increase in rotation?",
-        "choices": {
-            "text": ["Planetary density will decrease.", "Planetary years will become longer.", "Planetary days will become shorter.", "Planetary gravity will become stronger."],
-            "label": ["A", "B", "C", "D"],
-        },
-        "answerKey": "C",
-    },
-    {
-        "id": "NYSEDREGENTS_2015_4_8",
-        "question": "Which object is the best conductor of electricity?",
-        "choices": {"text": ["a wax crayon", "a plastic spoon", "a rubber eraser", "an iron nail"], "label": ["1", "2", "3", "4"]},
-        "answerKey": "4",
-    },
-    {
-        "id": "Mercury_SC_401169",
-        "question": "Which of these is a renewable resource?",
-        "choices": {"text": ["coal", "oil", "wind", "natural gas", "uranium"], "label": ["A", "B", "C", "D", "E"]},
-        "answerKey": "C",
-    },
-]
-
-SMOLTALK_ROWS = [
-    {
-        "messages": [
-            {"role": "user", "content": "What is the meaning of the word 'finely'?"},
-            {"role": "assistant", "content": "'Finely' means in a fine or delicate way."},
-        ],
-        "source": "smol-magpie-ultra",
-    },
-    {
-        "messages": [
-            {"role": "system", "content": "You're an AI assistant for text re-writing."},
-            {"role": "user", "content": "Hey Alex, I've been thinking about our project."},
-            {"role": "assistant", "content": "Dear Alex, I hope this message finds you well."},
-        ],
-        "source": "smol-rewrite",
-    },
-    {
-        "messages": [
-            {"role": "user", "content": "In a town of 100 people, 90 hate a new policy. How many are in favor?"},
-            {"role": "assistant", "content": "At most 10 people are in favor."},
-            {"role": "user", "content": "And as a percentage?"},
-            {"role": "assistant", "content": "At most 10%."},
-        ],
-        "source": "smol-magpie-ultra",
-    },
-]
-
-SMOLTALK_BAD_ROWS = [
-    {
-        "messages": [
-            {"role": "user", "content": "Hello"},
-            {"role": "assistant", "content": "Hi"},
-        ],
-        "source": "ok",
-    },
-    {
-        "messages": [
-            {"role": "user", "content": "Hello"},
-            {"role": "user", "content": "Anyone?"},
-        ],
-        "source": "bad",
-    },
-]
-
-
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("convpack-data")
@@ -193,7 +61,9 @@ def data_dir(tmp_path_factory) -> Path:
     write_jsonl(root / "cais" / "mmlu" / "auxiliary_train" / "train.jsonl", MMLU_AUX_ROWS)
     write_jsonl(root / "allenai" / "ai2_arc" / "ARC-Easy" / "train.jsonl", ARC_ROWS)
     (root / "allenai" / "ai2_arc" / "ARC-Challenge").mkdir(parents=True)
-    (root / "allenai" / "ai2_arc" / "ARC-Challenge" / "test.json").write_text(json.dumps(ARC_ROWS[:2]), encoding="utf-8")
+    (root / "allenai" / "ai2_arc" / "ARC-Challenge" / "test.json").write_text(
+        json.dumps(ARC_ROWS[:2]), encoding="utf-8"
+    )
     write_jsonl(root / "HuggingFaceTB" / "smol-smoltalk" / "default" / "train.jsonl", SMOLTALK_ROWS)
     write_jsonl(root / "HuggingFaceTB" / "smol-smoltalk" / "default" / "test.jsonl", SMOLTALK_BAD_ROWS)
     return root

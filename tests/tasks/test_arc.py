@@ -1,6 +1,6 @@
 import pytest
+from task_fixtures import ARC_ROWS, hub_order
 
-from conftest import ARC_ROWS, hub_order
 from tasks.arc import ARC
 
 

@@ -7,13 +7,15 @@ from tasks.customjson import CustomJSON
 
 GOOD = [
     [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am a small chat model."}],
-    {"messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello"},
-        {"role": "user", "content": "Bye"},
-        {"role": "assistant", "content": "Bye"},
-    ]},
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Bye"},
+        ]
+    },
 ]
 
 
@@ -32,10 +34,19 @@ BAD_LINES = [
     ('"just a string"', "expected a JSON array of messages, got str"),
     ('{"conversation": []}', "'messages'"),
     ('[{"role": "user", "content": "a"}]', "at least a user and an assistant"),
-    ('[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]', "message 1: expected role 'assistant', got 'user'"),
+    (
+        '[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]',
+        "message 1: expected role 'assistant', got 'user'",
+    ),
     ('[{"role": "user", "content": "a"}, {"role": "assistant"}]', "message 1: missing key 'content'"),
-    ('[{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "b"}]', "message 0: user content must be a string"),
-    ('[{"role": "user", "content": "a"}, {"role": "assistant", "content": 5}]', "message 1: assistant content must be a string or a list of parts"),
+    (
+        '[{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "b"}]',
+        "message 0: user content must be a string",
+    ),
+    (
+        '[{"role": "user", "content": "a"}, {"role": "assistant", "content": 5}]',
+        "message 1: assistant content must be a string or a list of parts",
+    ),
 ]
 
 

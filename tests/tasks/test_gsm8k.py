@@ -1,6 +1,6 @@
 import pytest
+from task_fixtures import GSM8K_ROWS, hub_order
 
-from conftest import GSM8K_ROWS, hub_order
 from tasks.gsm8k import GSM8K, extract_answer
 
 # The conversations the rows must become, written out by hand.

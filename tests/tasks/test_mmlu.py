@@ -1,6 +1,6 @@
 import pytest
+from task_fixtures import MMLU_AUX_ROWS, MMLU_ROWS, hub_order
 
-from conftest import MMLU_AUX_ROWS, MMLU_ROWS, hub_order
 from tasks.mmlu import MMLU
 
 

@@ -1,6 +1,6 @@
 import pytest
+from task_fixtures import SMOLTALK_ROWS, hub_order
 
-from conftest import SMOLTALK_ROWS, hub_order
 from tasks.common import ConversationFormatError
 from tasks.smoltalk import SmolTalk
 

@@ -38,7 +38,11 @@ def test_examples_do_not_depend_on_the_process():
     ).stdout
     import json
 
-    assert json.loads(out) == [SpellingBee(size=10)[3], SpellingBee(size=10, split="test")[4], SimpleSpelling(size=10)[5]]
+    assert json.loads(out) == [
+        SpellingBee(size=10)[3],
+        SpellingBee(size=10, split="test")[4],
+        SimpleSpelling(size=10)[5],
+    ]
 
 
 def test_train_and_test_differ():
@@ -80,7 +84,7 @@ def test_answers_are_correct_and_evaluate_to_one(bee):
     counts = []
     for i in range(0, 2000, 7):
         conversation = bee[i]
-        word, letter, count = check_answer(conversation)
+        _, _, count = check_answer(conversation)
         counts.append(count)
         response = "".join(p["text"] for p in conversation["messages"][1]["content"])
         assert bee.evaluate(conversation, response) == 1

@@ -38,7 +38,9 @@ def ids(task):
     return [(c["messages"][0]["content"], int(c["messages"][1]["content"])) for c in task]
 
 
-@pytest.mark.parametrize("start,stop,step", [(0, None, 1), (2, None, 1), (0, 7, 1), (1, 9, 3), (3, 3, 1), (4, 100, 2), (0, None, 4)])
+@pytest.mark.parametrize(
+    "start,stop,step", [(0, None, 1), (2, None, 1), (0, 7, 1), (1, 9, 3), (3, 3, 1), (4, 100, 2), (0, None, 4)]
+)
 def test_slicing_matches_python_slices(start, stop, step):
     task = Numbers("n", 10, start=start, stop=stop, step=step)
     expected = [("n", i) for i in range(10)[start:stop:step]]
@@ -146,12 +148,27 @@ def test_render_mc_exact_text():
         ({"role": "user"}, "expected a list"),
         ([{"role": "user", "content": "hi"}], "at least a user and an assistant"),
         ([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}], "at least a user and an assistant"),
-        ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "message 1: expected role 'assistant', got 'user'"),
-        ([{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}], "message 0: expected role 'user', got 'assistant'"),
+        (
+            [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+            "message 1: expected role 'assistant', got 'user'",
+        ),
+        (
+            [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}],
+            "message 0: expected role 'user', got 'assistant'",
+        ),
         ([{"role": "user", "content": "a"}, {"role": "assistant"}], "message 1: missing key 'content'"),
-        ([{"role": "user", "content": 3}, {"role": "assistant", "content": "b"}], "message 0: user content must be a string"),
-        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": [{"type": "image", "text": "x"}]}], "message 1, part 0"),
-        ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "message 1: expected role 'assistant', got 'system'"),
+        (
+            [{"role": "user", "content": 3}, {"role": "assistant", "content": "b"}],
+            "message 0: user content must be a string",
+        ),
+        (
+            [{"role": "user", "content": "a"}, {"role": "assistant", "content": [{"type": "image", "text": "x"}]}],
+            "message 1, part 0",
+        ),
+        (
+            [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}],
+            "message 1: expected role 'assistant', got 'system'",
+        ),
         (["hello", {"role": "assistant", "content": "b"}], "message 0: expected an object"),
     ],
 )
@@ -168,7 +185,14 @@ def test_validate_messages_accepts_valid_conversations():
         [
             {"role": "system", "content": "s"},
             {"role": "user", "content": "a"},
-            {"role": "assistant", "content": [{"type": "text", "text": "x"}, {"type": "python", "text": "1+1"}, {"type": "python_output", "text": "2"}]},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": "x"},
+                    {"type": "python", "text": "1+1"},
+                    {"type": "python_output", "text": "2"},
+                ],
+            },
             {"role": "user", "content": "c"},
         ]
     )
