@@ -1,0 +1,409 @@
+//! Byte-level BPE encoding and decoding, id-for-id compatible with tiktoken
+//! for the same split pattern, merge ranks and special tokens.
+
+use std::collections::BinaryHeap;
+use std::cmp::Reverse;
+
+use rustc_hash::FxHashMap;
+
+use crate::error::CoreError;
+use crate::pretokenize::Splitter;
+
+/// Token id (equal to the merge rank for ordinary tokens).
+pub type Rank = u32;
+
+/// The chat special tokens, in the order their ids follow the merge ranks.
+pub const CHAT_SPECIAL_TOKENS: [&str; 9] = [
+    "<|bos|>",
+    "<|user_start|>",
+    "<|user_end|>",
+    "<|assistant_start|>",
+    "<|assistant_end|>",
+    "<|python_start|>",
+    "<|python_end|>",
+    "<|output_start|>",
+    "<|output_end|>",
+];
+
+/// Pieces longer than this merge with a heap (O(n log n)) instead of the
+/// quadratic scan, which is faster only for short pieces.
+const HEAP_MERGE_MIN_LEN: usize = 128;
+
+/// A BPE tokenizer: split pattern, merge ranks and special tokens.
+#[derive(Clone, Debug)]
+pub struct Tokenizer {
+    encoder: FxHashMap<Vec<u8>, Rank>,
+    /// Bytes of every ordinary token, indexed by rank.
+    ranks: Vec<Vec<u8>>,
+    specials: Vec<(String, Rank)>,
+    special_ids: FxHashMap<String, Rank>,
+    pattern: String,
+    splitter: Splitter,
+}
+
+impl Tokenizer {
+    /// Builds a tokenizer from `ranks[i]` = the bytes of token `i`, and special
+    /// tokens with their ids. Every single byte must be a token, ranks must be
+    /// unique, and special ids must not collide with ranks or each other.
+    pub fn new(
+        ranks: Vec<Vec<u8>>,
+        specials: Vec<(String, Rank)>,
+        pattern: &str,
+    ) -> Result<Self, CoreError> {
+        let splitter = Splitter::new(pattern)?;
+        let mut encoder = FxHashMap::default();
+        encoder.reserve(ranks.len());
+        for (rank, bytes) in ranks.iter().enumerate() {
+            if bytes.is_empty() {
+                return Err(CoreError::Invalid(format!("token {rank} has no bytes")));
+            }
+            if let Some(prev) = encoder.insert(bytes.clone(), rank as Rank) {
+                return Err(CoreError::Invalid(format!(
+                    "tokens {prev} and {rank} have the same bytes {bytes:?}"
+                )));
+            }
+        }
+        for b in 0..=255u8 {
+            if !encoder.contains_key(&[b][..]) {
+                return Err(CoreError::Invalid(format!(
+                    "the vocabulary has no token for the single byte {b:#04x}; byte-level BPE needs all 256"
+                )));
+            }
+        }
+        let mut special_ids = FxHashMap::default();
+        for (name, id) in &specials {
+            if name.is_empty() {
+                return Err(CoreError::Invalid("a special token cannot be empty".into()));
+            }
+            if (*id as usize) < ranks.len() {
+                return Err(CoreError::Invalid(format!(
+                    "special token {name:?} has id {id}, which an ordinary token already uses"
+                )));
+            }
+            if special_ids.values().any(|v| v == id) {
+                return Err(CoreError::Invalid(format!(
+                    "special token {name:?} reuses id {id}"
+                )));
+            }
+            if special_ids.insert(name.clone(), *id).is_some() {
+                return Err(CoreError::Invalid(format!("special token {name:?} is listed twice")));
+            }
+        }
+        Ok(Tokenizer {
+            encoder,
+            ranks,
+            specials,
+            special_ids,
+            pattern: pattern.to_string(),
+            splitter,
+        })
+    }
+
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Bytes of every ordinary token, indexed by rank.
+    pub fn ranks(&self) -> &[Vec<u8>] {
+        &self.ranks
+    }
+
+    pub fn specials(&self) -> &[(String, Rank)] {
+        &self.specials
+    }
+
+    pub fn special_id(&self, name: &str) -> Option<Rank> {
+        self.special_ids.get(name).copied()
+    }
+
+    /// One more than the largest id (ordinary or special).
+    pub fn vocab_size(&self) -> usize {
+        let max_special = self.specials.iter().map(|s| s.1 as usize + 1).max().unwrap_or(0);
+        self.ranks.len().max(max_special)
+    }
+
+    /// Encodes text with no special-token handling: a special token's text is
+    /// encoded as ordinary text.
+    pub fn encode_ordinary(&self, text: &str) -> Vec<Rank> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        self.encode_ordinary_into(text, &mut out);
+        out
+    }
+
+    /// Appends the tokens of `text` to `out` (see [`Tokenizer::encode_ordinary`]).
+    pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<Rank>) {
+        match &self.splitter {
+            Splitter::Gpt(s) => s.split(text, |piece| self.encode_piece(piece.as_bytes(), out)),
+            Splitter::Regex(_) => {
+                // fancy-regex can only fail by exceeding its backtrack limit;
+                // fall back to encoding the remaining text as one piece so no
+                // text is ever lost.
+                let mut done = 0;
+                let res = self.splitter.split(text, |piece| {
+                    let start = piece.as_ptr() as usize - text.as_ptr() as usize;
+                    self.encode_piece(piece.as_bytes(), out);
+                    done = start + piece.len();
+                });
+                if res.is_err() && done < text.len() {
+                    self.encode_piece(text[done..].as_bytes(), out);
+                }
+            }
+        }
+    }
+
+    /// Encodes text, turning the allowed special tokens into their ids. As in
+    /// tiktoken, text that spells a special token that is not allowed is an
+    /// error (pass it through [`Tokenizer::encode_ordinary`] to encode it as text).
+    pub fn encode(&self, text: &str, allowed: &[&str]) -> Result<Vec<Rank>, CoreError> {
+        for (name, _) in &self.specials {
+            if !allowed.contains(&name.as_str()) && text.contains(name.as_str()) {
+                return Err(CoreError::DisallowedSpecial(name.clone()));
+            }
+        }
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        let mut rest = text;
+        loop {
+            // Earliest allowed special; the longest one on a tie.
+            let mut best: Option<(usize, &str)> = None;
+            for name in allowed {
+                if let Some(pos) = rest.find(name) {
+                    let better = match best {
+                        None => true,
+                        Some((bp, bn)) => pos < bp || (pos == bp && name.len() > bn.len()),
+                    };
+                    if better {
+                        best = Some((pos, name));
+                    }
+                }
+            }
+            match best {
+                Some((pos, name)) => {
+                    self.encode_ordinary_into(&rest[..pos], &mut out);
+                    let id = self
+                        .special_id(name)
+                        .ok_or_else(|| CoreError::Invalid(format!("{name:?} is not a special token")))?;
+                    out.push(id);
+                    rest = &rest[pos + name.len()..];
+                }
+                None => {
+                    self.encode_ordinary_into(rest, &mut out);
+                    return Ok(out);
+                }
+            }
+        }
+    }
+
+    /// Encodes many texts on up to `num_threads` threads of the process-wide
+    /// pool (`0` means all of them).
+    pub fn encode_ordinary_batch(&self, texts: &[&str], num_threads: usize) -> Vec<Vec<Rank>> {
+        crate::parallel::map_chunked(texts, num_threads, |t| self.encode_ordinary(t))
+    }
+
+    /// Tokens of one pre-split piece, appended to `out`.
+    #[inline]
+    pub fn encode_piece(&self, piece: &[u8], out: &mut Vec<Rank>) {
+        if let Some(&r) = self.encoder.get(piece) {
+            out.push(r);
+            return;
+        }
+        if piece.len() < HEAP_MERGE_MIN_LEN {
+            self.merge_small(piece, out);
+        } else {
+            self.merge_heap(piece, out);
+        }
+    }
+
+    #[inline]
+    fn rank_of(&self, bytes: &[u8]) -> Rank {
+        self.encoder.get(bytes).copied().unwrap_or(Rank::MAX)
+    }
+
+    /// Quadratic merge: repeatedly merge the adjacent pair of lowest rank
+    /// (the leftmost on ties) until no pair is a token.
+    fn merge_small(&self, piece: &[u8], out: &mut Vec<Rank>) {
+        // bounds[k] is where part k starts; pair_rank[k] the rank of parts k
+        // and k+1 merged.
+        let n = piece.len();
+        let mut bounds: Vec<usize> = (0..=n).collect();
+        let mut pair_rank: Vec<Rank> = (0..n.saturating_sub(1))
+            .map(|i| self.rank_of(&piece[i..i + 2]))
+            .collect();
+        loop {
+            let mut best = Rank::MAX;
+            let mut at = 0;
+            for (k, &r) in pair_rank.iter().enumerate() {
+                if r < best {
+                    best = r;
+                    at = k;
+                }
+            }
+            if best == Rank::MAX {
+                break;
+            }
+            // Merge parts `at` and `at + 1`.
+            bounds.remove(at + 1);
+            pair_rank.remove(at);
+            let parts = bounds.len() - 1;
+            if at + 1 < parts {
+                pair_rank[at] = self.rank_of(&piece[bounds[at]..bounds[at + 2]]);
+            }
+            if at > 0 {
+                pair_rank[at - 1] = self.rank_of(&piece[bounds[at - 1]..bounds[at + 1]]);
+            }
+        }
+        for w in bounds.windows(2) {
+            out.push(self.encoder[&piece[w[0]..w[1]]]);
+        }
+    }
+
+    /// The same merge order as [`Tokenizer::merge_small`], with a heap of
+    /// candidate pairs and a linked list of parts (for very long pieces such
+    /// as runs of whitespace).
+    fn merge_heap(&self, piece: &[u8], out: &mut Vec<Rank>) {
+        let n = piece.len();
+        const NONE: usize = usize::MAX;
+        // Parts are identified by their start byte; next/prev link live parts.
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| if i == 0 { NONE } else { i - 1 }).collect();
+        let mut alive = vec![true; n];
+        let mut heap: BinaryHeap<Reverse<(Rank, usize)>> = BinaryHeap::with_capacity(n);
+        for i in 0..n - 1 {
+            let r = self.rank_of(&piece[i..i + 2]);
+            if r != Rank::MAX {
+                heap.push(Reverse((r, i)));
+            }
+        }
+        let end_of = |next: &Vec<usize>, i: usize| next[i];
+        while let Some(Reverse((r, i))) = heap.pop() {
+            if !alive[i] {
+                continue;
+            }
+            let j = next[i];
+            if j >= n {
+                continue;
+            }
+            let k = end_of(&next, j);
+            // Stale entry: the pair at i is no longer this one.
+            if self.rank_of(&piece[i..k]) != r {
+                continue;
+            }
+            // Merge part j into part i.
+            alive[j] = false;
+            next[i] = k;
+            if k < n {
+                prev[k] = i;
+                let r2 = self.rank_of(&piece[i..next[k]]);
+                if r2 != Rank::MAX {
+                    heap.push(Reverse((r2, i)));
+                }
+            }
+            let p = prev[i];
+            if p != NONE {
+                let r2 = self.rank_of(&piece[p..k]);
+                if r2 != Rank::MAX {
+                    heap.push(Reverse((r2, p)));
+                }
+            }
+        }
+        let mut i = 0;
+        while i < n {
+            out.push(self.encoder[&piece[i..next[i]]]);
+            i = next[i];
+        }
+    }
+
+    /// Bytes of one token (ordinary or special).
+    pub fn token_bytes(&self, id: Rank) -> Result<&[u8], CoreError> {
+        if let Some(b) = self.ranks.get(id as usize) {
+            return Ok(b);
+        }
+        self.specials
+            .iter()
+            .find(|s| s.1 == id)
+            .map(|s| s.0.as_bytes())
+            .ok_or(CoreError::UnknownToken(id))
+    }
+
+    /// Id of an exact token byte string (ordinary tokens, then specials).
+    pub fn token_id(&self, bytes: &[u8]) -> Option<Rank> {
+        if let Some(&r) = self.encoder.get(bytes) {
+            return Some(r);
+        }
+        std::str::from_utf8(bytes).ok().and_then(|s| self.special_id(s))
+    }
+
+    /// Concatenated bytes of `ids`.
+    pub fn decode_bytes(&self, ids: &[Rank]) -> Result<Vec<u8>, CoreError> {
+        let mut out = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            out.extend_from_slice(self.token_bytes(id)?);
+        }
+        Ok(out)
+    }
+
+    /// Decoded text; invalid UTF-8 (a token boundary inside a character) is
+    /// replaced with U+FFFD, as tiktoken's `decode` does.
+    pub fn decode(&self, ids: &[Rank]) -> Result<String, CoreError> {
+        Ok(String::from_utf8_lossy(&self.decode_bytes(ids)?).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pretokenize::SPLIT_PATTERN;
+
+    /// A tiny vocabulary: all bytes, then a few merges.
+    pub(crate) fn toy() -> Tokenizer {
+        let mut ranks: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        for m in ["ab", "abc", "  ", "    ", "he", "hel", "hell", "hello", " w"] {
+            ranks.push(m.as_bytes().to_vec());
+        }
+        let n = ranks.len() as Rank;
+        let specials = CHAT_SPECIAL_TOKENS
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.to_string(), n + i as Rank))
+            .collect();
+        Tokenizer::new(ranks, specials, SPLIT_PATTERN).unwrap()
+    }
+
+    #[test]
+    fn round_trips_and_merges() {
+        let t = toy();
+        let ids = t.encode_ordinary("hello abcab");
+        assert_eq!(t.decode(&ids).unwrap(), "hello abcab");
+        assert_eq!(ids[0], 256 + 7); // "hello" is one token
+    }
+
+    #[test]
+    fn heap_merge_agrees_with_scan() {
+        let t = toy();
+        let long = "ab".repeat(300) + &" ".repeat(517) + "abc";
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        t.merge_small(long.as_bytes(), &mut a);
+        t.merge_heap(long.as_bytes(), &mut b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn specials_need_permission() {
+        let t = toy();
+        assert!(matches!(t.encode("x<|bos|>y", &[]), Err(CoreError::DisallowedSpecial(_))));
+        let ids = t.encode("x<|bos|>y", &["<|bos|>"]).unwrap();
+        assert_eq!(ids[1], t.special_id("<|bos|>").unwrap());
+        // Encoded as text: "<|", "bos", "|>" with no merges in the toy vocabulary.
+        assert_eq!(t.encode_ordinary("<|bos|>").len(), 7);
+    }
+
+    #[test]
+    fn rejects_bad_vocabularies() {
+        let ranks: Vec<Vec<u8>> = (0..=254u8).map(|b| vec![b]).collect();
+        assert!(Tokenizer::new(ranks, vec![], SPLIT_PATTERN).is_err());
+        let mut ranks: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        ranks.push(b"a".to_vec());
+        assert!(Tokenizer::new(ranks, vec![], SPLIT_PATTERN).is_err());
+        assert!(toy().decode(&[1_000_000]).is_err());
+    }
+}

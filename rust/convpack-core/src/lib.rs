@@ -1,0 +1,25 @@
+//! convpack's core, in plain Rust with no Python:
+//!
+//! * [`pretokenize`]: splitting text into pieces with the split pattern;
+//! * [`bpe`]: byte-level BPE encode/decode, tiktoken-compatible;
+//! * [`train`]: learning a BPE vocabulary from text;
+//! * [`vocab`]: `.tiktoken` rank files;
+//! * [`conversation`]: the conversation format and its validation;
+//! * [`render`]: conversations to token ids with a loss mask;
+//! * [`pack`]: packing rendered conversations into training batches.
+
+pub mod bpe;
+pub mod conversation;
+pub mod error;
+pub mod pack;
+pub mod parallel;
+pub mod pretokenize;
+pub mod render;
+pub mod train;
+pub mod vocab;
+
+pub use bpe::{Rank, Tokenizer, CHAT_SPECIAL_TOKENS};
+pub use conversation::{Content, Conversation, Message, Part, PartKind, Role};
+pub use error::{ConversationError, CoreError};
+pub use pretokenize::{Splitter, CL100K_PATTERN, SPLIT_PATTERN};
+pub use render::{ChatTokens, Rendered, Renderer};

@@ -1,0 +1,1 @@
+//! Packing rendered conversations into batches (see the packers below).

@@ -1,0 +1,450 @@
+//! Splitting text into pieces before BPE.
+//!
+//! Two implementations of the same contract (return the byte ranges that the
+//! split pattern's `find_iter` would return):
+//!
+//! * [`GptSplitter`]: a hand-written scanner for the GPT-4 pattern family
+//!   (nanochat's default with `\p{N}{1,2}` and cl100k's with `\p{N}{1,3}`). It
+//!   classifies characters through a table built from the regex engine's own
+//!   Unicode data, so it agrees with the regex character classes exactly.
+//! * a general `fancy_regex` fallback for any other pattern.
+
+use std::sync::OnceLock;
+
+use fancy_regex::Regex;
+
+use crate::error::CoreError;
+
+/// nanochat's split pattern: GPT-4's, except numbers are split in groups of
+/// at most two digits (smaller vocabularies waste fewer tokens on numbers).
+pub const SPLIT_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
+
+/// cl100k_base's split pattern (GPT-4).
+pub const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
+
+/// Character classes that the GPT-4 pattern family distinguishes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Class {
+    Letter = 0,
+    Number = 1,
+    /// Unicode `White_Space` (the regex `\s`), except `\r` and `\n`.
+    Space = 2,
+    /// `\r` or `\n`.
+    Newline = 3,
+    Other = 4,
+}
+
+struct ClassTable {
+    /// One entry per code point below 0x10000.
+    bmp: Vec<u8>,
+    /// Sorted, disjoint ranges above the BMP, with their class.
+    astral: Vec<(u32, u32, Class)>,
+}
+
+fn unicode_ranges(class: &str) -> Vec<(u32, u32)> {
+    use regex_syntax::hir::{Class as HirClass, HirKind};
+    // The pattern is a constant the parser always accepts.
+    let hir = regex_syntax::Parser::new()
+        .parse(class)
+        .expect("constant character class parses");
+    match hir.kind() {
+        HirKind::Class(HirClass::Unicode(c)) => c
+            .ranges()
+            .iter()
+            .map(|r| (r.start() as u32, r.end() as u32))
+            .collect(),
+        _ => unreachable!("a \\p{{..}} class is a Unicode class"),
+    }
+}
+
+fn class_table() -> &'static ClassTable {
+    static TABLE: OnceLock<ClassTable> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut bmp = vec![Class::Other as u8; 0x10000];
+        let mut astral = Vec::new();
+        // Later assignments win; the three sets are disjoint anyway.
+        for (pattern, class) in [
+            (r"\p{L}", Class::Letter),
+            (r"\p{N}", Class::Number),
+            (r"\s", Class::Space),
+        ] {
+            for (lo, hi) in unicode_ranges(pattern) {
+                if lo < 0x10000 {
+                    for cp in lo..=hi.min(0xFFFF) {
+                        bmp[cp as usize] = class as u8;
+                    }
+                }
+                if hi >= 0x10000 {
+                    astral.push((lo.max(0x10000), hi, class));
+                }
+            }
+        }
+        bmp['\r' as usize] = Class::Newline as u8;
+        bmp['\n' as usize] = Class::Newline as u8;
+        astral.sort_unstable_by_key(|r| r.0);
+        ClassTable { bmp, astral }
+    })
+}
+
+impl ClassTable {
+    #[inline]
+    fn class(&self, c: char) -> Class {
+        let cp = c as u32;
+        if cp < 0x10000 {
+            // SAFETY-free: every stored byte is a valid `Class` discriminant.
+            match self.bmp[cp as usize] {
+                0 => Class::Letter,
+                1 => Class::Number,
+                2 => Class::Space,
+                3 => Class::Newline,
+                _ => Class::Other,
+            }
+        } else {
+            match self.astral.binary_search_by(|&(lo, hi, _)| {
+                if hi < cp {
+                    std::cmp::Ordering::Less
+                } else if lo > cp {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            }) {
+                Ok(i) => self.astral[i].2,
+                Err(_) => Class::Other,
+            }
+        }
+    }
+}
+
+/// Hand-written scanner equivalent to the GPT-4 split pattern with
+/// `\p{N}{1,max_digits}`.
+#[derive(Clone, Debug)]
+pub struct GptSplitter {
+    max_digits: usize,
+}
+
+/// A decoded character with its byte offset and class.
+#[derive(Clone, Copy)]
+struct Ch {
+    c: char,
+    class: Class,
+}
+
+struct Cursor<'a> {
+    text: &'a str,
+    table: &'static ClassTable,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline]
+    fn at(&self, pos: usize) -> Option<(Ch, usize)> {
+        let bytes = self.text.as_bytes();
+        let b = *bytes.get(pos)?;
+        if b < 0x80 {
+            let c = b as char;
+            return Some((
+                Ch {
+                    c,
+                    class: self.table.class(c),
+                },
+                1,
+            ));
+        }
+        // `pos` is always on a char boundary: the scanner only advances by
+        // whole characters.
+        let c = self.text[pos..].chars().next()?;
+        Some((
+            Ch {
+                c,
+                class: self.table.class(c),
+            },
+            c.len_utf8(),
+        ))
+    }
+}
+
+impl GptSplitter {
+    pub fn new(max_digits: usize) -> Self {
+        GptSplitter { max_digits }
+    }
+
+    /// Calls `f` with every piece of `text`, in order. The pieces cover the
+    /// text exactly.
+    pub fn split<'t>(&self, text: &'t str, mut f: impl FnMut(&'t str)) {
+        let cur = Cursor {
+            text,
+            table: class_table(),
+        };
+        let mut pos = 0;
+        while pos < text.len() {
+            let end = self.match_at(&cur, pos);
+            debug_assert!(end > pos);
+            f(&text[pos..end]);
+            pos = end;
+        }
+    }
+
+    /// End of the match that the pattern's alternation finds at `pos`
+    /// (leftmost-first: the first alternative that matches wins).
+    fn match_at(&self, cur: &Cursor, pos: usize) -> usize {
+        let (first, first_len) = match cur.at(pos) {
+            Some(x) => x,
+            None => return pos,
+        };
+        // 1. '(?i:[sdmt]|ll|ve|re)
+        if first.c == '\'' {
+            if let Some(end) = contraction(cur, pos + 1) {
+                return end;
+            }
+        }
+        match first.class {
+            Class::Letter => return letters(cur, pos + first_len),
+            Class::Number => {
+                // 3. \p{N}{1,max}
+                let mut end = pos + first_len;
+                let mut n = 1;
+                while n < self.max_digits {
+                    match cur.at(end) {
+                        Some((ch, l)) if ch.class == Class::Number => {
+                            end += l;
+                            n += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                return end;
+            }
+            Class::Other => {
+                // 2. [^\r\n\p{L}\p{N}]?+\p{L}+ : the optional char is taken
+                // possessively, so letters must follow it directly.
+                if let Some((ch, _)) = cur.at(pos + first_len) {
+                    if ch.class == Class::Letter {
+                        return letters(cur, pos + first_len);
+                    }
+                }
+                // 4. ` ?[^\s\p{L}\p{N}]++[\r\n]*` without the leading space.
+                return punctuation(cur, pos);
+            }
+            Class::Space => {
+                // 2. a whitespace char that is not \r or \n may lead letters.
+                if let Some((ch, _)) = cur.at(pos + first_len) {
+                    if ch.class == Class::Letter {
+                        return letters(cur, pos + first_len);
+                    }
+                    // 4. with the optional leading space.
+                    if first.c == ' ' && ch.class == Class::Other {
+                        return punctuation(cur, pos + first_len);
+                    }
+                }
+            }
+            Class::Newline => {}
+        }
+        // Whitespace (first is \s): alternatives 5, 6, 7.
+        let mut end = pos;
+        let mut last_newline_end = None;
+        let mut last_char_start = pos;
+        let mut count = 0usize;
+        while let Some((ch, l)) = cur.at(end) {
+            match ch.class {
+                Class::Space => {}
+                Class::Newline => last_newline_end = Some(end + l),
+                _ => break,
+            }
+            last_char_start = end;
+            end += l;
+            count += 1;
+        }
+        // 5. \s*[\r\n]: up to the last newline in the run.
+        if let Some(e) = last_newline_end {
+            return e;
+        }
+        // 6. \s+(?!\S): the whole run at the end of text, else all but the
+        // last whitespace char (which then starts the next piece).
+        if end == cur.text.len() || count < 2 {
+            // 7. \s+ (a lone whitespace char before a non-space).
+            return end;
+        }
+        last_char_start
+    }
+}
+
+#[inline]
+fn letters(cur: &Cursor, mut end: usize) -> usize {
+    while let Some((ch, l)) = cur.at(end) {
+        if ch.class != Class::Letter {
+            break;
+        }
+        end += l;
+    }
+    end
+}
+
+/// `[^\s\p{L}\p{N}]++[\r\n]*` starting at `pos` (which holds an `Other`).
+#[inline]
+fn punctuation(cur: &Cursor, mut end: usize) -> usize {
+    while let Some((ch, l)) = cur.at(end) {
+        if ch.class != Class::Other {
+            break;
+        }
+        end += l;
+    }
+    while let Some((ch, l)) = cur.at(end) {
+        if ch.class != Class::Newline {
+            break;
+        }
+        end += l;
+    }
+    end
+}
+
+/// After an apostrophe at `pos - 1`: `(?i:[sdmt]|ll|ve|re)`, case-insensitive
+/// with Unicode simple case folding (so U+017F LONG S matches `s`).
+fn contraction(cur: &Cursor, pos: usize) -> Option<usize> {
+    let (a, la) = cur.at(pos)?;
+    let fold = |c: char| -> char {
+        match c {
+            '\u{17F}' => 's',
+            _ => c.to_ascii_lowercase(),
+        }
+    };
+    let a = fold(a.c);
+    if matches!(a, 's' | 'd' | 'm' | 't') {
+        return Some(pos + la);
+    }
+    let (b, lb) = cur.at(pos + la)?;
+    let b = fold(b.c);
+    match (a, b) {
+        ('l', 'l') | ('v', 'e') | ('r', 'e') => Some(pos + la + lb),
+        _ => None,
+    }
+}
+
+/// Splits text with a pattern: the hand-written scanner where the pattern is
+/// one it implements, the general regex engine otherwise.
+#[derive(Clone, Debug)]
+pub enum Splitter {
+    Gpt(GptSplitter),
+    Regex(Box<Regex>),
+}
+
+impl Splitter {
+    pub fn new(pattern: &str) -> Result<Self, CoreError> {
+        if pattern == SPLIT_PATTERN {
+            Ok(Splitter::Gpt(GptSplitter::new(2)))
+        } else if pattern == CL100K_PATTERN {
+            Ok(Splitter::Gpt(GptSplitter::new(3)))
+        } else {
+            Self::new_regex(pattern)
+        }
+    }
+
+    /// Always uses the general regex engine (for tests and odd patterns).
+    pub fn new_regex(pattern: &str) -> Result<Self, CoreError> {
+        Regex::new(pattern)
+            .map(|r| Splitter::Regex(Box::new(r)))
+            .map_err(|e| CoreError::Pattern(format!("invalid split pattern: {e}")))
+    }
+
+    /// Calls `f` with every piece. Text the regex does not match is skipped,
+    /// as `find_iter` skips it.
+    pub fn split<'t>(&self, text: &'t str, mut f: impl FnMut(&'t str)) -> Result<(), CoreError> {
+        match self {
+            Splitter::Gpt(s) => {
+                s.split(text, f);
+                Ok(())
+            }
+            Splitter::Regex(re) => {
+                for m in re.find_iter(text) {
+                    let m = m.map_err(|e| CoreError::Pattern(format!("split pattern failed: {e}")))?;
+                    f(m.as_str());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn pieces<'t>(&self, text: &'t str) -> Result<Vec<&'t str>, CoreError> {
+        let mut out = Vec::new();
+        self.split(text, |p| out.push(p))?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(pattern: &str) -> (Splitter, Splitter) {
+        let fast = Splitter::new(pattern).unwrap();
+        assert!(matches!(fast, Splitter::Gpt(_)));
+        (fast, Splitter::new_regex(pattern).unwrap())
+    }
+
+    fn check((fast, slow): &(Splitter, Splitter), text: &str) {
+        assert_eq!(
+            fast.pieces(text).unwrap(),
+            slow.pieces(text).unwrap(),
+            "text {text:?}"
+        );
+    }
+
+    #[test]
+    fn matches_regex_on_tricky_strings() {
+        let cases = [
+            "Hello world",
+            "I'm here, they'LL go; we'Ve 'RE 'd 'ſ",
+            "  leading and trailing   ",
+            "a\r\n\r\nb \n c\t\t\nd",
+            "12345 678 9\u{0663}\u{0664}\u{0665}",
+            "x   y",
+            "   \u{a0}\u{3000}z",
+            "!!!\n\n??? ...",
+            " !\r\n",
+            "'hello 'x 's",
+            "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467} \u{1F44D}\u{1F3FD}",
+            "e\u{301}\u{301}a",
+            "日本語のテキスト、漢字。",
+            "مرحبا بالعالم",
+            "नमस्ते दुनिया",
+            "def f(x):\n    return x ** 2\n\n\n",
+            " ",
+            "\n",
+            "",
+            "a ",
+            " \u{1D400}\u{1D7CE}",
+        ];
+        for pattern in [SPLIT_PATTERN, CL100K_PATTERN] {
+            let splitters = pair(pattern);
+            for t in cases {
+                check(&splitters, t);
+            }
+        }
+    }
+
+    #[test]
+    fn matches_regex_on_random_text() {
+        // A small deterministic generator over an alphabet that hits every
+        // class boundary the scanner handles.
+        let alphabet: Vec<char> = "aZ'sSdmtlLvVerR ſ\t\r\n\u{a0}\u{3000}09\u{663}\u{2167}.,!?-_\u{301}\u{1F600}\u{200D}日é\u{10400}\u{1D7CE}\u{85}\u{2028}"
+            .chars()
+            .collect();
+        let mut state: u64 = 0x9E3779B97F4A7C15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let splitters = [pair(SPLIT_PATTERN), pair(CL100K_PATTERN)];
+        for _ in 0..5000 {
+            let len = (next() % 24) as usize;
+            let s: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            for sp in &splitters {
+                check(sp, &s);
+            }
+        }
+    }
+}
