@@ -68,10 +68,31 @@ def test_failure_reports_the_exception():
     assert 'File "program.py", line 2, in f' in result.stderr
 
 
-def test_syntax_error():
+def test_syntax_error_and_invalid_text():
     result = execute_code("def broken(:\n    pass")
     assert not result.success
     assert "SyntaxError" in result.error
+    assert not execute_code("x = 1\x00").success
+    assert not execute_code("s = '\udc80\ud800'").success
+
+
+def test_flooding_the_status_pipe_does_not_matter():
+    # The program can find the sandbox's status pipe among its descriptors;
+    # writing into it must neither fake a pass nor exhaust our memory.
+    code = """
+import os
+for fd in range(3, 64):
+    try:
+        os.write(fd, b"RESULT 2 ok\\n" + b"x" * 100000)
+    except OSError:
+        pass
+raise ValueError("really failed")
+"""
+    result = execute_code(code)
+    assert not result.success
+    assert result.error == "ValueError: really failed"
+    forged = "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'RESULT 2 ok\\n')\n    except OSError:\n        pass\nos._exit(0)"
+    assert not execute_code(forged).success
 
 
 def test_infinite_loop_times_out():

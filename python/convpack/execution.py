@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import selectors
 import shutil
 import signal
@@ -53,6 +54,7 @@ DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_PROCESSES = 32
 DEFAULT_MAX_OPEN_FILES = 128
+_MAX_STATUS_LINE = 1024
 
 # Throw-away user ids for programs started by root: a high range that no real
 # account uses. Each call gets its own id so that RLIMIT_NPROC (counted per
@@ -95,11 +97,20 @@ class ExecutionResult:
 # Status lines go to the caller over a private pipe.
 _SUPERVISOR = r"""
 import builtins, ctypes, json, linecache, os, resource, signal, sys, traceback
-cfg = json.loads(sys.argv[1])
+# The configuration comes on stdin, not argv (which other users can read in
+# /proc); stdin is then pointed at /dev/null for the program.
+cfg = json.loads(sys.stdin.buffer.read())
+_devnull = os.open(os.devnull, os.O_RDONLY)
+os.dup2(_devnull, 0)
+os.close(_devnull)
 status_fd = cfg["status_fd"]
-def report(line):
+# Every status line starts with a per-run secret, so that a program writing
+# into the descriptors it finds cannot forge a result line by accident.
+_nonce = cfg.pop("nonce")
+def report(line, _nonce=_nonce):
     try:
-        os.write(status_fd, (line + "\n").encode())
+        # The leading newline ends anything the program left unterminated.
+        os.write(status_fd, ("\n" + _nonce + " " + line + "\n").encode())
     except OSError:
         pass
 libc = ctypes.CDLL(None, use_errno=True)
@@ -366,6 +377,42 @@ def _remove_tree(path: str) -> None:
         shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
+class _StatusLines:
+    """Status lines from the sandbox: only those that start with the run's
+    secret are kept, and a line longer than a status line is dropped as it
+    arrives, so whatever the program writes into the pipe costs us nothing."""
+
+    def __init__(self, nonce: str) -> None:
+        self.prefix = nonce.encode() + b" "
+        self.partial = bytearray()
+        self.overlong = False
+        self.lines: list[str] = []
+        self.result_pids: set[str] = set()
+
+    def feed(self, chunk: bytes) -> None:
+        pieces = chunk.split(b"\n")
+        for i, piece in enumerate(pieces):
+            if not self.overlong:
+                self.partial += piece
+                if len(self.partial) > _MAX_STATUS_LINE:
+                    self.overlong = True
+                    self.partial.clear()
+            if i < len(pieces) - 1:  # a newline ends this piece
+                line = bytes(self.partial)
+                if not self.overlong and line.startswith(self.prefix):
+                    text = _decode(line[len(self.prefix) :])
+                    if text.startswith("RESULT "):
+                        # Forked children report too: keep one line per pid.
+                        pid = text.split(" ", 2)[1]
+                        if pid in self.result_pids:
+                            text = ""
+                        self.result_pids.add(pid)
+                    if text:
+                        self.lines.append(text)
+                self.partial.clear()
+                self.overlong = False
+
+
 def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
@@ -403,10 +450,13 @@ def execute_code(
         raise ValueError(f"timeout must be positive, got {timeout}")
     workdir = os.path.realpath(tempfile.mkdtemp(prefix="convpack-exec-"))
     uid = _allocate_uid() if (isolate and hasattr(os, "geteuid") and os.geteuid() == 0) else None
+    nonce = secrets.token_hex(16)
     status_r, status_w = os.pipe()
     proc = None
     try:
-        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
+        # surrogatepass: a program that is not valid text still gets written,
+        # and then fails to compile in the sandbox instead of raising here.
+        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8", errors="surrogatepass") as f:
             f.write(code)
         if uid is not None:
             os.chown(workdir, uid, uid)
@@ -424,6 +474,7 @@ def execute_code(
             limits["RLIMIT_NPROC"] = max_processes
         cfg = {
             "status_fd": status_w,
+            "nonce": nonce,
             "workdir": workdir,
             "limits": limits,
             "uid": uid,
@@ -433,8 +484,8 @@ def execute_code(
         }
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir}
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-X", "utf8", "-c", _SUPERVISOR, json.dumps(cfg)],
-            stdin=subprocess.DEVNULL,
+            [sys.executable, "-I", "-X", "utf8", "-c", _SUPERVISOR],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=workdir,
@@ -444,7 +495,13 @@ def execute_code(
         )
         os.close(status_w)
         status_w = -1
-        return _supervise(proc, status_r, timeout, max_output_bytes, uid)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps(cfg).encode())
+            proc.stdin.close()
+        except OSError:
+            pass
+        return _supervise(proc, status_r, timeout, max_output_bytes, uid, nonce)
     finally:
         if proc is not None:
             if proc.poll() is None:
@@ -476,6 +533,7 @@ def _supervise(
     timeout: float,
     max_output_bytes: int,
     uid: int | None,
+    nonce: str,
 ) -> ExecutionResult:
     assert proc.stdout is not None and proc.stderr is not None
     deadline = time.monotonic() + timeout
@@ -484,6 +542,7 @@ def _supervise(
         proc.stderr.fileno(): bytearray(),
         status_fd: bytearray(),
     }
+    status = _StatusLines(nonce)
     sel = selectors.DefaultSelector()
     for fd in buffers:
         sel.register(fd, selectors.EVENT_READ)
@@ -513,8 +572,11 @@ def _supervise(
                     sel.unregister(fd)
                     continue
                 buf = buffers[fd]
+                if fd == status_fd:
+                    status.feed(chunk)
+                    continue
                 buf += chunk
-                if fd != status_fd and len(buf) > max_output_bytes:
+                if len(buf) > max_output_bytes:
                     overflow = True
                     del buf[max_output_bytes:]
             if overflow:
@@ -525,7 +587,7 @@ def _supervise(
         _kill_group(proc)
     else:
         proc.wait()
-    status_lines = _decode(bytes(buffers[status_fd])).splitlines()
+    status_lines = status.lines
     applied: list[str] = []
     outcomes: dict[str, str] = {}
     program_pid: str | None = None
