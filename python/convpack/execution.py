@@ -181,7 +181,7 @@ def run_program():
         # caller's other processes: allow what runs now plus the budget.
         mine = 0
         me = os.getuid()
-        for entry in os.listdir("/proc"):
+        for entry in (os.listdir("/proc") if os.path.isdir("/proc") else ()):
             if entry.isdigit():
                 try:
                     if os.stat("/proc/" + entry).st_uid == me:
