@@ -1,1 +1,342 @@
+//! `convpack._core`: the Python bindings. Everything here converts Python
+//! objects in and arrays out; the work is done by `convpack_core`, with the
+//! GIL released.
 
+mod convert;
+mod errors;
+
+use std::borrow::Cow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use convpack_core::{
+    bpe::Rank, pretokenize::Splitter, train, vocab, Conversation, ConversationError, Renderer,
+    Tokenizer,
+};
+use numpy::{IntoPyArray, PyArray1};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString};
+use rustc_hash::FxHashMap;
+
+use crate::convert::{Arena, ExtractError};
+use crate::errors::{conversation_error, panic_error, IntoPyResult};
+
+/// Runs `f` without the GIL; a panic becomes a Python exception.
+fn detached<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    py.detach(|| catch_unwind(AssertUnwindSafe(f)))
+        .map_err(|_| panic_error(what))
+}
+
+fn extract_error(py: Python<'_>, e: ExtractError, index: Option<usize>) -> PyErr {
+    match e {
+        ExtractError::Python(err) => err,
+        ExtractError::Rule(mut c) => {
+            c.conversation_index = index.or(c.conversation_index);
+            conversation_error(py, &c)
+        }
+    }
+}
+
+/// Extracts many conversations; the first bad one raises, naming its index
+/// (`base + position`).
+pub(crate) fn extract_all<'py>(
+    py: Python<'py>,
+    arena: &mut Arena<'py>,
+    convs: &Bound<'py, PyAny>,
+    base: usize,
+) -> PyResult<Vec<convert::ConversationSpec>> {
+    let mut specs = Vec::new();
+    for (i, c) in convs.try_iter()?.enumerate() {
+        let c = c?;
+        specs.push(arena.add(&c).map_err(|e| extract_error(py, e, Some(base + i)))?);
+    }
+    Ok(specs)
+}
+
+/// A BPE tokenizer with chat special tokens (the core of `convpack.Tokenizer`).
+#[pyclass(module = "convpack._core", name = "CoreTokenizer", frozen)]
+pub struct PyTokenizer {
+    pub inner: Arc<Tokenizer>,
+}
+
+impl PyTokenizer {
+    fn renderer(&self) -> PyResult<Renderer<'_>> {
+        Renderer::new(&self.inner).map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+}
+
+#[pymethods]
+impl PyTokenizer {
+    /// Builds a tokenizer from token bytes indexed by rank, `(name, id)`
+    /// special tokens and a split pattern.
+    #[staticmethod]
+    fn from_ranks(
+        py: Python<'_>,
+        ranks: Vec<Vec<u8>>,
+        specials: Vec<(String, Rank)>,
+        pattern: &str,
+    ) -> PyResult<Self> {
+        let tok = Tokenizer::new(ranks, specials, pattern).py_err(py)?;
+        Ok(PyTokenizer { inner: Arc::new(tok) })
+    }
+
+    /// Parses a `.tiktoken` rank file's contents (`file` names it in errors).
+    #[staticmethod]
+    fn parse_tiktoken(py: Python<'_>, contents: &[u8], file: &str) -> PyResult<Vec<Py<PyBytes>>> {
+        let ranks = vocab::parse_tiktoken(contents, file).py_err(py)?;
+        Ok(ranks.iter().map(|r| PyBytes::new(py, r).unbind()).collect())
+    }
+
+    /// Builds a tokenizer straight from a `.tiktoken` file's contents.
+    #[staticmethod]
+    fn from_tiktoken(
+        py: Python<'_>,
+        contents: &[u8],
+        file: &str,
+        specials: Option<Vec<(String, Rank)>>,
+        pattern: &str,
+    ) -> PyResult<Self> {
+        let ranks = vocab::parse_tiktoken(contents, file).py_err(py)?;
+        let n = ranks.len() as Rank;
+        let specials = specials.unwrap_or_else(|| {
+            convpack_core::CHAT_SPECIAL_TOKENS
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.to_string(), n + i as Rank))
+                .collect()
+        });
+        let tok = Tokenizer::new(ranks, specials, pattern).map_err(|e| {
+            PyValueError::new_err(format!("{file}: {e}"))
+        })?;
+        Ok(PyTokenizer { inner: Arc::new(tok) })
+    }
+
+    /// The ranks in `.tiktoken` format.
+    fn to_tiktoken(&self) -> String {
+        vocab::write_tiktoken(self.inner.ranks())
+    }
+
+    #[getter]
+    fn pattern(&self) -> &str {
+        self.inner.pattern()
+    }
+
+    #[getter]
+    fn special_tokens(&self) -> Vec<(String, Rank)> {
+        self.inner.specials().to_vec()
+    }
+
+    #[getter]
+    fn n_ranks(&self) -> usize {
+        self.inner.ranks().len()
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    fn ranks(&self, py: Python<'_>) -> Vec<Py<PyBytes>> {
+        self.inner.ranks().iter().map(|r| PyBytes::new(py, r).unbind()).collect()
+    }
+
+    fn special_id(&self, name: &str) -> Option<Rank> {
+        self.inner.special_id(name)
+    }
+
+    fn encode_ordinary(&self, py: Python<'_>, text: Bound<'_, PyString>) -> PyResult<Vec<Rank>> {
+        let mut arena = Arena::default();
+        let s = arena_text(&mut arena, text)?;
+        let tok = &self.inner;
+        detached(py, "encoding", || tok.encode_ordinary(&s))
+    }
+
+    fn encode(
+        &self,
+        py: Python<'_>,
+        text: Bound<'_, PyString>,
+        allowed_special: Vec<String>,
+    ) -> PyResult<Vec<Rank>> {
+        let mut arena = Arena::default();
+        let s = arena_text(&mut arena, text)?;
+        let tok = &self.inner;
+        let allowed: Vec<&str> = allowed_special.iter().map(|s| s.as_str()).collect();
+        detached(py, "encoding", || tok.encode(&s, &allowed))?.py_err(py)
+    }
+
+    /// Encodes many texts on `num_threads` threads (0 = all) without the GIL.
+    fn encode_ordinary_batch(
+        &self,
+        py: Python<'_>,
+        texts: Bound<'_, PyAny>,
+        num_threads: usize,
+    ) -> PyResult<Vec<Vec<Rank>>> {
+        let mut arena = Arena::default();
+        let mut strs = Vec::new();
+        for t in texts.try_iter()? {
+            let t = t?;
+            let s = t.cast_into::<PyString>().map_err(|e| {
+                pyo3::exceptions::PyTypeError::new_err(format!(
+                    "encode expects strings, got {}",
+                    e.into_inner().get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                ))
+            })?;
+            strs.push(arena.keep(s)?);
+        }
+        let views: Vec<Cow<'_, str>> = strs.iter().map(|&i| arena.get(i)).collect();
+        let refs: Vec<&str> = views.iter().map(|c| c.as_ref()).collect();
+        let tok = &self.inner;
+        detached(py, "encoding", || tok.encode_ordinary_batch(&refs, num_threads))
+    }
+
+    fn decode(&self, py: Python<'_>, ids: Vec<Rank>) -> PyResult<String> {
+        self.inner.decode(&ids).py_err(py)
+    }
+
+    fn decode_bytes<'py>(&self, py: Python<'py>, ids: Vec<Rank>) -> PyResult<Bound<'py, PyBytes>> {
+        let b = self.inner.decode_bytes(&ids).py_err(py)?;
+        Ok(PyBytes::new(py, &b))
+    }
+
+    fn token_bytes<'py>(&self, py: Python<'py>, id: Rank) -> PyResult<Bound<'py, PyBytes>> {
+        let b = self.inner.token_bytes(id).py_err(py)?;
+        Ok(PyBytes::new(py, b))
+    }
+
+    fn token_id(&self, bytes: &[u8]) -> Option<Rank> {
+        self.inner.token_id(bytes)
+    }
+
+    /// `(ids, mask)` as lists, like nanochat's `render_conversation`.
+    fn render_conversation(
+        &self,
+        py: Python<'_>,
+        conversation: Bound<'_, PyAny>,
+        max_tokens: usize,
+    ) -> PyResult<(Vec<Rank>, Vec<u8>)> {
+        let renderer = self.renderer()?;
+        let mut arena = Arena::default();
+        let spec = arena.add(&conversation).map_err(|e| extract_error(py, e, None))?;
+        let conv = arena.view(&spec);
+        let r = detached(py, "rendering", || renderer.render(&conv, max_tokens))?.py_err(py)?;
+        Ok((r.ids, r.mask))
+    }
+
+    fn render_for_completion(
+        &self,
+        py: Python<'_>,
+        conversation: Bound<'_, PyAny>,
+        max_tokens: usize,
+    ) -> PyResult<Vec<Rank>> {
+        let renderer = self.renderer()?;
+        let mut arena = Arena::default();
+        let spec = arena.add(&conversation).map_err(|e| extract_error(py, e, None))?;
+        let conv = arena.view(&spec);
+        detached(py, "rendering", || renderer.render_for_completion(&conv, max_tokens))?.py_err(py)
+    }
+
+    /// Renders many conversations on `num_threads` threads (0 = all) and
+    /// returns flat `ids` (uint32), flat `mask` (uint8) and `offsets` (int64,
+    /// len + 1): conversation i is `ids[offsets[i]:offsets[i+1]]`. The first
+    /// bad conversation raises `ConversationError` naming its index.
+    #[allow(clippy::type_complexity)]
+    fn render_conversations<'py>(
+        &self,
+        py: Python<'py>,
+        conversations: Bound<'py, PyAny>,
+        max_tokens: usize,
+        num_threads: usize,
+    ) -> PyResult<(Bound<'py, PyArray1<Rank>>, Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<i64>>)> {
+        let renderer = self.renderer()?;
+        let mut arena = Arena::default();
+        let specs = extract_all(py, &mut arena, &conversations, 0)?;
+        let convs: Vec<Conversation<Cow<'_, str>>> = specs.iter().map(|s| arena.view(s)).collect();
+        let flat = detached(py, "rendering", || -> Result<_, ConversationError> {
+            let results = renderer.render_batch(&convs, max_tokens, num_threads);
+            let total: usize = results.iter().map(|r| r.as_ref().map_or(0, |x| x.len())).sum();
+            let mut ids = Vec::with_capacity(total);
+            let mut mask = Vec::with_capacity(total);
+            let mut offsets = Vec::with_capacity(results.len() + 1);
+            offsets.push(0i64);
+            for (i, r) in results.into_iter().enumerate() {
+                let r = r.map_err(|e| e.with_conversation(i))?;
+                ids.extend_from_slice(&r.ids);
+                mask.extend_from_slice(&r.mask);
+                offsets.push(ids.len() as i64);
+            }
+            Ok((ids, mask, offsets))
+        })?;
+        let (ids, mask, offsets) = flat.py_err(py)?;
+        Ok((ids.into_pyarray(py), mask.into_pyarray(py), offsets.into_pyarray(py)))
+    }
+}
+
+fn arena_text<'py>(arena: &mut Arena<'py>, text: Bound<'py, PyString>) -> PyResult<String> {
+    let i = arena.keep(text)?;
+    Ok(arena.get(i).into_owned())
+}
+
+/// Counts pieces of training text chunk by chunk, then learns the merges.
+#[pyclass(module = "convpack._core", name = "BpeTrainer")]
+struct PyBpeTrainer {
+    splitter: Splitter,
+    counts: FxHashMap<Vec<u8>, u64>,
+}
+
+#[pymethods]
+impl PyBpeTrainer {
+    #[new]
+    fn new(pattern: &str) -> PyResult<Self> {
+        let splitter = Splitter::new(pattern).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(PyBpeTrainer {
+            splitter,
+            counts: FxHashMap::default(),
+        })
+    }
+
+    /// Adds a chunk of texts (a list of str).
+    fn feed(&mut self, py: Python<'_>, texts: Bound<'_, PyList>) -> PyResult<()> {
+        let mut arena = Arena::default();
+        let mut idx = Vec::with_capacity(texts.len());
+        for t in texts.iter() {
+            let s = t.cast_into::<PyString>().map_err(|_| {
+                pyo3::exceptions::PyTypeError::new_err("training texts must be strings")
+            })?;
+            idx.push(arena.keep(s)?);
+        }
+        let views: Vec<Cow<'_, str>> = idx.iter().map(|&i| arena.get(i)).collect();
+        let refs: Vec<&str> = views.iter().map(|c| c.as_ref()).collect();
+        let splitter = &self.splitter;
+        let counts = &mut self.counts;
+        detached(py, "counting training text", || {
+            train::count_pieces(splitter, &refs, counts)
+        })?
+        .py_err(py)
+    }
+
+    /// Learns merges up to `n_ranks` tokens; returns token bytes by rank.
+    fn finish(&mut self, py: Python<'_>, n_ranks: usize) -> PyResult<Vec<Py<PyBytes>>> {
+        let counts = &self.counts;
+        let tokens = detached(py, "training", || train::train(counts, n_ranks))?.py_err(py)?;
+        Ok(tokens.iter().map(|t| PyBytes::new(py, t).unbind()).collect())
+    }
+}
+
+/// Threads in the process-wide pool.
+#[pyfunction]
+fn max_threads() -> usize {
+    convpack_core::parallel::max_threads()
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyTokenizer>()?;
+    m.add_class::<PyBpeTrainer>()?;
+    m.add_function(wrap_pyfunction!(max_threads, m)?)?;
+    m.add("SPLIT_PATTERN", convpack_core::SPLIT_PATTERN)?;
+    m.add("CL100K_PATTERN", convpack_core::CL100K_PATTERN)?;
+    m.add("CHAT_SPECIAL_TOKENS", convpack_core::CHAT_SPECIAL_TOKENS.to_vec())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,22 @@
+"""convpack: the fast data path for training chat language models.
+
+Conversations in, training batches out: a Rust BPE tokenizer (ids identical
+to tiktoken's), conversation rendering with loss masks, and packers that
+fill batches for PyTorch.
+"""
+
+from . import _core
+from .errors import ConversationError, VocabularyError
+from .tokenizer import CHAT_SPECIAL_TOKENS, CL100K_PATTERN, SPLIT_PATTERN, Tokenizer
+
+__version__: str = _core.__version__
+
+__all__ = [
+    "CHAT_SPECIAL_TOKENS",
+    "CL100K_PATTERN",
+    "ConversationError",
+    "SPLIT_PATTERN",
+    "Tokenizer",
+    "VocabularyError",
+    "__version__",
+]
