@@ -1,1 +1,0 @@
-//! Packing rendered conversations into batches (see the packers below).
