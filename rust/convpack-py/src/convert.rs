@@ -142,7 +142,7 @@ impl<'py> Arena<'py> {
                     Role::parse(&name).ok_or_else(|| {
                         rule(
                             Some(i),
-                            format!("unknown role {name:?}; expected 'system', 'user' or 'assistant'"),
+                            format!("unknown role '{name}'; expected 'system', 'user' or 'assistant'"),
                         )
                     })?
                 }

@@ -214,13 +214,14 @@ impl PyTokenizer {
         py: Python<'_>,
         conversation: Bound<'_, PyAny>,
         max_tokens: usize,
-    ) -> PyResult<(Vec<Rank>, Vec<u8>)> {
+    ) -> PyResult<(Vec<Rank>, Vec<u32>)> {
         let renderer = self.renderer()?;
         let mut arena = Arena::default();
         let spec = arena.add(&conversation).map_err(|e| extract_error(py, e, None))?;
         let conv = arena.view(&spec);
         let r = detached(py, "rendering", || renderer.render(&conv, max_tokens))?.py_err(py)?;
-        Ok((r.ids, r.mask))
+        // A list of ints, as nanochat returns (a Vec<u8> would become bytes).
+        Ok((r.ids, r.mask.into_iter().map(u32::from).collect()))
     }
 
     fn render_for_completion(
