@@ -1,8 +1,10 @@
 //! Byte-level BPE encoding and decoding, id-for-id compatible with tiktoken
 //! for the same split pattern, merge ranks and special tokens.
 
-use std::collections::BinaryHeap;
+use std::cell::RefCell;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustc_hash::FxHashMap;
 
@@ -29,16 +31,49 @@ pub const CHAT_SPECIAL_TOKENS: [&str; 9] = [
 /// quadratic scan, which is faster only for short pieces.
 const HEAP_MERGE_MIN_LEN: usize = 128;
 
+#[inline]
+fn pair_key(a: Rank, b: Rank) -> u64 {
+    ((a as u64) << 32) | b as u64
+}
+
+/// Entries each thread's piece cache holds before it starts over.
+const PIECE_CACHE_CAPACITY: usize = 1 << 16;
+
+/// Per-thread memo of merged pieces, for the tokenizer `owner`.
+struct PieceCache {
+    owner: u64,
+    map: FxHashMap<Box<[u8]>, Box<[Rank]>>,
+}
+
+thread_local! {
+    static PIECE_CACHE: RefCell<PieceCache> = RefCell::new(PieceCache {
+        owner: 0,
+        map: FxHashMap::default(),
+    });
+}
+
+/// Ids of tokenizers (0 is never used), so a thread's cache never serves one
+/// tokenizer's pieces to another.
+static NEXT_TOKENIZER_ID: AtomicU64 = AtomicU64::new(1);
+
 /// A BPE tokenizer: split pattern, merge ranks and special tokens.
 #[derive(Clone, Debug)]
 pub struct Tokenizer {
     encoder: FxHashMap<Vec<u8>, Rank>,
+    /// `(left id, right id)` -> id of their concatenation, for every pair of
+    /// tokens that concatenate to a token. Merging by ids hashes 8 bytes
+    /// instead of a byte slice.
+    pair_ranks: FxHashMap<u64, Rank>,
+    /// Id of each single byte.
+    byte_ranks: [Rank; 256],
     /// Bytes of every ordinary token, indexed by rank.
     ranks: Vec<Vec<u8>>,
     specials: Vec<(String, Rank)>,
     special_ids: FxHashMap<String, Rank>,
     pattern: String,
     splitter: Splitter,
+    /// Identity for the per-thread piece cache.
+    id: u64,
 }
 
 impl Tokenizer {
@@ -63,11 +98,23 @@ impl Tokenizer {
                 )));
             }
         }
+        let mut byte_ranks = [0; 256];
         for b in 0..=255u8 {
-            if !encoder.contains_key(&[b][..]) {
-                return Err(CoreError::Invalid(format!(
-                    "the vocabulary has no token for the single byte {b:#04x}; byte-level BPE needs all 256"
-                )));
+            match encoder.get(&[b][..]) {
+                Some(&r) => byte_ranks[b as usize] = r,
+                None => {
+                    return Err(CoreError::Invalid(format!(
+                        "the vocabulary has no token for the single byte {b:#04x}; byte-level BPE needs all 256"
+                    )))
+                }
+            }
+        }
+        let mut pair_ranks = FxHashMap::default();
+        for (rank, bytes) in ranks.iter().enumerate() {
+            for k in 1..bytes.len() {
+                if let (Some(&a), Some(&b)) = (encoder.get(&bytes[..k]), encoder.get(&bytes[k..])) {
+                    pair_ranks.insert(pair_key(a, b), rank as Rank);
+                }
             }
         }
         let mut special_ids = FxHashMap::default();
@@ -86,16 +133,21 @@ impl Tokenizer {
                 )));
             }
             if special_ids.insert(name.clone(), *id).is_some() {
-                return Err(CoreError::Invalid(format!("special token {name:?} is listed twice")));
+                return Err(CoreError::Invalid(format!(
+                    "special token {name:?} is listed twice"
+                )));
             }
         }
         Ok(Tokenizer {
             encoder,
+            pair_ranks,
+            byte_ranks,
             ranks,
             specials,
             special_ids,
             pattern: pattern.to_string(),
             splitter,
+            id: NEXT_TOKENIZER_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -118,7 +170,12 @@ impl Tokenizer {
 
     /// One more than the largest id (ordinary or special).
     pub fn vocab_size(&self) -> usize {
-        let max_special = self.specials.iter().map(|s| s.1 as usize + 1).max().unwrap_or(0);
+        let max_special = self
+            .specials
+            .iter()
+            .map(|s| s.1 as usize + 1)
+            .max()
+            .unwrap_or(0);
         self.ranks.len().max(max_special)
     }
 
@@ -179,9 +236,9 @@ impl Tokenizer {
             match best {
                 Some((pos, name)) => {
                     self.encode_ordinary_into(&rest[..pos], &mut out);
-                    let id = self
-                        .special_id(name)
-                        .ok_or_else(|| CoreError::Invalid(format!("{name:?} is not a special token")))?;
+                    let id = self.special_id(name).ok_or_else(|| {
+                        CoreError::Invalid(format!("{name:?} is not a special token"))
+                    })?;
                     out.push(id);
                     rest = &rest[pos + name.len()..];
                 }
@@ -206,32 +263,51 @@ impl Tokenizer {
             out.push(r);
             return;
         }
-        if piece.len() < HEAP_MERGE_MIN_LEN {
-            self.merge_small(piece, out);
-        } else {
+        if piece.len() >= HEAP_MERGE_MIN_LEN {
             self.merge_heap(piece, out);
+            return;
         }
+        // Pieces that need merging repeat (names, rare words, code
+        // identifiers): remember their tokens per thread.
+        PIECE_CACHE.with(|cell| {
+            let mut cache = cell.borrow_mut();
+            if cache.owner != self.id {
+                cache.owner = self.id;
+                cache.map.clear();
+            }
+            if let Some(tokens) = cache.map.get(piece) {
+                out.extend_from_slice(tokens);
+                return;
+            }
+            let start = out.len();
+            self.merge_small(piece, out);
+            if cache.map.len() >= PIECE_CACHE_CAPACITY {
+                cache.map.clear();
+            }
+            cache.map.insert(piece.into(), out[start..].into());
+        })
     }
 
+    /// Id of the token that `a` and `b` concatenate to, or `Rank::MAX`.
     #[inline]
-    fn rank_of(&self, bytes: &[u8]) -> Rank {
-        self.encoder.get(bytes).copied().unwrap_or(Rank::MAX)
+    fn merged(&self, a: Rank, b: Rank) -> Rank {
+        self.pair_ranks
+            .get(&pair_key(a, b))
+            .copied()
+            .unwrap_or(Rank::MAX)
     }
 
     /// Quadratic merge: repeatedly merge the adjacent pair of lowest rank
-    /// (the leftmost on ties) until no pair is a token.
+    /// (the leftmost on ties) until no pair is a token. Every part is a
+    /// token at every step, so parts are kept as ids.
     fn merge_small(&self, piece: &[u8], out: &mut Vec<Rank>) {
-        // bounds[k] is where part k starts; pair_rank[k] the rank of parts k
-        // and k+1 merged.
-        let n = piece.len();
-        let mut bounds: Vec<usize> = (0..=n).collect();
-        let mut pair_rank: Vec<Rank> = (0..n.saturating_sub(1))
-            .map(|i| self.rank_of(&piece[i..i + 2]))
-            .collect();
+        let mut parts: Vec<Rank> = piece.iter().map(|&b| self.byte_ranks[b as usize]).collect();
+        // pair[k]: the id parts k and k+1 merge into (the merge's rank).
+        let mut pair: Vec<Rank> = parts.windows(2).map(|w| self.merged(w[0], w[1])).collect();
         loop {
             let mut best = Rank::MAX;
             let mut at = 0;
-            for (k, &r) in pair_rank.iter().enumerate() {
+            for (k, &r) in pair.iter().enumerate() {
                 if r < best {
                     best = r;
                     at = k;
@@ -240,20 +316,17 @@ impl Tokenizer {
             if best == Rank::MAX {
                 break;
             }
-            // Merge parts `at` and `at + 1`.
-            bounds.remove(at + 1);
-            pair_rank.remove(at);
-            let parts = bounds.len() - 1;
-            if at + 1 < parts {
-                pair_rank[at] = self.rank_of(&piece[bounds[at]..bounds[at + 2]]);
+            parts[at] = best;
+            parts.remove(at + 1);
+            pair.remove(at);
+            if at + 1 < parts.len() {
+                pair[at] = self.merged(parts[at], parts[at + 1]);
             }
             if at > 0 {
-                pair_rank[at - 1] = self.rank_of(&piece[bounds[at - 1]..bounds[at + 1]]);
+                pair[at - 1] = self.merged(parts[at - 1], parts[at]);
             }
         }
-        for w in bounds.windows(2) {
-            out.push(self.encoder[&piece[w[0]..w[1]]]);
-        }
+        out.extend_from_slice(&parts);
     }
 
     /// The same merge order as [`Tokenizer::merge_small`], with a heap of
@@ -262,44 +335,38 @@ impl Tokenizer {
     fn merge_heap(&self, piece: &[u8], out: &mut Vec<Rank>) {
         let n = piece.len();
         const NONE: usize = usize::MAX;
-        // Parts are identified by their start byte; next/prev link live parts.
+        // Parts are identified by their first byte's index.
+        let mut id: Vec<Rank> = piece.iter().map(|&b| self.byte_ranks[b as usize]).collect();
         let mut next: Vec<usize> = (1..=n).collect();
         let mut prev: Vec<usize> = (0..n).map(|i| if i == 0 { NONE } else { i - 1 }).collect();
         let mut alive = vec![true; n];
         let mut heap: BinaryHeap<Reverse<(Rank, usize)>> = BinaryHeap::with_capacity(n);
         for i in 0..n - 1 {
-            let r = self.rank_of(&piece[i..i + 2]);
+            let r = self.merged(id[i], id[i + 1]);
             if r != Rank::MAX {
                 heap.push(Reverse((r, i)));
             }
         }
-        let end_of = |next: &Vec<usize>, i: usize| next[i];
         while let Some(Reverse((r, i))) = heap.pop() {
-            if !alive[i] {
-                continue;
-            }
             let j = next[i];
-            if j >= n {
+            // Stale entry: the part is gone or its pair has changed.
+            if !alive[i] || j >= n || self.merged(id[i], id[j]) != r {
                 continue;
             }
-            let k = end_of(&next, j);
-            // Stale entry: the pair at i is no longer this one.
-            if self.rank_of(&piece[i..k]) != r {
-                continue;
-            }
-            // Merge part j into part i.
+            id[i] = r;
             alive[j] = false;
+            let k = next[j];
             next[i] = k;
             if k < n {
                 prev[k] = i;
-                let r2 = self.rank_of(&piece[i..next[k]]);
+                let r2 = self.merged(id[i], id[k]);
                 if r2 != Rank::MAX {
                     heap.push(Reverse((r2, i)));
                 }
             }
             let p = prev[i];
             if p != NONE {
-                let r2 = self.rank_of(&piece[p..k]);
+                let r2 = self.merged(id[p], id[i]);
                 if r2 != Rank::MAX {
                     heap.push(Reverse((r2, p)));
                 }
@@ -307,7 +374,7 @@ impl Tokenizer {
         }
         let mut i = 0;
         while i < n {
-            out.push(self.encoder[&piece[i..next[i]]]);
+            out.push(id[i]);
             i = next[i];
         }
     }
@@ -329,7 +396,9 @@ impl Tokenizer {
         if let Some(&r) = self.encoder.get(bytes) {
             return Some(r);
         }
-        std::str::from_utf8(bytes).ok().and_then(|s| self.special_id(s))
+        std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| self.special_id(s))
     }
 
     /// Concatenated bytes of `ids`.
@@ -356,7 +425,9 @@ mod tests {
     /// A tiny vocabulary: all bytes, then a few merges.
     pub(crate) fn toy() -> Tokenizer {
         let mut ranks: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
-        for m in ["ab", "abc", "  ", "    ", "he", "hel", "hell", "hello", " w"] {
+        for m in [
+            "ab", "abc", "  ", "    ", "he", "hel", "hell", "hello", " w",
+        ] {
             ranks.push(m.as_bytes().to_vec());
         }
         let n = ranks.len() as Rank;
@@ -390,7 +461,10 @@ mod tests {
     #[test]
     fn specials_need_permission() {
         let t = toy();
-        assert!(matches!(t.encode("x<|bos|>y", &[]), Err(CoreError::DisallowedSpecial(_))));
+        assert!(matches!(
+            t.encode("x<|bos|>y", &[]),
+            Err(CoreError::DisallowedSpecial(_))
+        ));
         let ids = t.encode("x<|bos|>y", &["<|bos|>"]).unwrap();
         assert_eq!(ids[1], t.special_id("<|bos|>").unwrap());
         // Encoded as text: "<|", "bos", "|>" with no merges in the toy vocabulary.

@@ -84,7 +84,10 @@ impl<S: AsRef<str>> Conversation<S> {
     pub fn validate(&self) -> Result<(), ConversationError> {
         let msgs = &self.messages;
         if msgs.is_empty() {
-            return Err(ConversationError::new(None, "the conversation has no messages"));
+            return Err(ConversationError::new(
+                None,
+                "the conversation has no messages",
+            ));
         }
         let start = if msgs[0].role == Role::System {
             match msgs.get(1) {
@@ -110,7 +113,11 @@ impl<S: AsRef<str>> Conversation<S> {
             0
         };
         for (i, m) in msgs.iter().enumerate().skip(start) {
-            let expected = if (i - start) % 2 == 0 { Role::User } else { Role::Assistant };
+            let expected = if (i - start) % 2 == 0 {
+                Role::User
+            } else {
+                Role::Assistant
+            };
             if m.role == Role::System {
                 return Err(ConversationError::at_message(
                     i,
@@ -131,7 +138,10 @@ impl<S: AsRef<str>> Conversation<S> {
                 if let Content::Parts(_) = m.content {
                     return Err(ConversationError::at_message(
                         i,
-                        format!("{} content must be a string, got a list of parts", m.role.name()),
+                        format!(
+                            "{} content must be a string, got a list of parts",
+                            m.role.name()
+                        ),
                     ));
                 }
             }

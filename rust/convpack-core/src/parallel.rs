@@ -22,7 +22,11 @@ pub fn map_chunked<T: Sync, R: Send>(
         return items.iter().map(f).collect();
     }
     // A few chunks per thread balance uneven items without fine-grained tasks.
-    let chunks = if num_threads == 0 { threads * 4 } else { threads };
+    let chunks = if num_threads == 0 {
+        threads * 4
+    } else {
+        threads
+    };
     let chunk_len = items.len().div_ceil(chunks);
     let parts: Vec<Vec<R>> = items
         .par_chunks(chunk_len)
@@ -37,7 +41,11 @@ pub fn map_chunked<T: Sync, R: Send>(
 
 fn effective_threads(num_threads: usize, n: usize) -> usize {
     let pool = max_threads();
-    let t = if num_threads == 0 { pool } else { num_threads.min(pool) };
+    let t = if num_threads == 0 {
+        pool
+    } else {
+        num_threads.min(pool)
+    };
     t.min(n).max(1)
 }
 

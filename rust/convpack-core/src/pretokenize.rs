@@ -356,7 +356,8 @@ impl Splitter {
             }
             Splitter::Regex(re) => {
                 for m in re.find_iter(text) {
-                    let m = m.map_err(|e| CoreError::Pattern(format!("split pattern failed: {e}")))?;
+                    let m =
+                        m.map_err(|e| CoreError::Pattern(format!("split pattern failed: {e}")))?;
                     f(m.as_str());
                 }
                 Ok(())

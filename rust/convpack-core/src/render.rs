@@ -86,7 +86,8 @@ impl Rendered {
     fn push_text(&mut self, tok: &Tokenizer, text: &str, m: u8) {
         let before = self.ids.len();
         tok.encode_ordinary_into(text, &mut self.ids);
-        self.mask.resize(self.mask.len() + self.ids.len() - before, m);
+        self.mask
+            .resize(self.mask.len() + self.ids.len() - before, m);
     }
 }
 
@@ -243,9 +244,18 @@ mod tests {
                 msg(
                     Role::Assistant,
                     Content::Parts(vec![
-                        Part { kind: PartKind::Text, text: "a" },
-                        Part { kind: PartKind::Python, text: "p" },
-                        Part { kind: PartKind::PythonOutput, text: "o" },
+                        Part {
+                            kind: PartKind::Text,
+                            text: "a",
+                        },
+                        Part {
+                            kind: PartKind::Python,
+                            text: "p",
+                        },
+                        Part {
+                            kind: PartKind::PythonOutput,
+                            text: "o",
+                        },
                     ]),
                 ),
             ],
@@ -255,12 +265,35 @@ mod tests {
         let s = |i: Rank| 256 + i;
         assert_eq!(
             out.ids,
-            vec![s(0), s(1), b('s'), b('\n'), b('\n'), b('u'), s(2), s(3), b('a'), s(5), b('p'), s(6), s(7), b('o'), s(8), s(4)]
+            vec![
+                s(0),
+                s(1),
+                b('s'),
+                b('\n'),
+                b('\n'),
+                b('u'),
+                s(2),
+                s(3),
+                b('a'),
+                s(5),
+                b('p'),
+                s(6),
+                s(7),
+                b('o'),
+                s(8),
+                s(4)
+            ]
         );
-        assert_eq!(out.mask, vec![0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 1]);
+        assert_eq!(
+            out.mask,
+            vec![0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 1]
+        );
         let short = r.render(&conv, 3).unwrap();
         assert_eq!(short.ids, out.ids[..3]);
         let prompt = r.render_for_completion(&conv, 2048).unwrap();
-        assert_eq!(prompt, vec![s(0), s(1), b('s'), b('\n'), b('\n'), b('u'), s(2), s(3)]);
+        assert_eq!(
+            prompt,
+            vec![s(0), s(1), b('s'), b('\n'), b('\n'), b('u'), s(2), s(3)]
+        );
     }
 }

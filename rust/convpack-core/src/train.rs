@@ -54,20 +54,29 @@ fn pairs_of(word: &[Rank], mut f: impl FnMut(Pair)) {
 
 /// Learns merges until there are `vocab_size` tokens (the 256 bytes
 /// included). Returns the bytes of every token, indexed by rank.
-pub fn train(counts: &FxHashMap<Vec<u8>, u64>, vocab_size: usize) -> Result<Vec<Vec<u8>>, CoreError> {
+pub fn train(
+    counts: &FxHashMap<Vec<u8>, u64>,
+    vocab_size: usize,
+) -> Result<Vec<Vec<u8>>, CoreError> {
     if vocab_size < 256 {
         return Err(CoreError::Invalid(format!(
             "vocab_size must be at least 256 (one token per byte) plus the special tokens, got {vocab_size}"
         )));
     }
     let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
-    let mut token_ids: FxHashMap<Vec<u8>, Rank> =
-        tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as Rank)).collect();
+    let mut token_ids: FxHashMap<Vec<u8>, Rank> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as Rank))
+        .collect();
 
     // Words sorted so the result does not depend on hash order.
     let mut entries: Vec<(&Vec<u8>, &u64)> = counts.iter().collect();
     entries.sort_unstable();
-    let mut words: Vec<Vec<Rank>> = entries.iter().map(|(w, _)| w.iter().map(|&b| b as Rank).collect()).collect();
+    let mut words: Vec<Vec<Rank>> = entries
+        .iter()
+        .map(|(w, _)| w.iter().map(|&b| b as Rank).collect())
+        .collect();
     let freq: Vec<i64> = entries.iter().map(|(_, &c)| c as i64).collect();
 
     let mut pair_count: FxHashMap<Pair, i64> = FxHashMap::default();

@@ -15,7 +15,10 @@ pub fn parse_tiktoken(contents: &[u8], file: &str) -> Result<Vec<Vec<u8>>, CoreE
         reason,
     };
     if contents.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(err(0, "the file is empty; expected lines of '<base64 token> <rank>'".into()));
+        return Err(err(
+            0,
+            "the file is empty; expected lines of '<base64 token> <rank>'".into(),
+        ));
     }
     let mut by_rank: FxHashMap<u32, (Vec<u8>, usize)> = FxHashMap::default();
     let mut by_token: FxHashMap<Vec<u8>, usize> = FxHashMap::default();
@@ -49,14 +52,23 @@ pub fn parse_tiktoken(contents: &[u8], file: &str) -> Result<Vec<Vec<u8>>, CoreE
         if bytes.is_empty() {
             return Err(err(lineno, "the token is empty".into()));
         }
-        let rank: u32 = rank
-            .parse()
-            .map_err(|_| err(lineno, format!("rank {rank:?} is not a non-negative integer")))?;
+        let rank: u32 = rank.parse().map_err(|_| {
+            err(
+                lineno,
+                format!("rank {rank:?} is not a non-negative integer"),
+            )
+        })?;
         if let Some(&prev) = by_token.get(&bytes) {
-            return Err(err(lineno, format!("token {token:?} was already given on line {prev}")));
+            return Err(err(
+                lineno,
+                format!("token {token:?} was already given on line {prev}"),
+            ));
         }
         if let Some((_, prev)) = by_rank.get(&rank) {
-            return Err(err(lineno, format!("rank {rank} was already given on line {prev}")));
+            return Err(err(
+                lineno,
+                format!("rank {rank} was already given on line {prev}"),
+            ));
         }
         by_token.insert(bytes.clone(), lineno);
         by_rank.insert(rank, (bytes, lineno));

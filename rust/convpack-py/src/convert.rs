@@ -101,7 +101,10 @@ impl<'py> Arena<'py> {
                 Ok(s) => Ok(self.push_str(s)?),
                 Err(e) => Err(rule(
                     Some(msg),
-                    format!("{what} must be a string, got {}", type_name(e.into_inner().as_any())),
+                    format!(
+                        "{what} must be a string, got {}",
+                        type_name(e.into_inner().as_any())
+                    ),
                 )),
             },
         }
@@ -112,7 +115,10 @@ impl<'py> Arena<'py> {
         if !is_mapping(conv) {
             return Err(rule(
                 None,
-                format!("a conversation must be a dict with a 'messages' list, got {}", type_name(conv)),
+                format!(
+                    "a conversation must be a dict with a 'messages' list, got {}",
+                    type_name(conv)
+                ),
             ));
         }
         let messages = get(conv, "messages")?
@@ -132,17 +138,23 @@ impl<'py> Arena<'py> {
             if !is_mapping(m) {
                 return Err(rule(
                     Some(i),
-                    format!("a message must be a dict with 'role' and 'content', got {}", type_name(m)),
+                    format!(
+                        "a message must be a dict with 'role' and 'content', got {}",
+                        type_name(m)
+                    ),
                 ));
             }
-            let role_obj = get(m, "role")?.ok_or_else(|| rule(Some(i), "the message has no 'role'".into()))?;
+            let role_obj =
+                get(m, "role")?.ok_or_else(|| rule(Some(i), "the message has no 'role'".into()))?;
             let role = match role_obj.cast::<PyString>() {
                 Ok(s) => {
                     let name = s.to_cow()?;
                     Role::parse(&name).ok_or_else(|| {
                         rule(
                             Some(i),
-                            format!("unknown role '{name}'; expected 'system', 'user' or 'assistant'"),
+                            format!(
+                                "unknown role '{name}'; expected 'system', 'user' or 'assistant'"
+                            ),
                         )
                     })?
                 }
@@ -173,7 +185,10 @@ impl<'py> Arena<'py> {
                     if !is_mapping(p) {
                         return Err(rule(
                             Some(i),
-                            format!("part {j} must be a dict with 'type' and 'text', got {}", type_name(p)),
+                            format!(
+                                "part {j} must be a dict with 'type' and 'text', got {}",
+                                type_name(p)
+                            ),
                         ));
                     }
                     let kind_obj = get(p, "type")?
@@ -196,7 +211,11 @@ impl<'py> Arena<'py> {
                 }
                 ContentSpec::Parts(specs)
             } else {
-                ContentSpec::Text(self.text(Some(content), i, &format!("{} content", role.name()))?)
+                ContentSpec::Text(self.text(
+                    Some(content),
+                    i,
+                    &format!("{} content", role.name()),
+                )?)
             };
             out.push((role, spec));
         }
@@ -215,7 +234,9 @@ impl<'py> Arena<'py> {
                     content: match c {
                         ContentSpec::Text(i) => Content::Text(s(*i)),
                         ContentSpec::Parts(ps) => Content::Parts(
-                            ps.iter().map(|&(kind, i)| Part { kind, text: s(i) }).collect(),
+                            ps.iter()
+                                .map(|&(kind, i)| Part { kind, text: s(i) })
+                                .collect(),
                         ),
                     },
                 })

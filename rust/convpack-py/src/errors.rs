@@ -12,7 +12,11 @@ use pyo3::types::PyType;
 static CONVERSATION_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static VOCABULARY_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
-fn error_type(py: Python<'_>, cell: &'static PyOnceLock<Py<PyType>>, name: &str) -> PyResult<Py<PyType>> {
+fn error_type(
+    py: Python<'_>,
+    cell: &'static PyOnceLock<Py<PyType>>,
+    name: &str,
+) -> PyResult<Py<PyType>> {
     cell.get_or_try_init(py, || {
         let module = py.import("convpack.errors")?;
         Ok::<_, PyErr>(module.getattr(name)?.cast_into::<PyType>()?.unbind())
@@ -40,21 +44,26 @@ pub fn core_error(py: Python<'_>, e: CoreError) -> PyErr {
         CoreError::Vocab { file, line, reason } => {
             let build = || -> PyResult<PyErr> {
                 let cls = error_type(py, &VOCABULARY_ERROR, "VocabularyError")?;
-                let exc = cls.bind(py).call1((e.to_string(), file.clone(), *line, reason.clone()))?;
+                let exc =
+                    cls.bind(py)
+                        .call1((e.to_string(), file.clone(), *line, reason.clone()))?;
                 Ok(PyErr::from_value(exc))
             };
             build().unwrap_or_else(|err| err)
         }
-        CoreError::Pattern(_) | CoreError::DisallowedSpecial(_) | CoreError::UnknownToken(_) | CoreError::Invalid(_) => {
-            PyValueError::new_err(e.to_string())
-        }
+        CoreError::Pattern(_)
+        | CoreError::DisallowedSpecial(_)
+        | CoreError::UnknownToken(_)
+        | CoreError::Invalid(_) => PyValueError::new_err(e.to_string()),
     }
 }
 
 /// Turns a panic caught at the boundary into an exception (a bug, but never a
 /// crashed interpreter).
 pub fn panic_error(what: &str) -> PyErr {
-    PyRuntimeError::new_err(format!("internal error in convpack while {what}; please report it"))
+    PyRuntimeError::new_err(format!(
+        "internal error in convpack while {what}; please report it"
+    ))
 }
 
 pub trait IntoPyResult<T> {

@@ -49,7 +49,11 @@ pub(crate) fn extract_all<'py>(
     let mut specs = Vec::new();
     for (i, c) in convs.try_iter()?.enumerate() {
         let c = c?;
-        specs.push(arena.add(&c).map_err(|e| extract_error(py, e, Some(base + i)))?);
+        specs.push(
+            arena
+                .add(&c)
+                .map_err(|e| extract_error(py, e, Some(base + i)))?,
+        );
     }
     Ok(specs)
 }
@@ -78,7 +82,9 @@ impl PyTokenizer {
         pattern: &str,
     ) -> PyResult<Self> {
         let tok = Tokenizer::new(ranks, specials, pattern).py_err(py)?;
-        Ok(PyTokenizer { inner: Arc::new(tok) })
+        Ok(PyTokenizer {
+            inner: Arc::new(tok),
+        })
     }
 
     /// Parses a `.tiktoken` rank file's contents (`file` names it in errors).
@@ -106,10 +112,11 @@ impl PyTokenizer {
                 .map(|(i, s)| (s.to_string(), n + i as Rank))
                 .collect()
         });
-        let tok = Tokenizer::new(ranks, specials, pattern).map_err(|e| {
-            PyValueError::new_err(format!("{file}: {e}"))
-        })?;
-        Ok(PyTokenizer { inner: Arc::new(tok) })
+        let tok = Tokenizer::new(ranks, specials, pattern)
+            .map_err(|e| PyValueError::new_err(format!("{file}: {e}")))?;
+        Ok(PyTokenizer {
+            inner: Arc::new(tok),
+        })
     }
 
     /// The ranks in `.tiktoken` format.
@@ -138,7 +145,11 @@ impl PyTokenizer {
     }
 
     fn ranks(&self, py: Python<'_>) -> Vec<Py<PyBytes>> {
-        self.inner.ranks().iter().map(|r| PyBytes::new(py, r).unbind()).collect()
+        self.inner
+            .ranks()
+            .iter()
+            .map(|r| PyBytes::new(py, r).unbind())
+            .collect()
     }
 
     fn special_id(&self, name: &str) -> Option<Rank> {
@@ -146,10 +157,15 @@ impl PyTokenizer {
     }
 
     fn encode_ordinary(&self, py: Python<'_>, text: Bound<'_, PyString>) -> PyResult<Vec<Rank>> {
-        let mut arena = Arena::default();
-        let s = arena_text(&mut arena, text)?;
         let tok = &self.inner;
-        detached(py, "encoding", || tok.encode_ordinary(&s))
+        match text.to_str() {
+            Ok(s) => detached(py, "encoding", || tok.encode_ordinary(s)),
+            Err(_) => {
+                let mut arena = Arena::default();
+                let s = arena_text(&mut arena, text)?;
+                detached(py, "encoding", || tok.encode_ordinary(&s))
+            }
+        }
     }
 
     fn encode(
@@ -179,7 +195,11 @@ impl PyTokenizer {
             let s = t.cast_into::<PyString>().map_err(|e| {
                 pyo3::exceptions::PyTypeError::new_err(format!(
                     "encode expects strings, got {}",
-                    e.into_inner().get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                    e.into_inner()
+                        .get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
                 ))
             })?;
             strs.push(arena.keep(s)?);
@@ -187,7 +207,9 @@ impl PyTokenizer {
         let views: Vec<Cow<'_, str>> = strs.iter().map(|&i| arena.get(i)).collect();
         let refs: Vec<&str> = views.iter().map(|c| c.as_ref()).collect();
         let tok = &self.inner;
-        detached(py, "encoding", || tok.encode_ordinary_batch(&refs, num_threads))
+        detached(py, "encoding", || {
+            tok.encode_ordinary_batch(&refs, num_threads)
+        })
     }
 
     fn decode(&self, py: Python<'_>, ids: Vec<Rank>) -> PyResult<String> {
@@ -217,7 +239,9 @@ impl PyTokenizer {
     ) -> PyResult<(Vec<Rank>, Vec<u32>)> {
         let renderer = self.renderer()?;
         let mut arena = Arena::default();
-        let spec = arena.add(&conversation).map_err(|e| extract_error(py, e, None))?;
+        let spec = arena
+            .add(&conversation)
+            .map_err(|e| extract_error(py, e, None))?;
         let conv = arena.view(&spec);
         let r = detached(py, "rendering", || renderer.render(&conv, max_tokens))?.py_err(py)?;
         // A list of ints, as nanochat returns (a Vec<u8> would become bytes).
@@ -232,9 +256,14 @@ impl PyTokenizer {
     ) -> PyResult<Vec<Rank>> {
         let renderer = self.renderer()?;
         let mut arena = Arena::default();
-        let spec = arena.add(&conversation).map_err(|e| extract_error(py, e, None))?;
+        let spec = arena
+            .add(&conversation)
+            .map_err(|e| extract_error(py, e, None))?;
         let conv = arena.view(&spec);
-        detached(py, "rendering", || renderer.render_for_completion(&conv, max_tokens))?.py_err(py)
+        detached(py, "rendering", || {
+            renderer.render_for_completion(&conv, max_tokens)
+        })?
+        .py_err(py)
     }
 
     /// Renders many conversations on `num_threads` threads (0 = all) and
@@ -248,14 +277,21 @@ impl PyTokenizer {
         conversations: Bound<'py, PyAny>,
         max_tokens: usize,
         num_threads: usize,
-    ) -> PyResult<(Bound<'py, PyArray1<Rank>>, Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<i64>>)> {
+    ) -> PyResult<(
+        Bound<'py, PyArray1<Rank>>,
+        Bound<'py, PyArray1<u8>>,
+        Bound<'py, PyArray1<i64>>,
+    )> {
         let renderer = self.renderer()?;
         let mut arena = Arena::default();
         let specs = extract_all(py, &mut arena, &conversations, 0)?;
         let convs: Vec<Conversation<Cow<'_, str>>> = specs.iter().map(|s| arena.view(s)).collect();
         let flat = detached(py, "rendering", || -> Result<_, ConversationError> {
             let results = renderer.render_batch(&convs, max_tokens, num_threads);
-            let total: usize = results.iter().map(|r| r.as_ref().map_or(0, |x| x.len())).sum();
+            let total: usize = results
+                .iter()
+                .map(|r| r.as_ref().map_or(0, |x| x.len()))
+                .sum();
             let mut ids = Vec::with_capacity(total);
             let mut mask = Vec::with_capacity(total);
             let mut offsets = Vec::with_capacity(results.len() + 1);
@@ -269,7 +305,11 @@ impl PyTokenizer {
             Ok((ids, mask, offsets))
         })?;
         let (ids, mask, offsets) = flat.py_err(py)?;
-        Ok((ids.into_pyarray(py), mask.into_pyarray(py), offsets.into_pyarray(py)))
+        Ok((
+            ids.into_pyarray(py),
+            mask.into_pyarray(py),
+            offsets.into_pyarray(py),
+        ))
     }
 }
 
@@ -320,7 +360,10 @@ impl PyBpeTrainer {
     fn finish(&mut self, py: Python<'_>, n_ranks: usize) -> PyResult<Vec<Py<PyBytes>>> {
         let counts = &self.counts;
         let tokens = detached(py, "training", || train::train(counts, n_ranks))?.py_err(py)?;
-        Ok(tokens.iter().map(|t| PyBytes::new(py, t).unbind()).collect())
+        Ok(tokens
+            .iter()
+            .map(|t| PyBytes::new(py, t).unbind())
+            .collect())
     }
 }
 
@@ -337,7 +380,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(max_threads, m)?)?;
     m.add("SPLIT_PATTERN", convpack_core::SPLIT_PATTERN)?;
     m.add("CL100K_PATTERN", convpack_core::CL100K_PATTERN)?;
-    m.add("CHAT_SPECIAL_TOKENS", convpack_core::CHAT_SPECIAL_TOKENS.to_vec())?;
+    m.add(
+        "CHAT_SPECIAL_TOKENS",
+        convpack_core::CHAT_SPECIAL_TOKENS.to_vec(),
+    )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
