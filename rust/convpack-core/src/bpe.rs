@@ -202,7 +202,7 @@ impl Tokenizer {
                     done = start + piece.len();
                 });
                 if res.is_err() && done < text.len() {
-                    self.encode_piece(text[done..].as_bytes(), out);
+                    self.encode_piece(&text.as_bytes()[done..], out);
                 }
             }
         }
