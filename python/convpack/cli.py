@@ -1,0 +1,568 @@
+"""The ``convpack`` command.
+
+``convpack demo`` (also plain ``convpack``) runs the main job on a bundled
+sample with nothing to download; ``convpack stats TASK`` and ``convpack show
+TASK`` look at any task's conversations; ``convpack bench`` runs the
+benchmark suite and writes its report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
+
+__all__ = [
+    "build_task",
+    "cache_dir",
+    "conversation_stats",
+    "demo_tokenizer",
+    "format_conversation",
+    "main",
+    "parse_task_spec",
+    "sample_path",
+]
+
+DEMO_VOCAB_SIZE = 4096
+
+
+# ------------------------------------------------------------------ tasks
+
+# name -> (module, class, default arguments)
+TASK_NAMES = {
+    "arc": ("tasks.arc", "ARC", {"subset": "ARC-Easy", "split": "train"}),
+    "customjson": ("tasks.customjson", "CustomJSON", {}),
+    "gsm8k": ("tasks.gsm8k", "GSM8K", {"subset": "main", "split": "train"}),
+    "humaneval": ("tasks.humaneval", "HumanEval", {}),
+    "mmlu": ("tasks.mmlu", "MMLU", {"subset": "all", "split": "test"}),
+    "simplespelling": ("tasks.spellingbee", "SimpleSpelling", {"size": 1000, "split": "train"}),
+    "smoltalk": ("tasks.smoltalk", "SmolTalk", {"split": "train"}),
+    "spellingbee": ("tasks.spellingbee", "SpellingBee", {"size": 1000, "split": "train"}),
+}
+_TAKES_DATA_DIR = {"arc", "gsm8k", "humaneval", "mmlu", "smoltalk"}
+_TASK_HELP = (
+    "TASK is a task name with optional arguments, NAME[:KEY=VALUE,...], for example "
+    "smoltalk:split=test, spellingbee:size=1000, mmlu:subset=all,split=test, "
+    "customjson:path=file.jsonl (without a path: the bundled sample), gsm8k:stop=100. "
+    f"Names: {', '.join(sorted(TASK_NAMES))}. start/stop/step slice any task. Data is found "
+    "as the tasks package finds it: --data-dir, else $CONVPACK_DATA_DIR, else the hub."
+)
+
+
+def sample_path() -> str:
+    """The bundled sample conversations (a CustomJSON file)."""
+    return os.path.join(os.path.dirname(__file__), "data", "sample_conversations.jsonl")
+
+
+def parse_task_spec(spec: str) -> tuple:
+    """``"mmlu:subset=all,split=test"`` -> ``("mmlu", {"subset": "all", "split": "test"})``.
+
+    Integer-looking values become ints. Raises ``ValueError`` on an unknown
+    name or a malformed argument.
+    """
+    name, _, rest = spec.partition(":")
+    name = name.strip().lower()
+    if name not in TASK_NAMES:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASK_NAMES))}")
+    kwargs: dict = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"task argument {item!r} in {spec!r} is not KEY=VALUE")
+        value = value.strip()
+        kwargs[key.strip()] = int(value) if re.fullmatch(r"-?\d+", value) else value
+    return name, kwargs
+
+
+def build_task(spec: str, data_dir: Optional[str] = None) -> Any:
+    """The task a spec names, with its defaults filled in (see ``parse_task_spec``)."""
+    import importlib
+
+    name, kwargs = parse_task_spec(spec)
+    module_name, class_name, defaults = TASK_NAMES[name]
+    kwargs = {**defaults, **kwargs}
+    if name == "customjson":
+        kwargs["filepath"] = kwargs.pop("path", kwargs.pop("filepath", sample_path()))
+    if data_dir is not None:
+        if name not in _TAKES_DATA_DIR:
+            raise ValueError(f"task {name!r} does not read a data directory")
+        kwargs["data_dir"] = data_dir
+    cls = getattr(importlib.import_module(module_name), class_name)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"bad arguments for {class_name}: {exc}") from None
+
+
+# ------------------------------------------------------------ stats, show
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content)
+
+
+def conversation_stats(conversations: Any) -> dict:
+    """The seed's SmolTalk statistics over an iterable of conversations.
+
+    Returns ``conversations``, ``messages``, ``mean_messages`` (per
+    conversation), ``mean_chars`` (per message, part texts added up),
+    ``short`` / ``medium`` / ``long`` (shares of messages under 50, 50-200
+    and over 200 characters) and ``system`` (share of conversations opening
+    with a system message). Shares are fractions in 0..1.
+    """
+    n_conv = n_msg = chars = short = medium = long_ = system = 0
+    for conversation in conversations:
+        messages = conversation["messages"]
+        n_conv += 1
+        if messages and messages[0]["role"] == "system":
+            system += 1
+        for message in messages:
+            length = len(_message_text(message["content"]))
+            n_msg += 1
+            chars += length
+            if length < 50:
+                short += 1
+            elif length <= 200:
+                medium += 1
+            else:
+                long_ += 1
+
+    def share(k: int, n: int) -> float:
+        return k / n if n else 0.0
+
+    return {
+        "conversations": n_conv,
+        "messages": n_msg,
+        "mean_messages": share(n_msg, n_conv),
+        "mean_chars": share(chars, n_msg),
+        "short": share(short, n_msg),
+        "medium": share(medium, n_msg),
+        "long": share(long_, n_msg),
+        "system": share(system, n_conv),
+    }
+
+
+def _progress(iterable: Any, total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    # Shown only when the work takes longer than a second.
+    return tqdm(iterable, total=total, desc=desc, delay=1.0, leave=False, file=sys.stderr)
+
+
+def _iter_task(task: Any, start: int, count: int, desc: str) -> Any:
+    indices = range(start, min(start + count, len(task)))
+    return (task[i] for i in _progress(indices, len(indices), desc))
+
+
+def format_conversation(conversation: dict, max_chars: int = 1000) -> str:
+    """A conversation as readable text: each message under its role, each
+    assistant part under its type (so tool calls and their outputs show)."""
+
+    def clip(text: str) -> str:
+        if max_chars and len(text) > max_chars:
+            return text[:max_chars] + f" [... {len(text) - max_chars} more characters]"
+        return text
+
+    lines = []
+    for message in conversation["messages"]:
+        content = message["content"]
+        if isinstance(content, str):
+            lines.append(f"[{message['role']}]")
+            lines.append(clip(content))
+        else:
+            lines.append(f"[{message['role']}] ({len(content)} parts)")
+            for part in content:
+                lines.append(f"  <{part.get('type')}>")
+                lines.append("  " + clip(part.get("text", "")).replace("\n", "\n  "))
+    extra = [k for k in conversation if k != "messages"]
+    if extra:
+        lines.append(
+            "(other keys: " + ", ".join(f"{k}={conversation[k]!r:.60}" for k in extra) + ")"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    task = build_task(args.task, args.data_dir)
+    count = len(task) if args.limit is None else args.limit
+    stats = conversation_stats(_iter_task(task, 0, count, f"stats {args.task}"))
+    stats["task"] = args.task
+    if args.json:
+        print(json.dumps(stats, indent=1))
+        return 0
+    print(f"{args.task}: {stats['conversations']} of {len(task)} conversations")
+    print(f"  mean messages per conversation   {stats['mean_messages']:.2f}")
+    print(f"  mean characters per message      {stats['mean_chars']:.1f}")
+    print(f"  short messages (< 50 chars)      {100 * stats['short']:.1f}%")
+    print(f"  medium messages (50-200 chars)   {100 * stats['medium']:.1f}%")
+    print(f"  long messages (> 200 chars)      {100 * stats['long']:.1f}%")
+    print(f"  with a system message           {100 * stats['system']:5.1f}%")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    task = build_task(args.task, args.data_dir)
+    if not 0 <= args.start < max(len(task), 1):
+        raise ValueError(f"--start {args.start} is outside the task's {len(task)} conversations")
+    for k, conversation in enumerate(_iter_task(task, args.start, args.n, f"show {args.task}")):
+        if k:
+            print()
+        print(f"=== {args.task} [{args.start + k}] of {len(task)} ===")
+        print(format_conversation(conversation, args.max_chars))
+    return 0
+
+
+# ------------------------------------------------------------------- bench
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import report
+
+    command = (
+        "convpack bench"
+        + (" --quick" if args.quick else "")
+        + (f" --out {args.out}" if args.out != "bench-out" else "")
+    )
+    rows, notes = report.run_suite(args.quick, log=lambda s: print(s, file=sys.stderr))
+    paths = report.write_report(rows, notes, args.out, command)
+    print(report.markdown(rows, notes, command))
+    print("wrote " + ", ".join(paths))
+    return 0
+
+
+# -------------------------------------------------------------------- demo
+
+
+def cache_dir() -> str:
+    """``$CONVPACK_CACHE_DIR``, else ``$XDG_CACHE_HOME/convpack``, else ``~/.cache/convpack``."""
+    env = os.environ.get("CONVPACK_CACHE_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "convpack")
+
+
+def demo_tokenizer(texts: Sequence[str], vocab_size: int = DEMO_VOCAB_SIZE) -> tuple:
+    """A tokenizer trained on ``texts``, cached by their digest.
+
+    Returns ``(tokenizer, directory, from_cache)``.
+    """
+    import convpack
+
+    digest = hashlib.sha256(
+        f"{convpack.__version__}\0{vocab_size}\0{convpack.SPLIT_PATTERN}".encode()
+    )
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    directory = os.path.join(cache_dir(), f"demo-tokenizer-{digest.hexdigest()[:16]}")
+    if os.path.isdir(directory):
+        try:
+            return convpack.Tokenizer.from_directory(directory), directory, True
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is rebuilt below
+    tokenizer = convpack.Tokenizer.train_from_iterator(texts, vocab_size)
+    tmp = f"{directory}.tmp-{os.getpid()}"
+    tokenizer.save(tmp)
+    try:
+        os.replace(tmp, directory)
+    except OSError:  # another process won the race; its copy is as good
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer, directory, False
+
+
+def _sample_mixture(quick: bool) -> tuple:
+    from tasks.common import TaskMixture
+    from tasks.customjson import CustomJSON
+    from tasks.humaneval import HumanEval
+    from tasks.spellingbee import SimpleSpelling, SpellingBee
+
+    size = 300 if quick else 1000
+    sample = CustomJSON(sample_path())
+    parts = [
+        (f"SpellingBee(size={size})", SpellingBee(size=size, split="train")),
+        (f"SimpleSpelling(size={size})", SimpleSpelling(size=size, split="train")),
+        ("HumanEval()", HumanEval()),
+        ("CustomJSON(bundled sample) x2", sample),
+    ]
+    tasks = [task for _, task in parts] + [sample]
+    return TaskMixture(tasks), [f"{name}: {len(task)}" for name, task in parts]
+
+
+def _fraction(stats: Any, name: str) -> Optional[float]:
+    for key in (f"{name}_fraction", name, f"{name}_frac"):
+        if isinstance(stats, dict) and key in stats:
+            return float(stats[key])
+        if not isinstance(stats, dict) and hasattr(stats, key):
+            return float(getattr(stats, key))
+    return None
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _time_batches(batches: Any, n: int, desc: str) -> tuple:
+    """Draws ``n`` batches; returns (tokens per second, first batch)."""
+    tokens = 0
+    first = None
+    start = time.perf_counter()
+    for k, batch in enumerate(_progress(batches, n, desc)):
+        tokens += batch[0].numel()
+        if first is None:
+            first = batch
+        if k + 1 == n:
+            break
+    return tokens / (time.perf_counter() - start), first
+
+
+def _same(a: Any, b: Any) -> bool:
+    import torch
+
+    return all(
+        x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)
+        for x, y in zip(a[:2], b[:2])
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import convpack
+
+    from .bench.baseline import PythonRenderer, bestfit_batches, padded_batches, stream_batches
+    from .bench.common import cpu_count
+    from .bench.texts import iter_texts
+
+    started = time.perf_counter()
+    threads = cpu_count()
+    print(
+        f"convpack {convpack.__version__} demo: render and pack a bundled sample mixture "
+        f"({threads} CPU threads; nothing is downloaded)"
+    )
+
+    # 1. The sample mixture, materialised so both paths time the data path
+    # and not the tasks' example generation.
+    print("\n[1/5] sample mixture")
+    mixture, parts = _sample_mixture(args.quick)
+    convs = list(_iter_task(mixture, 0, len(mixture), "loading conversations"))
+    for line in parts:
+        print(f"  {line}")
+    print(f"  TaskMixture (shuffled, seed 42): {len(convs)} conversations")
+
+    # 2. A tokenizer trained on the mixture's own text.
+    print("\n[2/5] tokenizer")
+    texts = [t for c in convs for t in iter_texts(c)]
+    t0 = time.perf_counter()
+    tokenizer, directory, cached = demo_tokenizer(texts)
+    how = (
+        "loaded from cache"
+        if cached
+        else f"trained on the mixture's text ({sum(map(len, texts)) / 1e3:.0f} K characters)"
+    )
+    print(
+        f"  {how} in {time.perf_counter() - t0:.2f} s: vocab {tokenizer.get_vocab_size()} "
+        f"(nanochat split pattern, {len(convpack.CHAT_SPECIAL_TOKENS)} chat special tokens)"
+    )
+    print(f"  cached at {directory}")
+
+    try:
+        import tiktoken
+
+        enc = tiktoken.Encoding(
+            "demo",
+            pat_str=tokenizer.pattern,
+            mergeable_ranks=tokenizer.mergeable_ranks,
+            special_tokens=tokenizer.special_tokens,
+        )
+        python = PythonRenderer.from_tiktoken(enc)
+        baseline_name = "pure Python (tiktoken per message, Python lists)"
+    except ModuleNotFoundError:
+        python = PythonRenderer.from_tokenizer(tokenizer)
+        baseline_name = (
+            "pure Python (convpack encode per message, Python lists; tiktoken not installed)"
+        )
+
+    # 3. Rendering.
+    print(f"\n[3/5] render_conversation: convpack vs {baseline_name}")
+    t0 = time.perf_counter()
+    expected = [
+        python.render_conversation(c) for c in _progress(convs, len(convs), "pure-Python render")
+    ]
+    py_rate = len(convs) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    ids, mask, offsets = tokenizer.render_conversations(convs, num_threads=threads)
+    ours_rate = len(convs) / (time.perf_counter() - t0)
+    same = all(
+        ids[offsets[i] : offsets[i + 1]].tolist() == e[0]
+        and mask[offsets[i] : offsets[i + 1]].tolist() == e[1]
+        for i, e in enumerate(expected)
+    )
+    print(
+        f"  {len(convs)} conversations, {len(ids)} tokens, {100 * mask.mean():.1f}% of them supervised"
+    )
+    print(
+        f"  convpack  {ours_rate:12,.0f} conversations/s   (render_conversations, {threads} threads)"
+    )
+    print(
+        f"  Python    {py_rate:12,.0f} conversations/s   -> {ours_rate / py_rate:.1f}x; "
+        f"identical ids and masks: {'yes' if same else 'NO'}"
+    )
+
+    # 4. Packing, every mode.
+    batch_size, seq_len, n_batches = 8, 512, (10 if args.quick else 40)
+    print(
+        f"\n[4/5] DataGenerator, batch_size={batch_size}, seq_len={seq_len}, {n_batches} batches per mode, on CPU"
+    )
+    generator_cls = getattr(convpack, "DataGenerator", None)
+    if generator_cls is None:
+        print("  convpack.DataGenerator is not in this build; skipped")
+    else:
+        render = python.render_conversation
+        bos = tokenizer.get_bos_token_id()
+        baselines = {
+            "padded": lambda: padded_batches(
+                convs, render, batch_size, tokenizer.encode_special("<|assistant_end|>")
+            ),
+            "stream": lambda: stream_batches(convs, render, batch_size, seq_len),
+            "bestfit": lambda: bestfit_batches(convs, render, batch_size, seq_len, bos),
+        }
+        header = f"  {'mode':8} {'inputs':>12} {'pad':>6} {'crop':>6} {'superv.':>7} {'convpack tok/s':>15} {'Python tok/s':>13} {'ratio':>6}  same"
+        print(header)
+        for mode in ("padded", "stream", "bestfit", "varlen"):
+            gen = generator_cls(
+                convs,
+                tokenizer,
+                batch_size=batch_size,
+                seq_len=seq_len,
+                mode=mode,
+                device="cpu",
+                rank=0,
+                world_size=1,
+            )
+            try:
+                ours_tps, first = _time_batches(gen, n_batches, f"{mode} (convpack)")
+                stats = gen.stats
+            finally:
+                gen.close()
+            shape = "x".join(map(str, first[0].shape))
+            if mode in baselines:
+                py_tps, py_first = _time_batches(baselines[mode](), n_batches, f"{mode} (Python)")
+                py_col, ratio, same_col = (
+                    f"{py_tps:13,.0f}",
+                    f"{ours_tps / py_tps:5.1f}x",
+                    ("yes" if _same(first, py_first) else "no"),
+                )
+            else:
+                py_col, ratio, same_col = f"{'-':>13}", f"{'-':>6}", "(no nanochat equivalent)"
+            print(
+                f"  {mode:8} {shape:>12} {_pct(_fraction(stats, 'pad')):>6} {_pct(_fraction(stats, 'crop')):>6} "
+                f"{_pct(_fraction(stats, 'supervised')):>7} {ours_tps:15,.0f} {py_col} {ratio:>6}  {same_col}"
+            )
+        print(
+            "  pad/crop: share of row positions that are padding / tokens cropped away; "
+            "superv.: share of targets trained on; same: first batch equal to the Python path's"
+        )
+
+    # 5. One conversation, coloured by mask.
+    print("\n[5/5] one conversation's tokens: green = trained on (mask 1), red = not (mask 0)")
+    # The shortest one with a tool call shows every kind of span.
+    with_tools = [c for c in convs if any(isinstance(m["content"], list) for m in c["messages"])]
+    pick = min(with_tools or convs, key=lambda c: sum(len(t) for t in iter_texts(c)))
+    ids1, mask1 = tokenizer.render_conversation(pick)
+    print(tokenizer.visualize_tokenization(ids1, mask1))
+    print(f"\ndone in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+# -------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convpack",
+        description="convpack: chat conversations to training batches (Rust BPE, rendering with "
+        "loss masks, packing for PyTorch). Without a command, runs the demo.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"convpack {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="the main job on a bundled sample: train a tokenizer, render, pack, time it "
+        "against the pure-Python path",
+    )
+    demo.add_argument("--quick", action="store_true", help="a smaller sample (a few seconds)")
+
+    for name, help_text in (
+        ("stats", "dataset statistics of a task"),
+        ("show", "print example conversations of a task"),
+    ):
+        p = sub.add_parser(
+            name, help=help_text, description=f"{help_text[0].upper()}{help_text[1:]}. {_TASK_HELP}"
+        )
+        p.add_argument(
+            "task", metavar="TASK", help="e.g. smoltalk:split=train, spellingbee:size=1000"
+        )
+        p.add_argument(
+            "--data-dir", default=None, help="local data directory (else $CONVPACK_DATA_DIR)"
+        )
+        if name == "stats":
+            p.add_argument("--limit", type=int, default=None, help="only the first N conversations")
+            p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+        else:
+            p.add_argument("-n", type=int, default=3, help="how many conversations (default 3)")
+            p.add_argument(
+                "--start", type=int, default=0, help="index of the first one (default 0)"
+            )
+            p.add_argument(
+                "--max-chars", type=int, default=1000, help="cut texts longer than this (0: never)"
+            )
+
+    bench = sub.add_parser(
+        "bench", help="benchmarks against tiktoken and the pure-Python path; markdown and plots"
+    )
+    bench.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
+    bench.add_argument(
+        "--quick", action="store_true", help="small inputs, short timings (a smoke run)"
+    )
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``convpack`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["demo"])
+    handler = {"demo": _cmd_demo, "stats": _cmd_stats, "show": _cmd_show, "bench": _cmd_bench}[
+        args.command
+    ]
+    from tasks.data import DatasetNotFoundError
+
+    from .bench.common import BenchmarkMismatch
+
+    try:
+        return handler(args)
+    except BenchmarkMismatch as exc:
+        print(f"convpack bench: outputs differ, nothing timed: {exc}", file=sys.stderr)
+        return 1
+    except (DatasetNotFoundError, FileNotFoundError, ModuleNotFoundError, ValueError) as exc:
+        print(f"convpack {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
