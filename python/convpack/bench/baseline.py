@@ -158,8 +158,9 @@ def bestfit_batches(
     """Best-fit packing in Python: every row starts at a BOS; the largest
     buffered conversation that fits goes in next; when none fits, the rest
     of the row is padding (BOS, target -1). A conversation longer than a
-    row is cut to the row. ``counts`` (if given) accumulates ``"tokens"``
-    and ``"pad"``, the row positions filled and those that are padding."""
+    row is cut to the row as it enters the buffer (so it fills an empty
+    row). ``counts`` (if given) accumulates ``"tokens"`` and ``"pad"``, the
+    row positions filled and those that are padding."""
     import torch
 
     capacity = seq_len + 1
@@ -172,7 +173,8 @@ def bestfit_batches(
             mask_row: list = []
             while len(ids_row) < capacity:
                 while len(pool) < buffer_size:
-                    pool.append(render(dataset[cursor]))
+                    ids, mask = render(dataset[cursor])
+                    pool.append((ids[:capacity], mask[:capacity]))
                     cursor = (cursor + 1) % len(dataset)
                 room = capacity - len(ids_row)
                 best = -1
@@ -181,9 +183,6 @@ def bestfit_batches(
                         best = j
                 if best >= 0:
                     ids, mask = pool.pop(best)
-                elif not ids_row:
-                    ids, mask = pool.pop(0)
-                    ids, mask = ids[:capacity], mask[:capacity]
                 else:
                     ids, mask = [bos_id] * room, [0] * room
                     if counts is not None:

@@ -199,7 +199,9 @@ def _plots(rows: list, out_dir: str) -> list:
     import matplotlib.pyplot as plt
 
     written = []
-    ratio_rows = [r for r in rows if "ratio" in r]
+    # Speed ratios only: thread-scaling rows compare speed-ups, not speeds,
+    # and stay in the table.
+    ratio_rows = [r for r in rows if "ratio" in r and r.get("kind") != "scaling"]
     if ratio_rows:
         labels = [f"{r['section']}: {r['case']}" for r in ratio_rows]
         ratios = [r["ratio"] for r in ratio_rows]
