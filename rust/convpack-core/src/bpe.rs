@@ -31,6 +31,18 @@ pub const CHAT_SPECIAL_TOKENS: [&str; 9] = [
 /// quadratic scan, which is faster only for short pieces.
 const HEAP_MERGE_MIN_LEN: usize = 128;
 
+/// The bytes of a piece of at most 7 bytes and its length, packed in a u64.
+#[inline]
+fn short_key(piece: &[u8]) -> Option<u64> {
+    if piece.len() > 7 {
+        return None;
+    }
+    let mut buf = [0u8; 8];
+    buf[..piece.len()].copy_from_slice(piece);
+    buf[7] = piece.len() as u8;
+    Some(u64::from_le_bytes(buf))
+}
+
 #[inline]
 fn pair_key(a: Rank, b: Rank) -> u64 {
     ((a as u64) << 32) | b as u64
@@ -60,6 +72,9 @@ static NEXT_TOKENIZER_ID: AtomicU64 = AtomicU64::new(1);
 #[derive(Clone, Debug)]
 pub struct Tokenizer {
     encoder: FxHashMap<Vec<u8>, Rank>,
+    /// The tokens of at most 7 bytes again, keyed by [`short_key`]: most
+    /// pieces are short, and an integer key needs no byte comparison.
+    short_encoder: FxHashMap<u64, Rank>,
     /// `(left id, right id)` -> id of their concatenation, for every pair of
     /// tokens that concatenate to a token. Merging by ids hashes 8 bytes
     /// instead of a byte slice.
@@ -109,6 +124,11 @@ impl Tokenizer {
                 }
             }
         }
+        let short_encoder = ranks
+            .iter()
+            .enumerate()
+            .filter_map(|(rank, bytes)| short_key(bytes).map(|k| (k, rank as Rank)))
+            .collect();
         let mut pair_ranks = FxHashMap::default();
         for (rank, bytes) in ranks.iter().enumerate() {
             for k in 1..bytes.len() {
@@ -140,6 +160,7 @@ impl Tokenizer {
         }
         Ok(Tokenizer {
             encoder,
+            short_encoder,
             pair_ranks,
             byte_ranks,
             ranks,
@@ -259,7 +280,16 @@ impl Tokenizer {
     /// Tokens of one pre-split piece, appended to `out`.
     #[inline]
     pub fn encode_piece(&self, piece: &[u8], out: &mut Vec<Rank>) {
-        if let Some(&r) = self.encoder.get(piece) {
+        // Single bytes (spaces, punctuation) are common and need no hashing.
+        if let [b] = piece {
+            out.push(self.byte_ranks[*b as usize]);
+            return;
+        }
+        let whole = match short_key(piece) {
+            Some(k) => self.short_encoder.get(&k),
+            None => self.encoder.get(piece),
+        };
+        if let Some(&r) = whole {
             out.push(r);
             return;
         }

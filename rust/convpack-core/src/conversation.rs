@@ -78,6 +78,16 @@ pub struct Conversation<S> {
     pub messages: Vec<Message<S>>,
 }
 
+impl<S: AsRef<str>> Message<S> {
+    /// Bytes of text in the message (all parts together).
+    pub fn text_len(&self) -> usize {
+        match &self.content {
+            Content::Text(t) => t.as_ref().len(),
+            Content::Parts(parts) => parts.iter().map(|p| p.text.as_ref().len()).sum(),
+        }
+    }
+}
+
 impl<S: AsRef<str>> Conversation<S> {
     /// Checks the role order and which roles may hold parts. Errors name the
     /// message index in the caller's list (the system message included).

@@ -151,6 +151,11 @@ impl<'t> Renderer<'t> {
     ) {
         let c = &self.chat;
         let tok = self.tok;
+        // About one token per four bytes of text, plus the special tokens.
+        let text_bytes: usize = messages.iter().map(Message::text_len).sum();
+        let estimate = (text_bytes / 4 + 4 * messages.len() + 8).min(max_tokens + 8);
+        out.ids.reserve(estimate);
+        out.mask.reserve(estimate);
         out.push(c.bos, 0);
         let mut system: Option<&str> = None;
         for m in messages {

@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 
 use convpack_core::{Content, Conversation, ConversationError, Message, Part, PartKind, Role};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
@@ -35,7 +36,12 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".to_string())
 }
 
-fn get<'py>(obj: &Bound<'py, PyAny>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+/// `obj[key]`, or `None` when the key is missing. Keys are interned Python
+/// strings, so looking one up allocates nothing.
+fn get<'py>(
+    obj: &Bound<'py, PyAny>,
+    key: &Bound<'py, PyString>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
     if let Ok(d) = obj.cast::<PyDict>() {
         return d.get_item(key);
     }
@@ -121,7 +127,7 @@ impl<'py> Arena<'py> {
                 ),
             ));
         }
-        let messages = get(conv, "messages")?
+        let messages = get(conv, intern!(conv.py(), "messages"))?
             .ok_or_else(|| rule(None, "the conversation has no 'messages' key".into()))?;
         let items: Vec<Bound<'py, PyAny>> = if let Ok(l) = messages.cast::<PyList>() {
             l.iter().collect()
@@ -145,7 +151,7 @@ impl<'py> Arena<'py> {
                 ));
             }
             let role_obj =
-                get(m, "role")?.ok_or_else(|| rule(Some(i), "the message has no 'role'".into()))?;
+                get(m, intern!(m.py(), "role"))?.ok_or_else(|| rule(Some(i), "the message has no 'role'".into()))?;
             let role = match role_obj.cast::<PyString>() {
                 Ok(s) => {
                     let name = s.to_cow()?;
@@ -165,7 +171,7 @@ impl<'py> Arena<'py> {
                     ))
                 }
             };
-            let content = get(m, "content")?
+            let content = get(m, intern!(m.py(), "content"))?
                 .ok_or_else(|| rule(Some(i), "the message has no 'content'".into()))?;
             let spec = if role == Role::Assistant && !content.is_instance_of::<PyString>() {
                 let parts: Vec<Bound<'py, PyAny>> = match content.cast::<PyList>() {
@@ -191,7 +197,7 @@ impl<'py> Arena<'py> {
                             ),
                         ));
                     }
-                    let kind_obj = get(p, "type")?
+                    let kind_obj = get(p, intern!(p.py(), "type"))?
                         .ok_or_else(|| rule(Some(i), format!("part {j} has no 'type'")))?;
                     let kind = kind_obj
                         .cast::<PyString>()
@@ -206,7 +212,7 @@ impl<'py> Arena<'py> {
                                 ),
                             )
                         })?;
-                    let text = self.text(get(p, "text")?, i, &format!("the 'text' of part {j}"))?;
+                    let text = self.text(get(p, intern!(p.py(), "text"))?, i, &format!("the 'text' of part {j}"))?;
                     specs.push((kind, text));
                 }
                 ContentSpec::Parts(specs)
