@@ -4,6 +4,7 @@
 
 mod convert;
 mod errors;
+mod pack;
 
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -378,6 +379,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
     m.add_class::<PyBpeTrainer>()?;
     m.add_function(wrap_pyfunction!(max_threads, m)?)?;
+    pack::register(m)?;
     m.add("SPLIT_PATTERN", convpack_core::SPLIT_PATTERN)?;
     m.add("CL100K_PATTERN", convpack_core::CL100K_PATTERN)?;
     m.add(

@@ -195,6 +195,8 @@ pub struct PackState {
     pub next: u64,
     /// Conversations used up (skipped ones included).
     pub consumed: u64,
+    /// `consumed` when the last batch began (for its progress).
+    pub batch_start: u64,
     pub skipped: u64,
     pub batches: u64,
     /// Dataset indices of the held conversations: the best-fit buffer in
@@ -243,6 +245,8 @@ pub struct Packer {
     plan: Plan,
     ready: bool,
     st: PackState,
+    /// `consumed` after the last written batch.
+    batch_end: u64,
 }
 
 impl Packer {
@@ -264,6 +268,7 @@ impl Packer {
             plan: Plan::default(),
             ready: false,
             st: PackState::default(),
+            batch_end: 0,
         })
     }
 
@@ -685,6 +690,8 @@ impl Packer {
         c.pad += pad;
         c.supervised += sup;
         self.st.batches += 1;
+        self.st.batch_start = self.batch_end;
+        self.batch_end = self.st.consumed;
         self.plan = Plan::default();
         self.ready = false;
         self.sync_state();
@@ -792,8 +799,9 @@ impl Packer {
         &self.st
     }
 
+    /// Progress as of the last written batch.
     pub fn progress(&self) -> Progress {
-        self.sched.progress(self.st.consumed)
+        self.sched.progress(self.st.batch_start, self.batch_end)
     }
 
     /// Resets to `state` (taken from a packer with the same configuration and
@@ -824,6 +832,7 @@ impl Packer {
         self.ready = false;
         self.fetch = state.next;
         self.restore = state.held.clone();
+        self.batch_end = state.consumed;
         self.st = state;
         Ok(())
     }

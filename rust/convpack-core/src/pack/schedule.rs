@@ -37,8 +37,7 @@ pub struct Schedule {
 /// Where consumption stands.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Progress {
-    /// 1-based epoch the consumption is in (an epoch that has just been
-    /// completed still counts as the current one).
+    /// 1-based epoch.
     pub epoch: u64,
     /// Fraction of that epoch consumed, in `0..=1`.
     pub fraction: f64,
@@ -98,21 +97,24 @@ impl Schedule {
         }
     }
 
-    /// The epoch is that of the last conversation consumed (so the batch
-    /// that completes an epoch reports it at fraction 1.0, not the next one).
-    pub fn progress(&self, consumed: u64) -> Progress {
-        let pos = self.position(consumed);
+    /// Progress after a batch that took consumption from `start` to
+    /// `consumed`. The epoch is the one in progress when the batch began; a
+    /// batch that completes it reports fraction 1.0 even if it reaches into
+    /// the next epoch (so a learning-rate schedule never jumps back at the
+    /// last step), and the next batch reports the new epoch.
+    pub fn progress(&self, start: u64, consumed: u64) -> Progress {
         let len = self.len as u64;
-        let epoch = if consumed == 0 {
-            1
+        let (p0, p1) = (self.position(start), self.position(consumed));
+        let epoch = p0 / len + 1;
+        let fraction = if p1 >= epoch * len {
+            1.0
         } else {
-            (pos - self.world as u64) / len + 1
+            (p1 - (epoch - 1) * len) as f64 / len as f64
         };
-        let fraction = pos.saturating_sub((epoch - 1) * len) as f64 / len as f64;
         Progress {
             epoch,
-            fraction: fraction.min(1.0),
-            epoch_done: pos >= len,
+            fraction,
+            epoch_done: p1 >= len,
         }
     }
 }
@@ -132,11 +134,11 @@ mod tests {
                 let mut seen = vec![0u32; len];
                 for s in &scheds {
                     let mut k = 0;
-                    while !s.progress(k).epoch_done {
+                    while !s.progress(0, k).epoch_done {
                         seen[s.index(k)] += 1;
                         k += 1;
                     }
-                    assert_eq!(s.progress(k).epoch, 1);
+                    assert_eq!(s.progress(0, k).epoch, 1);
                 }
                 assert!(
                     seen.iter().all(|&c| c == 1),

@@ -1,0 +1,505 @@
+"""``convpack.DataGenerator``: conversations to device-ready training batches.
+
+A drop-in for nanochat's SFT and mid-training data generators: the same
+tensors, built by the Rust packer (``convpack._core.Packer``) straight into
+the buffers that become the batch.
+
+Modes (see SPEC "Packing: DataGenerator"):
+
+* ``padded``: nanochat's SFT collate. ``(inputs, targets)`` int64,
+  ``(B, max(len) - 1)``.
+* ``stream``: nanochat's mid-training loop. ``inputs`` int32, ``targets``
+  int64, ``(B, T)``.
+* ``bestfit``: BOS-aligned best-fit rows of ``T + 1`` tokens, ``overflow``
+  ``"pad"`` or ``"crop"``. ``inputs`` int32, ``targets`` int64, ``(B, T)``.
+* ``varlen``: padding-free rows for variable-length attention. Yields
+  ``(inputs, targets, cu_seqlens, position_ids)``:
+
+  - ``inputs`` int32 and ``targets`` int64, ``(B, T)``; rows are filled end
+    to end with *segments*, each a run of one conversation's tokens whose
+    targets are that conversation's next tokens (-1 where the loss mask is
+    0). A conversation that does not fit the rest of a row continues in a new
+    segment at the start of the next row (the next batch after the last
+    row), so every supervised token is a target exactly once per epoch.
+    Segments never cross rows (none is longer than ``T``).
+  - ``cu_seqlens`` int32, ``(max_seqs + 1,)``: segment boundaries over the
+    flattened ``B*T`` tokens, ``0, end_1, ..., B*T``, then ``B*T`` repeated
+    (empty sequences) so the shape never changes and a compiled model does
+    not recompile. Pass ``max_seqlen=T`` to the attention kernel.
+  - ``position_ids`` int64, ``(B, T)``: restart at 0 at every segment (so
+    ``position_ids == 0`` marks the same boundaries).
+  - At most ``max_seqs`` segments per batch (default ``B * max(4, T // 16)``).
+    A segment is placed only if the batch can still give each later row one
+    segment and, when the segment ends before its row does, the rest of its
+    row one more; otherwise the rest of the row becomes one filler segment
+    (inputs BOS, targets -1). Only many very short conversations hit this.
+
+Iteration never ends on its own (like nanochat's generators): stop on
+``last_step``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from . import _core
+
+__all__ = ["DataGenerator", "PinnedRing", "resolve_distributed"]
+
+MODES = ("padded", "stream", "bestfit", "varlen")
+_STATE_FORMAT = "convpack.DataGenerator"
+_STATE_VERSION = 1
+
+
+def resolve_distributed(rank: Optional[int] = None, world_size: Optional[int] = None) -> tuple:
+    """``(rank, world_size)``: the arguments where given, else from
+    ``torch.distributed`` when it is initialised, else the ``RANK`` /
+    ``WORLD_SIZE`` environment variables, else ``(0, 1)``.
+
+    Raises ``ValueError`` for an out-of-range rank or a malformed variable.
+    """
+    if rank is None or world_size is None:
+        detected_rank, detected_world = 0, 1
+        dist = getattr(torch, "distributed", None)
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            detected_rank, detected_world = dist.get_rank(), dist.get_world_size()
+        else:
+            for name in ("RANK", "WORLD_SIZE"):
+                value = os.environ.get(name)
+                if value is not None and not value.strip().isdigit():
+                    raise ValueError(f"environment variable {name}={value!r} is not a non-negative int")
+            detected_rank = int(os.environ.get("RANK", "0"))
+            detected_world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = detected_rank if rank is None else rank
+        world_size = detected_world if world_size is None else world_size
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    return int(rank), int(world_size)
+
+
+class PinnedRing:
+    """A ring of host buffers for asynchronous host-to-device copies.
+
+    Slots are handed out round-robin. A slot is handed out again only after
+    (1) it was released by the consumer, which issued the copy that reads it,
+    and (2) that copy's event has completed (``event.synchronize()``), so a
+    slot is never overwritten while a ``non_blocking`` copy still reads it.
+
+    ``make_slot()`` builds one slot's buffers; events need ``synchronize()``.
+    """
+
+    def __init__(self, n_slots: int, make_slot: Callable[[], Any]) -> None:
+        if n_slots < 1:
+            raise ValueError("a ring needs at least one slot")
+        self.slots = [make_slot() for _ in range(n_slots)]
+        self._released = [True] * n_slots
+        self._events: list = [None] * n_slots
+        self._next = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, stop: Optional[threading.Event] = None) -> int:
+        """The next slot, once it is free; ``-1`` if ``stop`` was set first."""
+        with self._cond:
+            i = self._next
+            while not self._released[i]:
+                if stop is not None and stop.is_set():
+                    return -1
+                self._cond.wait(timeout=0.05)
+            self._released[i] = False
+            self._next = (i + 1) % len(self.slots)
+            event, self._events[i] = self._events[i], None
+        if event is not None:
+            event.synchronize()
+        return i
+
+    def release(self, i: int, event: Any = None) -> None:
+        """Gives slot ``i`` back; it is reused after ``event`` completes."""
+        with self._cond:
+            self._events[i] = event
+            self._released[i] = True
+            self._cond.notify_all()
+
+
+class _CudaTransfer:
+    """Pinned host slots and ``non_blocking`` copies to a CUDA device."""
+
+    pin_memory = True
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def send(self, tensors: Sequence[torch.Tensor]) -> tuple:
+        out = tuple(t.to(self.device, non_blocking=True) for t in tensors)
+        event = torch.cuda.Event()
+        event.record()
+        return out, event
+
+
+def _make_transfer(device: torch.device) -> Any:
+    """The transfer for a device (tests replace this to fake CUDA on CPU)."""
+    return _CudaTransfer(device)
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Batch:
+    __slots__ = ("slot", "arrays", "views", "state", "progress")
+
+    def __init__(self, slot, arrays, views, state, progress) -> None:
+        self.slot = slot
+        self.arrays = arrays
+        self.views = views
+        self.state = state
+        self.progress = progress
+
+
+class _Producer:
+    """Makes batches: fetches what the packer asks for, has it rendered and
+    packed. Shared with the prefetch thread, which never holds the
+    DataGenerator itself (so dropping the generator stops the thread)."""
+
+    def __init__(self, dataset, packer, chunk: int, ring: Optional[PinnedRing]) -> None:
+        self.dataset = dataset
+        self.packer = packer
+        self.chunk = chunk
+        self.ring = ring
+
+    def produce(self, stop: Optional[threading.Event] = None) -> Optional[_Batch]:
+        p = self.packer
+        while True:
+            need = p.plan()
+            if need == 0:
+                break
+            indices = p.wanted(max(need, self.chunk))
+            p.push([self.dataset[i] for i in indices])
+        rows, cols, nseq, wide = p.shape()
+        in_dtype = np.int64 if wide else np.int32
+        shapes = [((rows, cols), in_dtype), ((rows, cols), np.int64)]
+        if nseq:
+            shapes += [((nseq,), np.int32), ((rows, cols), np.int64)]
+        slot, views = -1, None
+        if self.ring is None:
+            arrays = [np.empty(shape, dtype=dt) for shape, dt in shapes]
+        else:
+            slot = self.ring.acquire(stop)
+            if slot < 0:
+                return None
+            flats = self.ring.slots[slot]
+            views = [flat[: int(np.prod(shape))].view(*shape) for flat, (shape, _) in zip(flats, shapes)]
+            arrays = [v.numpy() for v in views]
+        try:
+            p.write(*arrays)
+        except BaseException:
+            if slot >= 0:
+                self.ring.release(slot)
+            raise
+        return _Batch(slot, arrays, views, p.state(), p.progress())
+
+
+def _prefetch_loop(producer: _Producer, out: queue.Queue, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            item: Any = producer.produce(stop)
+            if item is None:
+                return
+        except BaseException as e:  # surfaces at the consumer's next()
+            item = _Failure(e)
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.05)
+                break
+            except queue.Full:
+                continue
+        if isinstance(item, _Failure):
+            return
+
+
+def _core_tokenizer(tokenizer: Any) -> Any:
+    core = getattr(tokenizer, "_core", tokenizer)
+    if not isinstance(core, _core.CoreTokenizer):
+        raise TypeError(
+            f"tokenizer must be a convpack.Tokenizer, got {type(tokenizer).__name__}; "
+            "load the same vocabulary with convpack.Tokenizer (e.g. from_directory)"
+        )
+    return core
+
+
+class DataGenerator:
+    """Packs a dataset of conversations into training batches.
+
+    Args:
+        dataset: anything with ``__len__`` and ``__getitem__`` returning
+            conversations (every Task is).
+        tokenizer: a ``convpack.Tokenizer``.
+        batch_size: rows per batch (``B``).
+        seq_len: columns per row (``T``); required except in ``padded``, where
+            it optionally truncates conversations to ``T + 1`` tokens.
+        mode: ``"padded"``, ``"stream"``, ``"bestfit"`` or ``"varlen"``.
+        overflow: ``bestfit`` only: ``"pad"`` or ``"crop"``.
+        buffer_size: ``bestfit`` only: conversations to choose from.
+        max_tokens: conversations are rendered truncated to this many tokens.
+        device: where batches go (``None``: CPU). On CUDA, batches are built in
+            a ring of pinned buffers and copied with ``non_blocking=True``.
+        rank, world_size: default from ``torch.distributed``, then the
+            ``RANK``/``WORLD_SIZE`` variables, then 0/1.
+        num_iterations: if > 0, ``last_step`` turns True at that batch and
+            ``progress`` is ``batches / num_iterations``.
+        prefetch: batches produced ahead on a background thread (0: none).
+        num_threads: rendering threads (``None``: all).
+        on_error: ``"raise"`` (``ConversationError`` naming the dataset index)
+            or ``"skip"`` (dropped and counted in ``skipped``).
+        max_seqs: ``varlen`` only: segments per batch (``cu_seqlens`` has
+            ``max_seqs + 1`` entries).
+
+    Iterating yields ``(inputs, targets)`` (``varlen``: also ``cu_seqlens``
+    and ``position_ids``) forever; stop on ``last_step``. Raises
+    ``ValueError`` for invalid arguments.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        tokenizer: Any,
+        *,
+        batch_size: int,
+        seq_len: Optional[int] = None,
+        mode: str = "bestfit",
+        overflow: str = "pad",
+        buffer_size: int = 100,
+        max_tokens: int = 2048,
+        device: Union[str, torch.device, None] = None,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+        num_iterations: int = -1,
+        prefetch: int = 2,
+        num_threads: Optional[int] = None,
+        on_error: str = "raise",
+        max_seqs: Optional[int] = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if overflow not in ("pad", "crop"):
+            raise ValueError(f"overflow must be 'pad' or 'crop', got {overflow!r}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        for name, value, low in (("batch_size", batch_size, 1), ("buffer_size", buffer_size, 1),
+                                 ("max_tokens", max_tokens, 1), ("prefetch", prefetch, 0)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if seq_len is None and mode != "padded":
+            raise ValueError(f"mode {mode!r} needs seq_len")
+        if seq_len is not None and (not isinstance(seq_len, int) or seq_len < 1):
+            raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise ValueError(f"num_threads must be an int >= 1 or None, got {num_threads!r}")
+        n = len(dataset)
+        if n < 1:
+            raise ValueError("the dataset is empty")
+        if mode == "varlen":
+            if max_seqs is None:
+                max_seqs = batch_size * max(4, seq_len // 16)
+            if not isinstance(max_seqs, int) or max_seqs <= batch_size:
+                raise ValueError(f"max_seqs must be an int > batch_size, got {max_seqs!r}")
+        else:
+            max_seqs = None
+        rank, world_size = resolve_distributed(rank, world_size)
+        core_tok = _core_tokenizer(tokenizer)
+
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.mode = mode
+        self.overflow = overflow
+        self.buffer_size = buffer_size
+        self.max_tokens = max_tokens
+        self.rank = rank
+        self.world_size = world_size
+        self.num_iterations = num_iterations
+        self.prefetch = prefetch
+        self.on_error = on_error
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._packer_args = dict(
+            batch_size=batch_size, seq_len=seq_len, dataset_len=n, rank=rank,
+            world_size=world_size, overflow=overflow, buffer_size=buffer_size,
+            max_tokens=max_tokens, max_seqs=max_seqs,
+            num_threads=num_threads or 0, skip_errors=on_error == "skip",
+        )
+        self._core_tok = core_tok
+        try:
+            packer = _core.Packer(core_tok, mode, **self._packer_args)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+        threads = num_threads or _core.max_threads()
+        self._chunk = max(32, 8 * threads)
+
+        self._transfer = None
+        ring = None
+        max_cols = seq_len if mode != "padded" else min(max_tokens, (seq_len or max_tokens) + 1) - 1
+        if self.device.type == "cuda":
+            self._transfer = _make_transfer(self.device)
+            ring = self._new_ring(max(1, max_cols))
+        self._producer = _Producer(dataset, packer, self._chunk, ring)
+        self.max_seqs = max_seqs
+        self._state: dict = packer.state()
+        self._thread: Optional[threading.Thread] = None
+        self._queue: Optional[queue.Queue] = None
+        self._stop = threading.Event()
+        self._failure: Optional[BaseException] = None
+        self._finalizer = weakref.finalize(self, self._stop.set)
+        self._set_progress(packer.state(), packer.progress())
+
+    # ------------------------------------------------------------ buffers
+
+    def _new_ring(self, max_cols: int) -> PinnedRing:
+        b = self.batch_size
+        pin = getattr(self._transfer, "pin_memory", False)
+        in_dtype = torch.int64 if self.mode == "padded" else torch.int32
+        cells = b * max_cols
+        nseq = self._packer_args["max_seqs"] + 1 if self.mode == "varlen" else 0
+
+        def make_slot():
+            slot = [torch.empty(cells, dtype=in_dtype, pin_memory=pin),
+                    torch.empty(cells, dtype=torch.int64, pin_memory=pin)]
+            if nseq:
+                slot += [torch.empty(nseq, dtype=torch.int32, pin_memory=pin),
+                         torch.empty(cells, dtype=torch.int64, pin_memory=pin)]
+            return slot
+
+        return PinnedRing(self.prefetch + 2, make_slot)
+
+    # ------------------------------------------------------------ iteration
+
+    def __iter__(self) -> DataGenerator:
+        return self
+
+    def __next__(self) -> tuple:
+        if self._failure is not None:
+            raise self._failure
+        if self.prefetch > 0:
+            if self._thread is None:
+                self._start()
+            item = self._queue.get()
+        else:
+            try:
+                item = self._producer.produce()
+            except BaseException as e:
+                item = _Failure(e)
+        if isinstance(item, _Failure):
+            self._failure = item.exc
+            self._shutdown()
+            raise item.exc
+        if self._producer.ring is not None:
+            tensors, event = self._transfer.send(item.views)
+            self._producer.ring.release(item.slot, event)
+        else:
+            tensors = tuple(torch.from_numpy(a) for a in item.arrays)
+        self._state = item.state
+        self._set_progress(item.state, item.progress)
+        return tuple(tensors)
+
+    def _start(self) -> None:
+        self._stop = threading.Event()
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, self._stop.set)
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        self._thread = threading.Thread(
+            target=_prefetch_loop, args=(self._producer, self._queue, self._stop),
+            name="convpack-prefetch", daemon=True,
+        )
+        self._thread.start()
+
+    def _shutdown(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                raise RuntimeError("the prefetch thread did not stop (is dataset[i] blocking?)")
+        # Slots handed to batches that were never consumed are free again.
+        q, self._queue = self._queue, None
+        ring = self._producer.ring
+        while q is not None and ring is not None:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Batch):
+                ring.release(item.slot)
+
+    def close(self) -> None:
+        """Stops the prefetch thread. Iterating afterwards starts it again."""
+        self._shutdown()
+
+    # ------------------------------------------------------------ progress
+
+    def _set_progress(self, state: dict, progress: tuple) -> None:
+        epoch, fraction, epoch_done = progress
+        batches = state["batches"]
+        self.epoch: int = epoch
+        self.skipped: int = state["skipped"]
+        if self.num_iterations > 0:
+            self.progress: float = min(batches / self.num_iterations, 1.0)
+        else:
+            self.progress = fraction
+        self.last_step: bool = bool(epoch_done) or (0 < self.num_iterations <= batches)
+        tokens, entered = state["tokens"], state["entered"]
+        self.stats: dict = {
+            "pad": state["pad"] / tokens if tokens else 0.0,
+            "crop": state["dropped"] / entered if entered else 0.0,
+            "supervised": state["supervised"] / tokens if tokens else 0.0,
+            "batches": batches,
+            "tokens": tokens,
+        }
+
+    # ------------------------------------------------------------ resume
+
+    def _config(self) -> dict:
+        return {
+            "mode": self.mode, "batch_size": self.batch_size, "seq_len": self.seq_len,
+            "overflow": self.overflow if self.mode == "bestfit" else None,
+            "buffer_size": self.buffer_size if self.mode == "bestfit" else None,
+            "max_tokens": self.max_tokens, "max_seqs": self.max_seqs,
+            "rank": self.rank, "world_size": self.world_size,
+            "dataset_len": self._packer_args["dataset_len"],
+        }
+
+    def state_dict(self) -> dict:
+        """The point after the last batch returned by ``next()`` (batches
+        prefetched but not consumed are not counted): a small JSON-serialisable
+        dict for ``load_state_dict``."""
+        packer = dict(self._state)
+        packer["held"] = list(packer["held"])
+        return {"format": _STATE_FORMAT, "version": _STATE_VERSION, **self._config(), "packer": packer}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continues exactly where ``state`` (from ``state_dict``) left off.
+
+        The generator must have the same dataset length, mode, shapes, rank
+        and world size; raises ``ValueError`` otherwise.
+        """
+        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+            raise ValueError("not a convpack.DataGenerator state dict")
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported state version {state.get('version')!r}")
+        for key, mine in self._config().items():
+            if state.get(key) != mine:
+                raise ValueError(f"state was saved with {key}={state.get(key)!r}, this generator has {mine!r}")
+        self._shutdown()
+        self._failure = None
+        packer = self._producer.packer
+        packer.load_state(dict(state["packer"]))
+        self._state = packer.state()
+        self._set_progress(self._state, packer.progress())

@@ -1,0 +1,358 @@
+//! Bindings of the packers (`convpack._core.Packer`), driven by
+//! `convpack.DataGenerator`.
+//!
+//! Python fetches the conversations the packer asks for (`wanted`), hands
+//! them over (`push`: extraction with the GIL, rendering on the thread pool
+//! without it), and has batches written straight into its numpy buffers
+//! (`plan`, `shape`, `write`).
+
+use std::borrow::Cow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use convpack_core::pack::{
+    Inputs, Mode, Outputs, Overflow, PackConfig, PackState, Packer, Schedule,
+};
+use convpack_core::{
+    ChatTokens, Conversation, ConversationError, CoreError, Rendered, Renderer, Tokenizer,
+};
+use numpy::{PyArrayDyn, PyArrayMethods};
+use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::convert::{Arena, ExtractError};
+use crate::errors::{core_error, panic_error};
+use crate::PyTokenizer;
+
+fn detached<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    py.detach(|| catch_unwind(AssertUnwindSafe(f)))
+        .map_err(|_| panic_error(what))
+}
+
+fn core<T>(py: Python<'_>, r: Result<T, CoreError>) -> PyResult<T> {
+    r.map_err(|e| core_error(py, e))
+}
+
+/// A packer over a dataset of `dataset_len` conversations for one rank.
+#[pyclass(module = "convpack._core", name = "Packer")]
+pub struct PyPacker {
+    inner: Packer,
+    tok: Arc<Tokenizer>,
+    max_tokens: usize,
+    num_threads: usize,
+}
+
+#[pymethods]
+impl PyPacker {
+    #[new]
+    #[pyo3(signature = (
+        tokenizer, mode, *, batch_size, seq_len, dataset_len, rank, world_size,
+        overflow = "pad", buffer_size = 100, max_tokens = 2048, max_seqs = None,
+        num_threads = 0, skip_errors = false
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        tokenizer: PyRef<'_, PyTokenizer>,
+        mode: &str,
+        batch_size: usize,
+        seq_len: Option<usize>,
+        dataset_len: usize,
+        rank: usize,
+        world_size: usize,
+        overflow: &str,
+        buffer_size: usize,
+        max_tokens: usize,
+        max_seqs: Option<usize>,
+        num_threads: usize,
+        skip_errors: bool,
+    ) -> PyResult<Self> {
+        let overflow = match overflow {
+            "pad" => Overflow::Pad,
+            "crop" => Overflow::Crop,
+            o => {
+                return Err(PyValueError::new_err(format!(
+                    "overflow must be 'pad' or 'crop', got {o:?}"
+                )))
+            }
+        };
+        let mode = match mode {
+            "padded" => Mode::Padded,
+            "stream" => Mode::Stream,
+            "bestfit" => Mode::BestFit {
+                overflow,
+                buffer_size,
+            },
+            "varlen" => Mode::Varlen {
+                max_seqs: max_seqs.ok_or_else(|| PyValueError::new_err("varlen needs max_seqs"))?,
+            },
+            m => {
+                return Err(PyValueError::new_err(format!(
+                    "mode must be 'padded', 'stream', 'bestfit' or 'varlen', got {m:?}"
+                )))
+            }
+        };
+        if max_tokens == 0 {
+            return Err(PyValueError::new_err("max_tokens must be at least 1"));
+        }
+        let chat =
+            ChatTokens::of(&tokenizer.inner).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let cfg = PackConfig {
+            mode,
+            batch_size,
+            seq_len,
+            bos: chat.bos,
+            pad: chat.assistant_end,
+            skip_errors,
+        };
+        let order = cfg.order();
+        let err = |e: CoreError| PyValueError::new_err(e.to_string());
+        let sched = Schedule::new(dataset_len, rank, world_size, order).map_err(err)?;
+        Ok(PyPacker {
+            inner: Packer::new(cfg, sched).map_err(err)?,
+            tok: Arc::clone(&tokenizer.inner),
+            max_tokens,
+            num_threads,
+        })
+    }
+
+    /// 0 when the next batch is laid out, else how many more conversations
+    /// it needs at least. Raises `ConversationError` for a bad conversation
+    /// (unless skipping).
+    fn plan(&mut self, py: Python<'_>) -> PyResult<usize> {
+        let inner = &mut self.inner;
+        let fill = detached(py, "packing", || inner.plan())?;
+        Ok(match core(py, fill)? {
+            convpack_core::pack::Fill::Ready => 0,
+            convpack_core::pack::Fill::NeedMore(n) => n.max(1),
+        })
+    }
+
+    /// Dataset indices to fetch and `push` next (at most `n`).
+    fn wanted(&self, n: usize) -> Vec<usize> {
+        self.inner.wanted(n)
+    }
+
+    /// Renders the conversations fetched for `wanted` (in that order).
+    fn push(&mut self, py: Python<'_>, conversations: Bound<'_, PyAny>) -> PyResult<()> {
+        let items: Vec<Bound<'_, PyAny>> = conversations.try_iter()?.collect::<PyResult<_>>()?;
+        let indices = self.inner.wanted(items.len());
+        let mut arena = Arena::default();
+        let mut specs = Vec::with_capacity(items.len());
+        let mut failed: Vec<Option<ConversationError>> = Vec::with_capacity(items.len());
+        for (item, &index) in items.iter().zip(&indices) {
+            match arena.add(item) {
+                Ok(s) => {
+                    specs.push(s);
+                    failed.push(None);
+                }
+                Err(ExtractError::Rule(e)) => failed.push(Some(e.with_conversation(index))),
+                Err(ExtractError::Python(e)) => return Err(e),
+            }
+        }
+        let convs: Vec<Conversation<Cow<'_, str>>> = specs.iter().map(|s| arena.view(s)).collect();
+        let renderer =
+            Renderer::new(&self.tok).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let (max_tokens, threads) = (self.max_tokens, self.num_threads);
+        let rendered = detached(py, "rendering", || {
+            renderer.render_batch(&convs, max_tokens, threads)
+        })?;
+        let mut rendered = rendered.into_iter();
+        let mut docs: Vec<Result<Rendered, ConversationError>> = Vec::with_capacity(failed.len());
+        for (f, &index) in failed.into_iter().zip(&indices) {
+            docs.push(match f {
+                Some(e) => Err(e),
+                None => rendered
+                    .next()
+                    .unwrap_or_else(|| {
+                        Err(ConversationError::new(None, "internal: missing rendering"))
+                    })
+                    .map_err(|e| e.with_conversation(index)),
+            });
+        }
+        let inner = &mut self.inner;
+        let r = detached(py, "packing", || inner.push(docs))?;
+        core(py, r)
+    }
+
+    /// `(rows, cols, len(cu_seqlens) or 0, inputs are int64)` of the planned
+    /// batch, or None before `plan` returned 0.
+    fn shape(&self) -> Option<(usize, usize, usize, bool)> {
+        self.inner
+            .shape()
+            .map(|s| (s.rows, s.cols, s.seqlens, s.wide_inputs))
+    }
+
+    /// Writes the planned batch into C-contiguous arrays of exactly the
+    /// planned sizes (any shape): inputs int32 (int64 for `padded`), targets
+    /// int64, and for `varlen` cu_seqlens int32 and position_ids int64.
+    #[pyo3(signature = (inputs, targets, cu_seqlens = None, position_ids = None))]
+    fn write(
+        &mut self,
+        py: Python<'_>,
+        inputs: Bound<'_, PyAny>,
+        targets: Bound<'_, PyArrayDyn<i64>>,
+        cu_seqlens: Option<Bound<'_, PyArrayDyn<i32>>>,
+        position_ids: Option<Bound<'_, PyArrayDyn<i64>>>,
+    ) -> PyResult<()> {
+        let not_contiguous = |what: &str| {
+            PyValueError::new_err(format!("{what} must be a writable C-contiguous array"))
+        };
+        fn borrow(what: &'static str) -> impl Fn(numpy::BorrowError) -> PyErr {
+            move |_| PyValueError::new_err(format!("{what} is already borrowed"))
+        }
+        let mut in32 = None;
+        let mut in64 = None;
+        if let Ok(a) = inputs.cast::<PyArrayDyn<i32>>() {
+            in32 = Some(a.try_readwrite().map_err(borrow("inputs"))?);
+        } else if let Ok(a) = inputs.cast::<PyArrayDyn<i64>>() {
+            in64 = Some(a.try_readwrite().map_err(borrow("inputs"))?);
+        } else {
+            return Err(PyTypeError::new_err(
+                "inputs must be an int32 or int64 numpy array",
+            ));
+        }
+        let mut t = targets.try_readwrite().map_err(borrow("targets"))?;
+        let mut cu = cu_seqlens
+            .as_ref()
+            .map(|a| a.try_readwrite())
+            .transpose()
+            .map_err(borrow("cu_seqlens"))?;
+        let mut pos = position_ids
+            .as_ref()
+            .map(|a| a.try_readwrite())
+            .transpose()
+            .map_err(borrow("position_ids"))?;
+        let inputs = match (&mut in32, &mut in64) {
+            (Some(a), _) => Inputs::I32(a.as_slice_mut().map_err(|_| not_contiguous("inputs"))?),
+            (_, Some(a)) => Inputs::I64(a.as_slice_mut().map_err(|_| not_contiguous("inputs"))?),
+            _ => {
+                return Err(PyTypeError::new_err(
+                    "inputs must be an int32 or int64 numpy array",
+                ))
+            }
+        };
+        let out = Outputs {
+            inputs,
+            targets: t.as_slice_mut().map_err(|_| not_contiguous("targets"))?,
+            cu_seqlens: match cu.as_mut() {
+                Some(a) => Some(a.as_slice_mut().map_err(|_| not_contiguous("cu_seqlens"))?),
+                None => None,
+            },
+            position_ids: match pos.as_mut() {
+                Some(a) => Some(
+                    a.as_slice_mut()
+                        .map_err(|_| not_contiguous("position_ids"))?,
+                ),
+                None => None,
+            },
+        };
+        let inner = &mut self.inner;
+        let r = detached(py, "packing", || inner.write(out))?;
+        core(py, r)
+    }
+
+    /// The resume point after the last written batch, as a JSON-able dict.
+    fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        state_to_dict(py, self.inner.state())
+    }
+
+    /// Resets to a dict from `state`; `wanted`/`push` then re-render the
+    /// held conversations.
+    fn load_state(&mut self, state: Bound<'_, PyDict>) -> PyResult<()> {
+        let st = state_from_dict(&state)?;
+        self.inner
+            .load_state(st)
+            .map_err(|e| PyValueError::new_err(format!("cannot load this state: {e}")))
+    }
+
+    /// `(epoch, fraction of it consumed, an epoch's worth consumed)`.
+    fn progress(&self) -> (u64, f64, bool) {
+        let p = self.inner.progress();
+        (p.epoch, p.fraction, p.epoch_done)
+    }
+}
+
+const STATE_KEYS: [&str; 13] = [
+    "next",
+    "consumed",
+    "batch_start",
+    "skipped",
+    "batches",
+    "held",
+    "offset",
+    "unusable_run",
+    "tokens",
+    "pad",
+    "supervised",
+    "entered",
+    "dropped",
+];
+
+fn state_to_dict<'py>(py: Python<'py>, st: &PackState) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    let c = &st.counters;
+    d.set_item("next", st.next)?;
+    d.set_item("consumed", st.consumed)?;
+    d.set_item("batch_start", st.batch_start)?;
+    d.set_item("skipped", st.skipped)?;
+    d.set_item("batches", st.batches)?;
+    d.set_item("held", st.held.clone())?;
+    d.set_item("offset", st.offset)?;
+    d.set_item("unusable_run", st.unusable_run)?;
+    d.set_item("tokens", c.tokens)?;
+    d.set_item("pad", c.pad)?;
+    d.set_item("supervised", c.supervised)?;
+    d.set_item("entered", c.entered)?;
+    d.set_item("dropped", c.dropped)?;
+    Ok(d)
+}
+
+fn state_from_dict(d: &Bound<'_, PyDict>) -> PyResult<PackState> {
+    for k in STATE_KEYS {
+        if !d.contains(k)? {
+            return Err(PyKeyError::new_err(format!(
+                "the packer state has no {k:?}"
+            )));
+        }
+    }
+    let get = |k: &str| -> PyResult<u64> {
+        d.get_item(k)?
+            .ok_or_else(|| PyKeyError::new_err(k.to_string()))?
+            .extract::<u64>()
+            .map_err(|_| {
+                PyValueError::new_err(format!(
+                    "the packer state's {k:?} must be a non-negative int"
+                ))
+            })
+    };
+    let held: Vec<usize> = d
+        .get_item("held")?
+        .ok_or_else(|| PyKeyError::new_err("held"))?
+        .extract()
+        .map_err(|_| {
+            PyValueError::new_err("the packer state's \"held\" must be a list of non-negative ints")
+        })?;
+    let mut st = PackState {
+        next: get("next")?,
+        consumed: get("consumed")?,
+        batch_start: get("batch_start")?,
+        skipped: get("skipped")?,
+        batches: get("batches")?,
+        held,
+        offset: get("offset")? as usize,
+        unusable_run: get("unusable_run")?,
+        ..PackState::default()
+    };
+    st.counters.tokens = get("tokens")?;
+    st.counters.pad = get("pad")?;
+    st.counters.supervised = get("supervised")?;
+    st.counters.entered = get("entered")?;
+    st.counters.dropped = get("dropped")?;
+    Ok(st)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyPacker>()?;
+    Ok(())
+}
