@@ -150,8 +150,8 @@ impl<'py> Arena<'py> {
                     ),
                 ));
             }
-            let role_obj =
-                get(m, intern!(m.py(), "role"))?.ok_or_else(|| rule(Some(i), "the message has no 'role'".into()))?;
+            let role_obj = get(m, intern!(m.py(), "role"))?
+                .ok_or_else(|| rule(Some(i), "the message has no 'role'".into()))?;
             let role = match role_obj.cast::<PyString>() {
                 Ok(s) => {
                     let name = s.to_cow()?;
@@ -212,7 +212,11 @@ impl<'py> Arena<'py> {
                                 ),
                             )
                         })?;
-                    let text = self.text(get(p, intern!(p.py(), "text"))?, i, &format!("the 'text' of part {j}"))?;
+                    let text = self.text(
+                        get(p, intern!(p.py(), "text"))?,
+                        i,
+                        &format!("the 'text' of part {j}"),
+                    )?;
                     specs.push((kind, text));
                 }
                 ContentSpec::Parts(specs)
