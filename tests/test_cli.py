@@ -308,7 +308,7 @@ def test_bench_checks_outputs_before_timing(monkeypatch):
 
     monkeypatch.setattr(baseline.PythonRenderer, "render_conversation", off_by_one)
     timed = []
-    monkeypatch.setattr(render, "throughput", lambda *a, **k: timed.append(1) or 1.0)
+    monkeypatch.setattr(render, "compare", lambda *a, **k: timed.append(1) or (1.0, 1.0))
     with pytest.raises(BenchmarkMismatch, match="item 0 differs"):
         render.run(quick=True)
     assert timed == []
@@ -328,3 +328,22 @@ def test_bench_sections_found_by_convention(tmp_path, monkeypatch):
     assert run is None and "no run(quick)" in reason
     run, reason = find_section("absent")
     assert run is None and "bench_absent.py" in reason
+
+
+# ----------------------------------------------------------------- README
+
+
+def test_readme_quickstart_runs(capsys):
+    import convpack
+
+    if not hasattr(convpack, "DataGenerator"):
+        pytest.skip("convpack.DataGenerator is not in this build yet")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Quickstart") :]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start : section.index("\n```", start)]
+    assert 8 <= len(code.splitlines()) <= 14
+    exec(compile(code, "README.md quickstart", "exec"), {})
+    out = capsys.readouterr().out
+    assert "torch.Size([4, 256]) torch.Size([4, 256])" in out
+    assert "'supervised':" in out

@@ -11,6 +11,7 @@ __all__ = [
     "BenchmarkMismatch",
     "cl100k_path",
     "check_identical",
+    "compare",
     "cpu_count",
     "row",
     "throughput",
@@ -51,6 +52,18 @@ def cl100k_path() -> str:
     )
 
 
+def _round(fn: Callable[[], Any], min_time: float) -> float:
+    """Seconds per call of ``fn``, averaged over at least ``min_time``."""
+    calls = 0
+    start = time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return elapsed / calls
+
+
 def throughput(fn: Callable[[], Any], amount: float, min_time: float, repeats: int = 3) -> float:
     """``amount`` divided by the best time of ``fn()`` (amount per second).
 
@@ -58,18 +71,25 @@ def throughput(fn: Callable[[], Any], amount: float, min_time: float, repeats: i
     calls it until ``min_time`` seconds have passed and keeps the mean.
     """
     fn()
-    best = float("inf")
+    return amount / min(_round(fn, min_time) for _ in range(repeats))
+
+
+def compare(
+    ours: Callable[[], Any],
+    baseline: Callable[[], Any],
+    amount: float,
+    min_time: float,
+    repeats: int = 3,
+) -> tuple:
+    """``(ours, baseline)`` throughputs, timed in alternating rounds so that
+    both sides see the same machine load; the best round of each counts."""
+    ours()
+    baseline()
+    best_ours = best_base = float("inf")
     for _ in range(repeats):
-        calls = 0
-        start = time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time:
-                break
-        best = min(best, elapsed / calls)
-    return amount / best
+        best_ours = min(best_ours, _round(ours, min_time))
+        best_base = min(best_base, _round(baseline, min_time))
+    return amount / best_ours, amount / best_base
 
 
 def check_identical(what: str, ours: list, baseline: list) -> None:

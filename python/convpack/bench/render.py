@@ -20,7 +20,7 @@ is conversations per second.
 from __future__ import annotations
 
 from .baseline import PythonRenderer
-from .common import check_identical, cl100k_path, cpu_count, row, throughput
+from .common import check_identical, cl100k_path, compare, cpu_count, row
 from .texts import mmlu_like_conversations, smoltalk_like_conversations, spellingbee_conversations
 
 __all__ = ["run", "datasets"]
@@ -68,8 +68,8 @@ def run(quick: bool = False) -> list[dict]:
         special_tokens=tokenizer.special_tokens,
     )
     python = PythonRenderer.from_tiktoken(enc)
-    min_time = 0.05 if quick else 0.5
-    repeats = 1 if quick else 3
+    min_time = 0.05 if quick else 0.25
+    repeats = 1 if quick else 5
     threads = cpu_count()
     rows: list[dict] = []
     for name, convs in datasets(quick).items():
@@ -90,31 +90,22 @@ def run(quick: bool = False) -> list[dict]:
             for c in convs:
                 tokenizer.render_conversation(c)
 
-        baseline = throughput(py_all, n, min_time, repeats)
         info = {"dataset": name}
-        rows.append(
-            row(
-                SECTION,
-                f"{name}, one by one",
-                "conv/s",
-                throughput(ours_all, n, min_time, repeats),
-                baseline,
-                "pure Python",
-                threads=1,
-                **info,
-            )
-        )
+        cases = [("one by one", 1, ours_all)]
         for t in sorted({1, threads}):
-            ours = throughput(
-                lambda t=t, convs=convs: tokenizer.render_conversations(convs, num_threads=t),
-                n,
-                min_time,
-                repeats,
+            cases.append(
+                (
+                    f"batch, {t} thread{'s' if t > 1 else ''}",
+                    t,
+                    lambda t=t, convs=convs: tokenizer.render_conversations(convs, num_threads=t),
+                )
             )
+        for label, t, fn in cases:
+            ours, baseline = compare(fn, py_all, n, min_time, repeats)
             rows.append(
                 row(
                     SECTION,
-                    f"{name}, batch, {t} thread{'s' if t > 1 else ''}",
+                    f"{name}, {label}",
                     "conv/s",
                     ours,
                     baseline,

@@ -16,7 +16,7 @@ in MB/s of UTF-8 input; the ratio is convpack's over tiktoken's.
 
 from __future__ import annotations
 
-from .common import check_identical, cl100k_path, cpu_count, row, throughput
+from .common import check_identical, cl100k_path, compare, cpu_count, row
 from .texts import CORPORA, corpus
 
 __all__ = ["run"]
@@ -38,8 +38,8 @@ def run(quick: bool = False) -> list[dict]:
     path = cl100k_path()
     ranks = load_tiktoken_bpe(path)
     total_chars = 150_000 if quick else 2_000_000
-    min_time = 0.05 if quick else 0.5
-    repeats = 1 if quick else 3
+    min_time = 0.05 if quick else 0.25
+    repeats = 1 if quick else 5
     threads = cpu_count()
     rows: list[dict] = []
     for pattern_name, pattern in (
@@ -67,13 +67,14 @@ def run(quick: bool = False) -> list[dict]:
                     enc.encode_ordinary(d)
 
             info = {"corpus": corpus_name, "pattern": pattern_name}
+            ours_1, tt_1 = compare(ours_one, tt_one, mb, min_time, repeats)
             rows.append(
                 row(
                     SECTION,
                     f"{what}, 1 thread",
                     "MB/s",
-                    throughput(ours_one, mb, min_time, repeats),
-                    throughput(tt_one, mb, min_time, repeats),
+                    ours_1,
+                    tt_1,
                     "tiktoken",
                     threads=1,
                     **info,
@@ -81,19 +82,12 @@ def run(quick: bool = False) -> list[dict]:
             )
             batch = {}
             for n in sorted({1, threads}):
-                batch[n] = (
-                    throughput(
-                        lambda n=n, d=docs, t=ours: t.encode(d, num_threads=n),
-                        mb,
-                        min_time,
-                        repeats,
-                    ),
-                    throughput(
-                        lambda n=n, d=docs, e=enc: e.encode_ordinary_batch(d, num_threads=n),
-                        mb,
-                        min_time,
-                        repeats,
-                    ),
+                batch[n] = compare(
+                    lambda n=n, d=docs, t=ours: t.encode(d, num_threads=n),
+                    lambda n=n, d=docs, e=enc: e.encode_ordinary_batch(d, num_threads=n),
+                    mb,
+                    min_time,
+                    repeats,
                 )
             ours_b, tt_b = batch[threads]
             rows.append(
