@@ -321,11 +321,14 @@ def test_bench_sections_found_by_convention(tmp_path, monkeypatch):
         "def run(quick):\n    return [{'section': 'example', 'quick': quick}]\n", encoding="utf-8"
     )
     (tmp_path / "bench_norun.py").write_text("x = 1\n", encoding="utf-8")
+    (tmp_path / "bench_broken.py").write_text("import no_such_module_here\n", encoding="utf-8")
     monkeypatch.setenv("CONVPACK_BENCHES_DIR", str(tmp_path))
     run, reason = find_section("example")
     assert reason is None and run(True) == [{"section": "example", "quick": True}]
     run, reason = find_section("norun")
     assert run is None and "no run(quick)" in reason
+    run, reason = find_section("broken")
+    assert run is None and "failed to import: ModuleNotFoundError" in reason
     run, reason = find_section("absent")
     assert run is None and "bench_absent.py" in reason
 

@@ -73,7 +73,11 @@ def find_section(name: str) -> tuple:
             if path.is_file():
                 spec = importlib.util.spec_from_file_location(f"_convpack_bench_{name}", path)
                 module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
+                # A broken or half-installed section must not stop the others.
+                try:
+                    spec.loader.exec_module(module)
+                except Exception as exc:
+                    return None, f"{path} failed to import: {type(exc).__name__}: {exc}"
                 break
         if module is None:
             return (
