@@ -45,7 +45,6 @@ def _env(tmp_path: Path, **extra: str) -> dict:
         HF_HOME=str(tmp_path / "hf"),
         HF_DATASETS_CACHE=str(tmp_path / "hf-datasets"),
         HF_DATASETS_DISABLE_PROGRESS_BARS="1",
-        NO_COLOR="1",
     )
     env.update(extra)
     return env

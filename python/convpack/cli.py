@@ -339,7 +339,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import convpack
 
     from .bench.baseline import PythonRenderer, bestfit_batches, padded_batches, stream_batches
-    from .bench.common import cpu_count
+    from .bench.common import compare, cpu_count
     from .bench.texts import iter_texts
 
     started = time.perf_counter()
@@ -393,18 +393,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     # 3. Rendering.
     print(f"\n[3/5] render_conversation: convpack vs {baseline_name}")
-    t0 = time.perf_counter()
     expected = [
         python.render_conversation(c) for c in _progress(convs, len(convs), "pure-Python render")
     ]
-    py_rate = len(convs) / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
     ids, mask, offsets = tokenizer.render_conversations(convs, num_threads=threads)
-    ours_rate = len(convs) / (time.perf_counter() - t0)
     same = all(
         ids[offsets[i] : offsets[i + 1]].tolist() == e[0]
         and mask[offsets[i] : offsets[i + 1]].tolist() == e[1]
         for i, e in enumerate(expected)
+    )
+    # Timed in alternating rounds, so both see the same machine load.
+    ours_rate, py_rate = compare(
+        lambda: tokenizer.render_conversations(convs, num_threads=threads),
+        lambda: [python.render_conversation(c) for c in convs],
+        len(convs),
+        min_time=0.2,
+        repeats=2,
     )
     print(
         f"  {len(convs)} conversations, {len(ids)} tokens, {100 * mask.mean():.1f}% of them supervised"
