@@ -11,10 +11,21 @@ from .tokenizer import CHAT_SPECIAL_TOKENS, CL100K_PATTERN, SPLIT_PATTERN, Token
 
 __version__: str = _core.__version__
 
+
+def __getattr__(name: str):
+    # DataGenerator needs torch; import it only when asked for, so the
+    # tokenizer alone stays quick to import.
+    if name == "DataGenerator":
+        from .datagen import DataGenerator
+
+        return DataGenerator
+    raise AttributeError(f"module 'convpack' has no attribute {name!r}")
+
 __all__ = [
     "CHAT_SPECIAL_TOKENS",
     "CL100K_PATTERN",
     "ConversationError",
+    "DataGenerator",
     "SPLIT_PATTERN",
     "Tokenizer",
     "VocabularyError",

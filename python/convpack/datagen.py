@@ -40,6 +40,7 @@ Iteration never ends on its own (like nanochat's generators): stop on
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import threading
@@ -207,6 +208,21 @@ class _Producer:
                 self.ring.release(slot)
             raise
         return _Batch(slot, arrays, views, p.state(), p.progress())
+
+
+# Prefetch threads alive now, with their stop events.
+_running: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@atexit.register
+def _stop_prefetch_threads() -> None:
+    # A daemon thread still inside a Rust call when the interpreter finalizes
+    # is torn down mid-call, which aborts the process: stop them all first.
+    running = list(_running.items())
+    for _, stop in running:
+        stop.set()
+    for thread, _ in running:
+        thread.join(timeout=30)
 
 
 def _prefetch_loop(producer: _Producer, out: queue.Queue, stop: threading.Event) -> None:
@@ -419,6 +435,7 @@ class DataGenerator:
             target=_prefetch_loop, args=(self._producer, self._queue, self._stop),
             name="convpack-prefetch", daemon=True,
         )
+        _running[self._thread] = self._stop
         self._thread.start()
 
     def _shutdown(self, timeout: float = 30.0) -> None:

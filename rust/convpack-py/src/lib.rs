@@ -24,7 +24,11 @@ use crate::convert::{Arena, ExtractError};
 use crate::errors::{conversation_error, panic_error, IntoPyResult};
 
 /// Runs `f` without the GIL; a panic becomes a Python exception.
-fn detached<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+pub(crate) fn detached<T: Send>(
+    py: Python<'_>,
+    what: &str,
+    f: impl FnOnce() -> T + Send,
+) -> PyResult<T> {
     py.detach(|| catch_unwind(AssertUnwindSafe(f)))
         .map_err(|_| panic_error(what))
 }

@@ -7,7 +7,6 @@
 //! (`plan`, `shape`, `write`).
 
 use std::borrow::Cow;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use convpack_core::pack::{
@@ -22,16 +21,11 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::convert::{Arena, ExtractError};
-use crate::errors::{core_error, panic_error};
-use crate::PyTokenizer;
-
-fn detached<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> T + Send) -> PyResult<T> {
-    py.detach(|| catch_unwind(AssertUnwindSafe(f)))
-        .map_err(|_| panic_error(what))
-}
+use crate::errors::IntoPyResult;
+use crate::{detached, PyTokenizer};
 
 fn core<T>(py: Python<'_>, r: Result<T, CoreError>) -> PyResult<T> {
-    r.map_err(|e| core_error(py, e))
+    r.py_err(py)
 }
 
 /// A packer over a dataset of `dataset_len` conversations for one rank.
