@@ -339,7 +339,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import convpack
 
     from .bench.baseline import PythonRenderer, bestfit_batches, padded_batches, stream_batches
-    from .bench.common import compare, cpu_count
+    from .bench.common import compare, cpu_count, fresh_copy
     from .bench.texts import iter_texts
 
     started = time.perf_counter()
@@ -402,13 +402,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         and mask[offsets[i] : offsets[i + 1]].tolist() == e[1]
         for i, e in enumerate(expected)
     )
-    # Timed in alternating rounds, so both see the same machine load.
+
+    # Best of three alternating rounds, convpack with a fresh copy of the
+    # tokenizer each time (no piece cache carried over from the last round).
+    def render_all() -> Any:
+        tok = fresh_copy(tokenizer)
+        return lambda: tok.render_conversations(convs, num_threads=threads)
+
     ours_rate, py_rate = compare(
-        lambda: tokenizer.render_conversations(convs, num_threads=threads),
-        lambda: [python.render_conversation(c) for c in convs],
-        len(convs),
-        min_time=0.2,
-        repeats=2,
+        render_all, lambda: [python.render_conversation(c) for c in convs], len(convs), repeats=3
     )
     print(
         f"  {len(convs)} conversations, {len(ids)} tokens, {100 * mask.mean():.1f}% of them supervised"
@@ -445,7 +447,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             # padded is nanochat's SFT collate: rows as long as the batch's longest.
             gen = generator_cls(
                 convs,
-                tokenizer,
+                fresh_copy(tokenizer),
                 batch_size=batch_size,
                 seq_len=None if mode == "padded" else seq_len,
                 mode=mode,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,8 +14,8 @@ __all__ = [
     "check_identical",
     "compare",
     "cpu_count",
+    "fresh_copy",
     "row",
-    "throughput",
 ]
 
 
@@ -52,44 +53,38 @@ def cl100k_path() -> str:
     )
 
 
-def _round(fn: Callable[[], Any], min_time: float) -> float:
-    """Seconds per call of ``fn``, averaged over at least ``min_time``."""
-    calls = 0
-    start = time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return elapsed / calls
-
-
-def throughput(fn: Callable[[], Any], amount: float, min_time: float, repeats: int = 3) -> float:
-    """``amount`` divided by the best time of ``fn()`` (amount per second).
-
-    ``fn`` is called once to warm up, then in ``repeats`` rounds; each round
-    calls it until ``min_time`` seconds have passed and keeps the mean.
-    """
-    fn()
-    return amount / min(_round(fn, min_time) for _ in range(repeats))
-
-
 def compare(
-    ours: Callable[[], Any],
+    make_ours: Callable[[], Callable[[], Any]],
     baseline: Callable[[], Any],
     amount: float,
-    min_time: float,
     repeats: int = 3,
 ) -> tuple:
-    """``(ours, baseline)`` throughputs, timed in alternating rounds so that
-    both sides see the same machine load; the best round of each counts."""
-    ours()
-    baseline()
+    """``(ours, baseline)`` throughputs: ``amount`` over the best of
+    ``repeats`` single calls of each, alternating so that both sides see the
+    same machine load.
+
+    ``make_ours()`` is called outside the timing before every round and
+    returns the callable to time. Benchmarks build it over a fresh
+    tokenizer, whose per-thread piece cache starts empty: the text is new to
+    it, as it is in a training epoch, rather than memorised from the
+    previous round.
+    """
+    baseline()  # warm-up: imports, allocator, the interpreter's caches
     best_ours = best_base = float("inf")
     for _ in range(repeats):
-        best_ours = min(best_ours, _round(ours, min_time))
-        best_base = min(best_base, _round(baseline, min_time))
+        ours = make_ours()
+        start = time.perf_counter()
+        ours()
+        best_ours = min(best_ours, time.perf_counter() - start)
+        start = time.perf_counter()
+        baseline()
+        best_base = min(best_base, time.perf_counter() - start)
     return amount / best_ours, amount / best_base
+
+
+def fresh_copy(tokenizer: Any) -> Any:
+    """The same tokenizer as a new object (its own, empty, piece cache)."""
+    return pickle.loads(pickle.dumps(tokenizer))
 
 
 def check_identical(what: str, ours: list, baseline: list) -> None:

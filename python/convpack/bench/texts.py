@@ -4,8 +4,8 @@ Every generator is deterministic for a given seed, so runs on different
 machines time the same text.
 
 - English prose: sentences drawn from a short list of common words mixed
-  with the ``english-words`` package's list (Zipf-like: frequent words
-  dominate, as in real text).
+  with the ``english-words`` package's list, both with Zipf weights
+  (frequent words dominate and rare ones form a long tail, as in real text).
 - Source code: the Python standard library's own ``.py`` files.
 - Multilingual: words of random letters from a dozen scripts (CJK, kana,
   Hangul, Cyrillic, Greek, Arabic, Hebrew, Devanagari, Thai, accented Latin).
@@ -48,15 +48,29 @@ for _rank in range(len(_COMMON)):
 
 
 @functools.lru_cache(maxsize=1)
-def _rare_words() -> tuple[str, ...]:
+def _rare_words() -> tuple:
+    """The word list in a fixed random order, with cumulative Zipf weights
+    (the word at rank r drawn with weight 1 / (r + 10)): a long tail in
+    which some words recur, as in real text, rather than every word being
+    equally rare."""
     try:
         from english_words import get_english_words_set
     except ImportError:  # a dependency, but keep the benchmarks usable without it
-        return tuple(sorted(set(_COMMON)))
-    return tuple(sorted(get_english_words_set(["gcide"], alpha=True, lower=True)))
+        words = sorted(set(_COMMON))
+    else:
+        # Long entries are mostly phrases with their spaces removed.
+        words = sorted(
+            w for w in get_english_words_set(["gcide"], alpha=True, lower=True) if len(w) <= 10
+        )
+    random.Random("rare-words").shuffle(words)
+    cum, total = [], 0.0
+    for rank in range(len(words)):
+        total += 1.0 / (rank + 10)
+        cum.append(total)
+    return tuple(words), cum
 
 
-def _sentence(rng: random.Random, rare: tuple[str, ...], n_words: int) -> str:
+def _sentence(rng: random.Random, rare: tuple, n_words: int) -> str:
     words = []
     for _ in range(n_words):
         r = rng.random()
@@ -65,7 +79,7 @@ def _sentence(rng: random.Random, rare: tuple[str, ...], n_words: int) -> str:
         elif r < 0.64:
             words.append(str(rng.randint(0, 2025)))
         else:
-            words.append(rng.choice(rare))
+            words.append(rng.choices(rare[0], cum_weights=rare[1])[0])
     if rng.random() < 0.15:
         words[rng.randrange(len(words))] += "'s"
     for _ in range(rng.randint(0, 2)):
