@@ -7,7 +7,7 @@ machines time the same text.
   with the ``english-words`` package's list, both with Zipf weights
   (frequent words dominate and rare ones form a long tail, as in real text).
 - Source code: the Python standard library's own ``.py`` files.
-- Multilingual: words of random letters from a dozen scripts (CJK, kana,
+- Multilingual: words of random letters from ten scripts (CJK, kana,
   Hangul, Cyrillic, Greek, Arabic, Hebrew, Devanagari, Thai, accented Latin).
 - Conversations: short ones sized like SpellingBee and MMLU, long ones
   shaped like SmolTalk (about 4.7 messages of about 845 characters).
