@@ -46,8 +46,9 @@ SECTIONS = ("tokenizer", "render", "datagen")
 def _checkout_benches() -> list:
     here = Path(__file__).resolve()
     candidates = [Path.cwd() / "benches"]
-    # python/convpack/bench/__init__.py in a source tree: the repo is 3 levels up.
-    if len(here.parents) > 3:
+    # python/convpack/bench/__init__.py in a source tree (an editable
+    # install): the repository is 3 levels up.
+    if len(here.parents) > 3 and (here.parents[3] / "pyproject.toml").is_file():
         candidates.append(here.parents[3] / "benches")
     env = os.environ.get("CONVPACK_BENCHES_DIR")
     if env:
