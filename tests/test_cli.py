@@ -67,9 +67,12 @@ def _run(
 
 
 def test_console_script_is_declared():
-    scripts = {
-        ep.name: ep.value for ep in entry_points(group="console_scripts") if ep.name == "convpack"
-    }
+    eps = entry_points()
+    # Python 3.9's entry_points() is a dict of groups; later ones select.
+    console = (
+        eps.select(group="console_scripts") if hasattr(eps, "select") else eps["console_scripts"]
+    )
+    scripts = {ep.name: ep.value for ep in console if ep.name == "convpack"}
     assert scripts == {"convpack": "convpack.cli:main"}
 
 
