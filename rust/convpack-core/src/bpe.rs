@@ -6,7 +6,9 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustc_hash::FxHashMap;
+use std::hash::Hasher;
+
+use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::error::CoreError;
 use crate::pretokenize::Splitter;
@@ -52,15 +54,63 @@ fn pair_key(a: Rank, b: Rank) -> u64 {
 const PIECE_CACHE_CAPACITY: usize = 1 << 16;
 
 /// Per-thread memo of merged pieces, for the tokenizer `owner`.
+///
+/// Entries live in two flat arenas (piece bytes and their tokens) indexed by
+/// the piece's 64-bit hash, so filling and clearing the cache allocates
+/// nothing per entry. A hash collision is a miss, and the newer piece wins.
 struct PieceCache {
     owner: u64,
-    map: FxHashMap<Box<[u8]>, Box<[Rank]>>,
+    map: FxHashMap<u64, CacheEntry>,
+    bytes: Vec<u8>,
+    tokens: Vec<Rank>,
 }
+
+#[derive(Clone, Copy)]
+struct CacheEntry {
+    bytes_at: u32,
+    bytes_len: u32,
+    tokens_at: u32,
+    tokens_len: u32,
+}
+
+impl PieceCache {
+    fn get(&self, hash: u64, piece: &[u8]) -> Option<&[Rank]> {
+        let e = self.map.get(&hash)?;
+        let at = e.bytes_at as usize;
+        if &self.bytes[at..at + e.bytes_len as usize] != piece {
+            return None;
+        }
+        let t = e.tokens_at as usize;
+        Some(&self.tokens[t..t + e.tokens_len as usize])
+    }
+
+    fn insert(&mut self, hash: u64, piece: &[u8], tokens: &[Rank]) {
+        if self.map.len() >= PIECE_CACHE_CAPACITY || self.bytes.len() > PIECE_CACHE_BYTES {
+            self.map.clear();
+            self.bytes.clear();
+            self.tokens.clear();
+        }
+        let entry = CacheEntry {
+            bytes_at: self.bytes.len() as u32,
+            bytes_len: piece.len() as u32,
+            tokens_at: self.tokens.len() as u32,
+            tokens_len: tokens.len() as u32,
+        };
+        self.bytes.extend_from_slice(piece);
+        self.tokens.extend_from_slice(tokens);
+        self.map.insert(hash, entry);
+    }
+}
+
+/// Bytes of pieces each thread's cache holds before it starts over.
+const PIECE_CACHE_BYTES: usize = 1 << 22;
 
 thread_local! {
     static PIECE_CACHE: RefCell<PieceCache> = RefCell::new(PieceCache {
         owner: 0,
         map: FxHashMap::default(),
+        bytes: Vec::new(),
+        tokens: Vec::new(),
     });
 }
 
@@ -304,17 +354,21 @@ impl Tokenizer {
             if cache.owner != self.id {
                 cache.owner = self.id;
                 cache.map.clear();
+                cache.bytes.clear();
+                cache.tokens.clear();
             }
-            if let Some(tokens) = cache.map.get(piece) {
+            let hash = {
+                let mut h = FxHasher::default();
+                h.write(piece);
+                h.finish()
+            };
+            if let Some(tokens) = cache.get(hash, piece) {
                 out.extend_from_slice(tokens);
                 return;
             }
             let start = out.len();
             self.merge_small(piece, out);
-            if cache.map.len() >= PIECE_CACHE_CAPACITY {
-                cache.map.clear();
-            }
-            cache.map.insert(piece.into(), out[start..].into());
+            cache.insert(hash, piece, &out[start..]);
         })
     }
 
@@ -329,15 +383,24 @@ impl Tokenizer {
 
     /// Quadratic merge: repeatedly merge the adjacent pair of lowest rank
     /// (the leftmost on ties) until no pair is a token. Every part is a
-    /// token at every step, so parts are kept as ids.
+    /// token at every step, so parts are kept as ids, on the stack (pieces
+    /// here are shorter than [`HEAP_MERGE_MIN_LEN`]).
     fn merge_small(&self, piece: &[u8], out: &mut Vec<Rank>) {
-        let mut parts: Vec<Rank> = piece.iter().map(|&b| self.byte_ranks[b as usize]).collect();
+        let mut n = piece.len();
+        debug_assert!(n < HEAP_MERGE_MIN_LEN);
+        let mut parts = [0 as Rank; HEAP_MERGE_MIN_LEN];
         // pair[k]: the id parts k and k+1 merge into (the merge's rank).
-        let mut pair: Vec<Rank> = parts.windows(2).map(|w| self.merged(w[0], w[1])).collect();
-        loop {
+        let mut pair = [Rank::MAX; HEAP_MERGE_MIN_LEN];
+        for (p, &b) in parts.iter_mut().zip(piece) {
+            *p = self.byte_ranks[b as usize];
+        }
+        for k in 0..n.saturating_sub(1) {
+            pair[k] = self.merged(parts[k], parts[k + 1]);
+        }
+        while n > 1 {
             let mut best = Rank::MAX;
             let mut at = 0;
-            for (k, &r) in pair.iter().enumerate() {
+            for (k, &r) in pair[..n - 1].iter().enumerate() {
                 if r < best {
                     best = r;
                     at = k;
@@ -347,16 +410,17 @@ impl Tokenizer {
                 break;
             }
             parts[at] = best;
-            parts.remove(at + 1);
-            pair.remove(at);
-            if at + 1 < parts.len() {
+            parts.copy_within(at + 2..n, at + 1);
+            pair.copy_within(at + 1..n - 1, at);
+            n -= 1;
+            if at + 1 < n {
                 pair[at] = self.merged(parts[at], parts[at + 1]);
             }
             if at > 0 {
                 pair[at - 1] = self.merged(parts[at - 1], parts[at]);
             }
         }
-        out.extend_from_slice(&parts);
+        out.extend_from_slice(&parts[..n]);
     }
 
     /// The same merge order as [`Tokenizer::merge_small`], with a heap of
@@ -477,15 +541,41 @@ mod tests {
         assert_eq!(ids[0], 256 + 7); // "hello" is one token
     }
 
+    /// Plain BPE over byte slices: merge the lowest-ranked adjacent pair,
+    /// leftmost first, until none is a token.
+    fn reference_merge(t: &Tokenizer, piece: &[u8]) -> Vec<Rank> {
+        let mut parts: Vec<&[u8]> = piece.chunks(1).collect();
+        loop {
+            let best = (0..parts.len().saturating_sub(1))
+                .filter_map(|k| {
+                    let joined = [parts[k], parts[k + 1]].concat();
+                    t.encoder.get(&joined).map(|&r| (r, k))
+                })
+                .min();
+            let Some((_, k)) = best else { break };
+            let end = parts[k + 1].as_ptr() as usize - piece.as_ptr() as usize + parts[k + 1].len();
+            let start = parts[k].as_ptr() as usize - piece.as_ptr() as usize;
+            parts[k] = &piece[start..end];
+            parts.remove(k + 1);
+        }
+        parts.iter().map(|p| t.encoder[*p]).collect()
+    }
+
     #[test]
-    fn heap_merge_agrees_with_scan() {
+    fn merges_agree_with_plain_bpe() {
         let t = toy();
         let long = "ab".repeat(300) + &" ".repeat(517) + "abc";
-        let mut a = Vec::new();
-        let mut b = Vec::new();
-        t.merge_small(long.as_bytes(), &mut a);
-        t.merge_heap(long.as_bytes(), &mut b);
-        assert_eq!(a, b);
+        let mut heap = Vec::new();
+        t.merge_heap(long.as_bytes(), &mut heap);
+        assert_eq!(heap, reference_merge(&t, long.as_bytes()));
+        for piece in ["abcabab", "hellhello", "    ab   ", "xhelloabc"] {
+            let mut small = Vec::new();
+            t.merge_small(piece.as_bytes(), &mut small);
+            assert_eq!(small, reference_merge(&t, piece.as_bytes()), "{piece:?}");
+            let mut heap = Vec::new();
+            t.merge_heap(piece.as_bytes(), &mut heap);
+            assert_eq!(heap, small, "{piece:?}");
+        }
     }
 
     #[test]
