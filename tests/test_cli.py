@@ -278,10 +278,12 @@ def test_bench_quick_writes_report(tmp_path, capsys):
     assert cli.main(["bench", "--quick", "--out", str(out_dir)]) == 0
     md = (out_dir / "benchmarks.md").read_text(encoding="utf-8")
     assert "Command: `convpack bench --quick" in md
-    assert "## tokenizer" in md and "## render" in md and "## packing efficiency" in md
+    for heading in ("## tokenizer", "## render", "## datagen", "## packing efficiency"):
+        assert heading in md
+    assert "skipped" not in md  # every section ran
     results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
     sections = {r["section"] for r in results["rows"]}
-    assert {"tokenizer", "render"} <= sections
+    assert {"tokenizer", "render", "datagen"} <= sections
     for r in results["rows"]:
         if "ratio" in r:
             assert r["ours"] > 0 and r["baseline"] > 0
@@ -290,6 +292,28 @@ def test_bench_quick_writes_report(tmp_path, capsys):
     for corpus in ("english", "code", "multilingual"):
         for pattern in ("nanochat", "cl100k"):
             assert f"{corpus} text, {pattern} pattern, 1 thread" in cases
+    # DataGenerator: every nanochat mode timed against the Python generators
+    # (1 thread and every core), varlen alone, the packer without rendering.
+    from convpack.bench.common import cpu_count
+
+    threads = cpu_count()
+    datagen = {r["case"]: r for r in results["rows"] if r["section"] == "datagen"}
+    for mode in ("padded", "stream", "bestfit/pad", "bestfit/crop"):
+        for case in (f"{mode}, 1 thread", f"packer alone (rendering excluded), {mode}"):
+            r = datagen[case]
+            assert r["ratio"] > 0 and r["baseline_name"].startswith("pure Python")
+            assert r["unit"] == ("tokens/s" if case.startswith(mode) else "GB/s")
+            assert f"| {case} |" in md
+        timed = [r for case, r in datagen.items() if case.startswith(f"{mode}, ")]
+        assert {(r["threads"], r["prefetch"]) for r in timed} == {
+            (1, 0),
+            (threads, 0),
+            (threads, 2),
+        }
+        assert all(r["ratio"] == pytest.approx(r["ours"] / r["baseline"]) for r in timed)
+    varlen = [r for r in datagen.values() if r["case"].startswith("varlen")]
+    assert varlen and all(r["ours"] > 0 and "ratio" not in r for r in varlen)
+    assert f"| {varlen[0]['case']} |" in md
     efficiencies = [r["efficiency"] for r in results["rows"] if "efficiency" in r]
     assert efficiencies and all(0 < e <= 1 for e in efficiencies)
     for png in ("ratios.png", "packing_efficiency.png"):

@@ -19,12 +19,15 @@ and returns one dict per case with these keys:
 
 Extra keys are kept in ``results.json``. A row with ``buffer_size`` and
 ``efficiency`` (0..1, the share of row positions holding conversation
-tokens) and no ``ratio`` is a packing-efficiency point for the plot.
+tokens) and no ``ratio`` is a packing-efficiency point for the plot. A row
+with ``section``, ``case``, ``unit`` and ``ours`` but no ``baseline`` and
+no ``ratio`` is a case with nothing to compare against (``varlen``, which
+nanochat does not have): it is listed in the table, not plotted.
 
-Sections: ``tokenizer`` and ``render`` live here; ``datagen`` is imported
-from ``convpack.bench.datagen`` when the package has it, else from
-``benches/bench_datagen.py`` in a source checkout (the current directory's
-or the one the package was installed from in editable mode).
+Sections: ``tokenizer``, ``render`` and ``datagen`` live here. A section
+the package lacks is looked for as ``benches/bench_<name>.py`` in a source
+checkout (the current directory's or the one the package was installed
+from in editable mode).
 """
 
 from __future__ import annotations

@@ -154,13 +154,19 @@ def bestfit_batches(
     bos_id: int,
     buffer_size: int = 100,
     counts: dict | None = None,
+    overflow: str = "pad",
 ) -> Iterator[tuple]:
     """Best-fit packing in Python: every row starts at a BOS; the largest
-    buffered conversation that fits goes in next; when none fits, the rest
-    of the row is padding (BOS, target -1). A conversation longer than a
-    row is cut to the row as it enters the buffer (so it fills an empty
-    row). ``counts`` (if given) accumulates ``"tokens"`` and ``"pad"``, the
-    row positions filled and those that are padding."""
+    buffered conversation that fits goes in next (the first of equals);
+    when none fits, ``overflow="pad"`` makes the rest of the row padding
+    (BOS, target -1) and ``overflow="crop"`` fills it with the start of the
+    shortest buffered conversation (the first of equals), whose remainder
+    is dropped. A conversation longer than a row is cut to the row as it
+    enters the buffer (so it fills an empty row). ``counts`` (if given)
+    accumulates ``"tokens"`` and ``"pad"``, the row positions filled and
+    those that are padding."""
+    if overflow not in ("pad", "crop"):
+        raise ValueError(f"overflow must be 'pad' or 'crop', got {overflow!r}")
     import torch
 
     capacity = seq_len + 1
@@ -183,6 +189,10 @@ def bestfit_batches(
                         best = j
                 if best >= 0:
                     ids, mask = pool.pop(best)
+                elif overflow == "crop":
+                    shortest = min(range(len(pool)), key=lambda j: len(pool[j][0]))
+                    ids, mask = pool.pop(shortest)
+                    ids, mask = ids[:room], mask[:room]
                 else:
                     ids, mask = [bos_id] * room, [0] * room
                     if counts is not None:

@@ -148,7 +148,8 @@ def _fmt(x: float) -> str:
 
 
 def table(rows: list) -> str:
-    """A markdown table of the rows that have a ratio."""
+    """A markdown table of the rows that have a ratio, and of those timed
+    alone (``ours`` without a baseline), which show ``-`` for the baseline."""
     lines = ["| case | convpack | baseline | unit | ratio |", "|---|---:|---:|---|---:|"]
     for r in rows:
         if "ratio" in r:
@@ -156,6 +157,8 @@ def table(rows: list) -> str:
                 f"| {r['case']} | {_fmt(r['ours'])} | {_fmt(r['baseline'])} ({r['baseline_name']}) "
                 f"| {r['unit']} | **{_fmt(r['ratio'])}x** |"
             )
+        elif "ours" in r and "efficiency" not in r:
+            lines.append(f"| {r['case']} | {_fmt(r['ours'])} | - | {r['unit']} | - |")
     return "\n".join(lines)
 
 
