@@ -17,6 +17,7 @@ use convpack_core::{
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyString};
 use rustc_hash::FxHashMap;
 
@@ -67,9 +68,39 @@ pub(crate) fn extract_all<'py>(
 #[pyclass(module = "convpack._core", name = "CoreTokenizer", frozen)]
 pub struct PyTokenizer {
     pub inner: Arc<Tokenizer>,
+    /// A Python int for every id, made once: building a list of ids is then
+    /// reference counting instead of allocating an int per token.
+    ints: PyOnceLock<Vec<Py<PyAny>>>,
 }
 
 impl PyTokenizer {
+    fn new(tok: Tokenizer) -> Self {
+        PyTokenizer {
+            inner: Arc::new(tok),
+            ints: PyOnceLock::new(),
+        }
+    }
+
+    /// `ids` as a Python list of ints.
+    fn id_list<'py>(&self, py: Python<'py>, ids: &[Rank]) -> PyResult<Bound<'py, PyList>> {
+        let int = |i: Rank| -> Bound<'py, PyAny> {
+            let Ok(o) = i.into_pyobject(py);
+            o.into_any()
+        };
+        let ints = self.ints.get_or_init(py, || {
+            (0..self.inner.vocab_size() as Rank)
+                .map(|i| int(i).unbind())
+                .collect()
+        });
+        PyList::new(
+            py,
+            ids.iter().map(|&i| match ints.get(i as usize) {
+                Some(o) => o.bind(py).clone(),
+                None => int(i),
+            }),
+        )
+    }
+
     fn renderer(&self) -> PyResult<Renderer<'_>> {
         Renderer::new(&self.inner).map_err(|e| PyValueError::new_err(e.to_string()))
     }
@@ -87,9 +118,7 @@ impl PyTokenizer {
         pattern: &str,
     ) -> PyResult<Self> {
         let tok = Tokenizer::new(ranks, specials, pattern).py_err(py)?;
-        Ok(PyTokenizer {
-            inner: Arc::new(tok),
-        })
+        Ok(PyTokenizer::new(tok))
     }
 
     /// Parses a `.tiktoken` rank file's contents (`file` names it in errors).
@@ -119,9 +148,7 @@ impl PyTokenizer {
         });
         let tok = Tokenizer::new(ranks, specials, pattern)
             .map_err(|e| PyValueError::new_err(format!("{file}: {e}")))?;
-        Ok(PyTokenizer {
-            inner: Arc::new(tok),
-        })
+        Ok(PyTokenizer::new(tok))
     }
 
     /// The ranks in `.tiktoken` format.
@@ -161,16 +188,21 @@ impl PyTokenizer {
         self.inner.special_id(name)
     }
 
-    fn encode_ordinary(&self, py: Python<'_>, text: Bound<'_, PyString>) -> PyResult<Vec<Rank>> {
+    fn encode_ordinary<'py>(
+        &self,
+        py: Python<'py>,
+        text: Bound<'py, PyString>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let tok = &self.inner;
-        match text.to_str() {
-            Ok(s) => detached(py, "encoding", || tok.encode_ordinary(s)),
+        let ids = match text.to_str() {
+            Ok(s) => detached(py, "encoding", || tok.encode_ordinary(s))?,
             Err(_) => {
                 let mut arena = Arena::default();
                 let s = arena_text(&mut arena, text)?;
-                detached(py, "encoding", || tok.encode_ordinary(&s))
+                detached(py, "encoding", || tok.encode_ordinary(&s))?
             }
-        }
+        };
+        self.id_list(py, &ids)
     }
 
     fn encode(
@@ -187,12 +219,12 @@ impl PyTokenizer {
     }
 
     /// Encodes many texts on `num_threads` threads (0 = all) without the GIL.
-    fn encode_ordinary_batch(
+    fn encode_ordinary_batch<'py>(
         &self,
-        py: Python<'_>,
-        texts: Bound<'_, PyAny>,
+        py: Python<'py>,
+        texts: Bound<'py, PyAny>,
         num_threads: usize,
-    ) -> PyResult<Vec<Vec<Rank>>> {
+    ) -> PyResult<Bound<'py, PyList>> {
         let mut arena = Arena::default();
         let mut strs = Vec::new();
         for t in texts.try_iter()? {
@@ -212,9 +244,14 @@ impl PyTokenizer {
         let views: Vec<Cow<'_, str>> = strs.iter().map(|&i| arena.get(i)).collect();
         let refs: Vec<&str> = views.iter().map(|c| c.as_ref()).collect();
         let tok = &self.inner;
-        detached(py, "encoding", || {
+        let rows = detached(py, "encoding", || {
             tok.encode_ordinary_batch(&refs, num_threads)
-        })
+        })?;
+        let lists = rows
+            .iter()
+            .map(|r| self.id_list(py, r))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, lists)
     }
 
     fn decode(&self, py: Python<'_>, ids: Vec<Rank>) -> PyResult<String> {
@@ -236,12 +273,12 @@ impl PyTokenizer {
     }
 
     /// `(ids, mask)` as lists, like nanochat's `render_conversation`.
-    fn render_conversation(
+    fn render_conversation<'py>(
         &self,
-        py: Python<'_>,
-        conversation: Bound<'_, PyAny>,
+        py: Python<'py>,
+        conversation: Bound<'py, PyAny>,
         max_tokens: usize,
-    ) -> PyResult<(Vec<Rank>, Vec<u32>)> {
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
         let renderer = self.renderer()?;
         let mut arena = Arena::default();
         let spec = arena
@@ -249,8 +286,9 @@ impl PyTokenizer {
             .map_err(|e| extract_error(py, e, None))?;
         let conv = arena.view(&spec);
         let r = detached(py, "rendering", || renderer.render(&conv, max_tokens))?.py_err(py)?;
-        // A list of ints, as nanochat returns (a Vec<u8> would become bytes).
-        Ok((r.ids, r.mask.into_iter().map(u32::from).collect()))
+        // Lists of ints, as nanochat returns (a Vec<u8> would become bytes).
+        let mask: Vec<Rank> = r.mask.into_iter().map(Rank::from).collect();
+        Ok((self.id_list(py, &r.ids)?, self.id_list(py, &mask)?))
     }
 
     fn render_for_completion(
