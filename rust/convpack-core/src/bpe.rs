@@ -131,6 +131,10 @@ pub struct Tokenizer {
     pair_ranks: FxHashMap<u64, Rank>,
     /// Id of each single byte.
     byte_ranks: [Rank; 256],
+    /// `byte_pairs[a * 256 + b]`: id of the two-byte token `[a, b]`, or
+    /// `Rank::MAX`. Every merge starts from bytes, and this table (256 KiB)
+    /// stays in cache where the pair hash map does not.
+    byte_pairs: Vec<Rank>,
     /// Bytes of every ordinary token, indexed by rank.
     ranks: Vec<Vec<u8>>,
     specials: Vec<(String, Rank)>,
@@ -174,6 +178,12 @@ impl Tokenizer {
                 }
             }
         }
+        let mut byte_pairs = vec![Rank::MAX; 256 * 256];
+        for (rank, bytes) in ranks.iter().enumerate() {
+            if let [a, b] = bytes[..] {
+                byte_pairs[a as usize * 256 + b as usize] = rank as Rank;
+            }
+        }
         let short_encoder = ranks
             .iter()
             .enumerate()
@@ -213,6 +223,7 @@ impl Tokenizer {
             short_encoder,
             pair_ranks,
             byte_ranks,
+            byte_pairs,
             ranks,
             specials,
             special_ids,
@@ -394,8 +405,8 @@ impl Tokenizer {
         for (p, &b) in parts.iter_mut().zip(piece) {
             *p = self.byte_ranks[b as usize];
         }
-        for k in 0..n.saturating_sub(1) {
-            pair[k] = self.merged(parts[k], parts[k + 1]);
+        for (k, w) in piece.windows(2).enumerate() {
+            pair[k] = self.byte_pairs[w[0] as usize * 256 + w[1] as usize];
         }
         while n > 1 {
             let mut best = Rank::MAX;
@@ -435,8 +446,8 @@ impl Tokenizer {
         let mut prev: Vec<usize> = (0..n).map(|i| if i == 0 { NONE } else { i - 1 }).collect();
         let mut alive = vec![true; n];
         let mut heap: BinaryHeap<Reverse<(Rank, usize)>> = BinaryHeap::with_capacity(n);
-        for i in 0..n - 1 {
-            let r = self.merged(id[i], id[i + 1]);
+        for (i, w) in piece.windows(2).enumerate() {
+            let r = self.byte_pairs[w[0] as usize * 256 + w[1] as usize];
             if r != Rank::MAX {
                 heap.push(Reverse((r, i)));
             }
