@@ -339,7 +339,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import convpack
 
     from .bench.baseline import PythonRenderer, bestfit_batches, padded_batches, stream_batches
-    from .bench.common import compare, cpu_count, fresh_copy
+    from .bench.common import compare, cpu_count, fresh_copy, tiktoken_twin
     from .bench.texts import iter_texts
 
     started = time.perf_counter()
@@ -375,14 +375,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"  cached at {directory}")
 
     try:
-        import tiktoken
-
-        enc = tiktoken.Encoding(
-            "demo",
-            pat_str=tokenizer.pattern,
-            mergeable_ranks=tokenizer.mergeable_ranks,
-            special_tokens=tokenizer.special_tokens,
-        )
+        enc = tiktoken_twin(tokenizer, "demo")
         python = PythonRenderer.from_tiktoken(enc)
         baseline_name = "pure Python (tiktoken per message, Python lists)"
     except ModuleNotFoundError:

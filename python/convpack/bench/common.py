@@ -82,6 +82,23 @@ def compare(
     return amount / best_ours, amount / best_base
 
 
+def tiktoken_twin(tokenizer: Any, name: str = "convpack-twin") -> Any:
+    """A ``tiktoken.Encoding`` with ``tokenizer``'s pattern, ranks and special
+    tokens: the oracle and baseline the benchmarks compare against.
+
+    Raises:
+        ModuleNotFoundError: tiktoken is not installed.
+    """
+    import tiktoken
+
+    return tiktoken.Encoding(
+        name,
+        pat_str=tokenizer.pattern,
+        mergeable_ranks=tokenizer.mergeable_ranks,
+        special_tokens=tokenizer.special_tokens,
+    )
+
+
 def fresh_copy(tokenizer: Any) -> Any:
     """The same tokenizer as a new object (its own, empty, piece cache)."""
     return pickle.loads(pickle.dumps(tokenizer))

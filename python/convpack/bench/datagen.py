@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from .baseline import PythonRenderer, bestfit_batches, padded_batches, stream_batches
-from .common import BenchmarkMismatch, cl100k_path, cpu_count, fresh_copy, row
+from .common import BenchmarkMismatch, cl100k_path, cpu_count, fresh_copy, row, tiktoken_twin
 from .texts import smoltalk_like_conversations
 
 __all__ = ["run", "settings", "MODES"]
@@ -376,18 +376,12 @@ def run(quick: bool = False, **sizes: int) -> list[dict]:
         BenchmarkMismatch: if a DataGenerator batch differs from the
             baseline's.
     """
-    import tiktoken
 
     import convpack
 
     s = settings(quick, **sizes)
     tokenizer = convpack.Tokenizer.from_tiktoken_file(cl100k_path())
-    enc = tiktoken.Encoding(
-        "bench-nanochat",
-        pat_str=tokenizer.pattern,
-        mergeable_ranks=tokenizer.mergeable_ranks,
-        special_tokens=tokenizer.special_tokens,
-    )
+    enc = tiktoken_twin(tokenizer, "bench-nanochat")
     python = PythonRenderer.from_tiktoken(enc)
     convs = smoltalk_like_conversations(s["conversations"])
     threads = cpu_count()

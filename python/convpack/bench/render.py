@@ -21,7 +21,7 @@ piece cache). The unit is conversations per second.
 from __future__ import annotations
 
 from .baseline import PythonRenderer
-from .common import check_identical, cl100k_path, compare, cpu_count, fresh_copy, row
+from .common import check_identical, cl100k_path, compare, cpu_count, fresh_copy, row, tiktoken_twin
 from .texts import mmlu_like_conversations, smoltalk_like_conversations, spellingbee_conversations
 
 __all__ = ["run", "datasets"]
@@ -56,18 +56,12 @@ def run(quick: bool = False) -> list[dict]:
     Raises:
         BenchmarkMismatch: if convpack's ids or masks differ from the baseline's.
     """
-    import tiktoken
 
     import convpack
 
     path = cl100k_path()
     tokenizer = convpack.Tokenizer.from_tiktoken_file(path)
-    enc = tiktoken.Encoding(
-        "bench-nanochat",
-        pat_str=tokenizer.pattern,
-        mergeable_ranks=tokenizer.mergeable_ranks,
-        special_tokens=tokenizer.special_tokens,
-    )
+    enc = tiktoken_twin(tokenizer, "bench-nanochat")
     python = PythonRenderer.from_tiktoken(enc)
     repeats = 1 if quick else 5
     threads = cpu_count()
