@@ -13,6 +13,8 @@ import textwrap
 import numpy as np
 import pytest
 from corpus import CODE, EMOJI, MULTILINGUAL, PROSE
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reference_render import ReferenceRenderer
 
 from convpack import ConversationError
@@ -229,3 +231,25 @@ def test_visualize_tokenization(tokenizer, tt_nano):
         pos = at + len(piece) + 1  # the "|" separator
     assert pos == len(text) + 1
     assert "(" not in tokenizer.visualize_tokenization(ids, mask)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+    | st.sampled_from(["user", "assistant", "system", "text", "python", "python_output"]),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(["role", "content", "type", "text", "messages", "x"]), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(_json, st.builds(lambda m: {"messages": m}, st.lists(_json, max_size=5))))
+def test_arbitrary_input_renders_or_raises_conversation_error(tokenizer, reference, obj):
+    # Whatever the structure, the result is a rendering identical to the
+    # reference or a ConversationError: never a crash or another exception.
+    try:
+        got = tokenizer.render_conversation(obj, max_tokens=64)
+    except ConversationError as e:
+        assert e.reason
+        return
+    assert got == reference.render(obj, 64)
