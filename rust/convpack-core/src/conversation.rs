@@ -89,6 +89,11 @@ impl<S: AsRef<str>> Message<S> {
 }
 
 impl<S: AsRef<str>> Conversation<S> {
+    /// Bytes of text in all messages.
+    pub fn text_len(&self) -> usize {
+        self.messages.iter().map(Message::text_len).sum()
+    }
+
     /// Checks the role order and which roles may hold parts. Errors name the
     /// message index in the caller's list (the system message included).
     pub fn validate(&self) -> Result<(), ConversationError> {

@@ -11,18 +11,41 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use convpack_core::{
-    bpe::Rank, pretokenize::Splitter, train, vocab, Conversation, ConversationError, Renderer,
-    Tokenizer,
+    bpe::Rank, pretokenize::Splitter, train, vocab, ChatTokens, Conversation, ConversationError,
+    Renderer, Tokenizer,
 };
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyString};
 use rustc_hash::FxHashMap;
 
 use crate::convert::{Arena, ExtractError};
 use crate::errors::{conversation_error, panic_error, IntoPyResult};
+
+fn py_int(py: Python<'_>, i: Rank) -> Bound<'_, PyAny> {
+    let Ok(o) = i.into_pyobject(py);
+    o.into_any()
+}
+
+/// Work on fewer bytes of text than this keeps the GIL: releasing and taking
+/// it back costs more than such work, and holds other threads up no longer.
+const DETACH_MIN_BYTES: usize = 2048;
+
+/// Runs `f`, without the GIL when it has at least [`DETACH_MIN_BYTES`] of
+/// text to process; a panic becomes a Python exception.
+fn run_sized<T: Send>(
+    py: Python<'_>,
+    text_bytes: usize,
+    what: &str,
+    f: impl FnOnce() -> T + Send,
+) -> PyResult<T> {
+    if text_bytes >= DETACH_MIN_BYTES {
+        detached(py, what, f)
+    } else {
+        catch_unwind(AssertUnwindSafe(f)).map_err(|_| panic_error(what))
+    }
+}
 
 /// Runs `f` without the GIL; a panic becomes a Python exception.
 pub(crate) fn detached<T: Send>(
@@ -70,39 +93,41 @@ pub struct PyTokenizer {
     pub inner: Arc<Tokenizer>,
     /// A Python int for every id, made once: building a list of ids is then
     /// reference counting instead of allocating an int per token.
-    ints: PyOnceLock<Vec<Py<PyAny>>>,
+    ints: Vec<Py<PyAny>>,
+    /// The chat token ids, when the vocabulary has them all (looked up once).
+    chat: Result<ChatTokens, String>,
 }
 
 impl PyTokenizer {
-    fn new(tok: Tokenizer) -> Self {
+    fn new(py: Python<'_>, tok: Tokenizer) -> Self {
         PyTokenizer {
+            chat: ChatTokens::of(&tok).map_err(|e| e.to_string()),
+            ints: (0..tok.vocab_size() as Rank)
+                .map(|i| py_int(py, i).unbind())
+                .collect(),
             inner: Arc::new(tok),
-            ints: PyOnceLock::new(),
         }
     }
 
     /// `ids` as a Python list of ints.
     fn id_list<'py>(&self, py: Python<'py>, ids: &[Rank]) -> PyResult<Bound<'py, PyList>> {
-        let int = |i: Rank| -> Bound<'py, PyAny> {
-            let Ok(o) = i.into_pyobject(py);
-            o.into_any()
-        };
-        let ints = self.ints.get_or_init(py, || {
-            (0..self.inner.vocab_size() as Rank)
-                .map(|i| int(i).unbind())
-                .collect()
-        });
         PyList::new(
             py,
-            ids.iter().map(|&i| match ints.get(i as usize) {
+            ids.iter().map(|&i| match self.ints.get(i as usize) {
                 Some(o) => o.bind(py).clone(),
-                None => int(i),
+                None => py_int(py, i),
             }),
         )
     }
 
     fn renderer(&self) -> PyResult<Renderer<'_>> {
-        Renderer::new(&self.inner).map_err(|e| PyValueError::new_err(e.to_string()))
+        match &self.chat {
+            Ok(chat) => Ok(Renderer {
+                tok: &self.inner,
+                chat: *chat,
+            }),
+            Err(e) => Err(PyValueError::new_err(e.clone())),
+        }
     }
 }
 
@@ -118,7 +143,7 @@ impl PyTokenizer {
         pattern: &str,
     ) -> PyResult<Self> {
         let tok = Tokenizer::new(ranks, specials, pattern).py_err(py)?;
-        Ok(PyTokenizer::new(tok))
+        Ok(PyTokenizer::new(py, tok))
     }
 
     /// Parses a `.tiktoken` rank file's contents (`file` names it in errors).
@@ -148,7 +173,7 @@ impl PyTokenizer {
         });
         let tok = Tokenizer::new(ranks, specials, pattern)
             .map_err(|e| PyValueError::new_err(format!("{file}: {e}")))?;
-        Ok(PyTokenizer::new(tok))
+        Ok(PyTokenizer::new(py, tok))
     }
 
     /// The ranks in `.tiktoken` format.
@@ -195,7 +220,7 @@ impl PyTokenizer {
     ) -> PyResult<Bound<'py, PyList>> {
         let tok = &self.inner;
         let ids = match text.to_str() {
-            Ok(s) => detached(py, "encoding", || tok.encode_ordinary(s))?,
+            Ok(s) => run_sized(py, s.len(), "encoding", || tok.encode_ordinary(s))?,
             Err(_) => {
                 let mut arena = Arena::default();
                 let s = arena_text(&mut arena, text)?;
@@ -285,7 +310,10 @@ impl PyTokenizer {
             .add(&conversation)
             .map_err(|e| extract_error(py, e, None))?;
         let conv = arena.view(&spec);
-        let r = detached(py, "rendering", || renderer.render(&conv, max_tokens))?.py_err(py)?;
+        let r = run_sized(py, conv.text_len(), "rendering", || {
+            renderer.render(&conv, max_tokens)
+        })?
+        .py_err(py)?;
         // Lists of ints, as nanochat returns (a Vec<u8> would become bytes).
         let mask: Vec<Rank> = r.mask.into_iter().map(Rank::from).collect();
         Ok((self.id_list(py, &r.ids)?, self.id_list(py, &mask)?))
@@ -303,7 +331,7 @@ impl PyTokenizer {
             .add(&conversation)
             .map_err(|e| extract_error(py, e, None))?;
         let conv = arena.view(&spec);
-        detached(py, "rendering", || {
+        run_sized(py, conv.text_len(), "rendering", || {
             renderer.render_for_completion(&conv, max_tokens)
         })?
         .py_err(py)
