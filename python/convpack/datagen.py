@@ -141,8 +141,10 @@ class _CudaTransfer:
 
     def send(self, tensors: Sequence[torch.Tensor]) -> tuple:
         out = tuple(t.to(self.device, non_blocking=True) for t in tensors)
+        # The copies run on the target device's current stream; record there
+        # (not on whatever device is current) so the event covers them.
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))
         return out, event
 
 
