@@ -137,7 +137,7 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    #[inline]
+    #[inline(always)]
     fn at(&self, pos: usize) -> Option<(Ch, usize)> {
         let bytes = self.text.as_bytes();
         let b = *bytes.get(pos)?;
@@ -271,6 +271,15 @@ impl GptSplitter {
 
 #[inline]
 fn letters(cur: &Cursor, mut end: usize) -> usize {
+    // ASCII letters byte by byte (the only ASCII in \p{L}); a non-ASCII
+    // character continues through the full decode.
+    let bytes = cur.text.as_bytes();
+    while end < bytes.len() && bytes[end].is_ascii_alphabetic() {
+        end += 1;
+    }
+    if bytes.get(end).is_none_or(|&b| b < 0x80) {
+        return end;
+    }
     while let Some((ch, l)) = cur.at(end) {
         if ch.class != Class::Letter {
             break;
