@@ -253,3 +253,42 @@ def test_arbitrary_input_renders_or_raises_conversation_error(tokenizer, referen
         assert e.reason
         return
     assert got == reference.render(obj, 64)
+
+
+def test_batch_work_releases_the_gil(tokenizer):
+    # With a huge switch interval nothing preempts the main thread, so the
+    # counting thread (which hands the GIL back after every step) can only
+    # count while the batch runs if the batch itself released the GIL.
+    import threading
+    import time
+
+    convs = CONVERSATIONS * 4
+    texts = [m["content"] for c in convs for m in c["messages"] if isinstance(m["content"], str)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(30.0)
+    try:
+        for work in (
+            lambda: tokenizer.render_conversations(convs, num_threads=1),
+            lambda: tokenizer.encode(texts, num_threads=1),
+        ):
+            counter = [0]
+            running = threading.Event()
+            stop = threading.Event()
+
+            def count(counter=counter, running=running, stop=stop):
+                running.set()
+                while not stop.is_set():
+                    counter[0] += 1
+                    time.sleep(0)  # releases the GIL
+
+            t = threading.Thread(target=count)
+            t.start()
+            running.wait()
+            before = counter[0]
+            work()
+            during = counter[0] - before
+            stop.set()
+            t.join()
+            assert during > 0
+    finally:
+        sys.setswitchinterval(interval)
