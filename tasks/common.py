@@ -95,7 +95,43 @@ class Task:
             yield self[i]
 
 
-class TaskMixture(Task):
+class _TaskCollection(Task):
+    """Tasks laid end to end: ``_offsets[k]`` is where task ``k`` starts."""
+
+    def __init__(self, tasks: Sequence[Task], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tasks = list(tasks)
+        self.lengths = [len(task) for task in self.tasks]
+        self.num_conversations = sum(self.lengths)
+        self._offsets = [0]
+        for length in self.lengths:
+            self._offsets.append(self._offsets[-1] + length)
+
+    @property
+    def eval_type(self) -> str:
+        kinds = {task.eval_type for task in self.tasks}
+        if len(kinds) == 1:
+            return kinds.pop()
+        raise NotImplementedError(
+            f"a {type(self).__name__} of different eval types has no single eval_type"
+        )
+
+    def num_examples(self) -> int:
+        return self.num_conversations
+
+    def _check(self, index: int) -> None:
+        if not 0 <= index < self.num_conversations:
+            raise IndexError(
+                f"{type(self).__name__} index out of range: {index} (size {self.num_conversations})"
+            )
+
+    def _split(self, flat: int) -> tuple[int, int]:
+        """``(task_index, local_index)`` of position ``flat`` end to end."""
+        task_index = bisect.bisect_right(self._offsets, flat) - 1
+        return task_index, flat - self._offsets[task_index]
+
+
+class TaskMixture(_TaskCollection):
     """All examples of several tasks in one deterministic shuffled order.
 
     The order is the one nanochat uses: the pairs ``(task_index,
@@ -107,68 +143,29 @@ class TaskMixture(Task):
     """
 
     def __init__(self, tasks: Sequence[Task], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.tasks = list(tasks)
-        self.lengths = [len(task) for task in self.tasks]
-        self.num_conversations = sum(self.lengths)
-        self._offsets = [0]
-        for length in self.lengths:
-            self._offsets.append(self._offsets[-1] + length)
+        super().__init__(tasks, **kwargs)
         typecode = "I" if array("I").itemsize >= 4 and self.num_conversations <= 2**32 else "Q"
         order = array(typecode, range(self.num_conversations))
         random.Random(42).shuffle(order)
         self._order = order
 
-    @property
-    def eval_type(self) -> str:
-        kinds = {task.eval_type for task in self.tasks}
-        if len(kinds) == 1:
-            return kinds.pop()
-        raise NotImplementedError("a TaskMixture of different eval types has no single eval_type")
-
-    def num_examples(self) -> int:
-        return self.num_conversations
-
     def locate(self, index: int) -> tuple[int, int]:
         """``(task_index, local_index)`` of physical example ``index``."""
-        if not 0 <= index < self.num_conversations:
-            raise IndexError(f"TaskMixture index out of range: {index} (size {self.num_conversations})")
-        flat = self._order[index]
-        task_index = bisect.bisect_right(self._offsets, flat) - 1
-        return task_index, flat - self._offsets[task_index]
+        self._check(index)
+        return self._split(self._order[index])
 
     def get_example(self, index: int) -> Conversation:
         task_index, local_index = self.locate(index)
         return self.tasks[task_index][local_index]
 
 
-class TaskSequence(Task):
+class TaskSequence(_TaskCollection):
     """Tasks one after another, in the order given (a curriculum)."""
 
-    def __init__(self, tasks: Sequence[Task], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.tasks = list(tasks)
-        self.lengths = [len(task) for task in self.tasks]
-        self.num_conversations = sum(self.lengths)
-        self._offsets = [0]
-        for length in self.lengths:
-            self._offsets.append(self._offsets[-1] + length)
-
-    @property
-    def eval_type(self) -> str:
-        kinds = {task.eval_type for task in self.tasks}
-        if len(kinds) == 1:
-            return kinds.pop()
-        raise NotImplementedError("a TaskSequence of different eval types has no single eval_type")
-
-    def num_examples(self) -> int:
-        return self.num_conversations
-
     def get_example(self, index: int) -> Conversation:
-        if not 0 <= index < self.num_conversations:
-            raise IndexError(f"TaskSequence index out of range: {index} (size {self.num_conversations})")
-        task_index = bisect.bisect_right(self._offsets, index) - 1
-        return self.tasks[task_index][index - self._offsets[task_index]]
+        self._check(index)
+        task_index, local_index = self._split(index)
+        return self.tasks[task_index][local_index]
 
 
 def render_mc(question: str, letters: Sequence[str], choices: Sequence[str]) -> str:
