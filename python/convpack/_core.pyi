@@ -1,10 +1,21 @@
 """Type stubs of the compiled module ``convpack._core`` (private; use ``convpack``)."""
 
 from collections.abc import Iterable
-from typing import Any, Optional
+from typing import Any, Optional, final
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "BpeTrainer",
+    "CHAT_SPECIAL_TOKENS",
+    "CL100K_PATTERN",
+    "CoreTokenizer",
+    "Packer",
+    "SPLIT_PATTERN",
+    "__version__",
+    "max_threads",
+]
 
 SPLIT_PATTERN: str
 CL100K_PATTERN: str
@@ -13,6 +24,7 @@ __version__: str
 
 def max_threads() -> int: ...
 
+@final
 class CoreTokenizer:
     @staticmethod
     def from_ranks(ranks: list[bytes], specials: list[tuple[str, int]], pattern: str) -> CoreTokenizer: ...
@@ -46,12 +58,44 @@ class CoreTokenizer:
         self, conversations: Iterable[Any], max_tokens: int, num_threads: int
     ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint8], npt.NDArray[np.int64]]: ...
 
+@final
 class BpeTrainer:
-    def __init__(self, pattern: str) -> None: ...
+    def __new__(cls, pattern: str) -> BpeTrainer: ...
     def feed(self, texts: list[str]) -> None: ...
     def finish(self, n_ranks: int) -> list[bytes]: ...
 
+@final
 class Packer:
-    """Renders and packs conversations into batches (see ``convpack.datagen``)."""
+    """Renders and packs conversations into batches (driven by ``convpack.DataGenerator``)."""
 
-    def __getattr__(self, name: str) -> Any: ...
+    def __new__(
+        cls,
+        tokenizer: CoreTokenizer,
+        mode: str,
+        *,
+        batch_size: int,
+        seq_len: Optional[int],
+        dataset_len: int,
+        rank: int,
+        world_size: int,
+        overflow: str = "pad",
+        buffer_size: int = 100,
+        max_tokens: int = 2048,
+        max_seqs: Optional[int] = None,
+        num_threads: int = 0,
+        skip_errors: bool = False,
+    ) -> Packer: ...
+    def plan(self) -> int: ...
+    def wanted(self, n: int) -> list[int]: ...
+    def push(self, conversations: Iterable[Any]) -> None: ...
+    def shape(self) -> Optional[tuple[int, int, int, bool]]: ...
+    def write(
+        self,
+        inputs: npt.NDArray[Any],
+        targets: npt.NDArray[np.int64],
+        cu_seqlens: Optional[npt.NDArray[np.int32]] = None,
+        position_ids: Optional[npt.NDArray[np.int64]] = None,
+    ) -> None: ...
+    def state(self) -> dict[str, Any]: ...
+    def load_state(self, state: dict[str, Any]) -> None: ...
+    def progress(self) -> tuple[int, float, bool]: ...
