@@ -182,9 +182,12 @@ class Tokenizer:
         ranks = trainer.finish(vocab_size - n_special)
         return cls(_core.CoreTokenizer.from_ranks(ranks, _chat_specials(len(ranks)), pattern))
 
-    def save(self, directory: Union[str, os.PathLike]) -> None:
+    def save(self, directory: Union[str, os.PathLike], nanochat_files: bool = True) -> None:
         """Writes ``tokenizer.tiktoken`` (the ranks) and ``convpack_tokenizer.json``
-        (pattern and special tokens) into ``directory``."""
+        (pattern and special tokens) into ``directory``; with ``nanochat_files``
+        also nanochat's ``tokenizer.pkl`` and ``token_bytes.pt`` (see
+        :func:`convpack.interop.write_nanochat_files`: each needs its package,
+        tiktoken or torch, and a missing one is skipped with a warning)."""
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, _RANKS), "w", encoding="ascii") as f:
@@ -197,6 +200,10 @@ class Tokenizer:
         }
         with open(os.path.join(directory, _CONFIG), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
+        if nanochat_files:
+            from .interop import write_nanochat_files
+
+            write_nanochat_files(self, directory)
 
     # ------------------------------------------------------------ properties
 
@@ -227,7 +234,7 @@ class Tokenizer:
         return token
 
     def get_bos_token_id(self) -> int:
-        return self.encode_special("<|bos|>")
+        return self.encode_special(self._bos_token())
 
     def id_to_token(self, id: int) -> str:
         return self.decode([id])
@@ -365,6 +372,24 @@ class Tokenizer:
         self.__init__(
             _core.CoreTokenizer.from_ranks(state["ranks"], state["special_tokens"], state["pattern"])
         )
+
+    # ------------------------------------------------- nanochat's extra names
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        """The bytes of one token, special tokens included (tiktoken's name for
+        :meth:`token_bytes`).
+
+        Raises:
+            ValueError: ``token`` is not an id of this vocabulary.
+        """
+        return self._core.token_bytes(token)
+
+    def _bos_token(self) -> str:
+        # tiktoken's own encodings have no <|bos|>; like nanochat, their
+        # document delimiter <|endoftext|> serves as BOS.
+        if self._core.special_id("<|bos|>") is None and self._core.special_id("<|endoftext|>") is not None:
+            return "<|endoftext|>"
+        return "<|bos|>"
 
 
 def _max_tokens(max_tokens: int) -> int:

