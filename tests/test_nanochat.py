@@ -329,3 +329,22 @@ def test_compat_tokenizer_pickles(trained):
     again = pickle.loads(pickle.dumps(trained))
     assert type(again) is nc.RustBPETokenizer
     assert again.encode(TEXTS[:100]) == trained.encode(TEXTS[:100])
+
+
+def test_a_pickle_nanochat_saved_later_wins(trained, nano_cl100k, tt_nano, tmp_path):
+    # convpack saved here first; then nanochat trained and saved another tokenizer
+    # into the same directory (it rewrites tokenizer.pkl only).
+    trained.save(tmp_path)
+    assert convpack.Tokenizer.from_directory(tmp_path).encode(TEXTS[:100]) == trained.encode(TEXTS[:100])
+    with open(tmp_path / "tokenizer.pkl", "wb") as f:
+        pickle.dump(tt_nano, f)
+    again = nc.RustBPETokenizer.from_directory(tmp_path)
+    assert again.get_vocab_size() == tt_nano.n_vocab
+    assert again.encode(TEXTS) == tt_nano.encode_ordinary_batch(TEXTS)
+
+
+def test_save_removes_nanochat_files_it_does_not_rewrite(trained, nano_cl100k, tmp_path):
+    nano_cl100k.save(tmp_path)
+    trained.save(tmp_path, nanochat_files=False)
+    assert sorted(os.listdir(tmp_path)) == ["convpack_tokenizer.json", "tokenizer.tiktoken"]
+    assert convpack.Tokenizer.from_directory(tmp_path).encode(TEXTS[:100]) == trained.encode(TEXTS[:100])

@@ -15,12 +15,16 @@ the pickle needs ``tiktoken`` (the file holds a real ``tiktoken.Encoding``) and
 writing the tensor needs ``torch``; when one is missing, that file is skipped
 with a :class:`NanochatFilesWarning` naming the package. Reading goes the
 other way through :meth:`convpack.Tokenizer.from_directory`, whose restricted
-loader executes nothing from the pickle.
+loader executes nothing from the pickle; a pickle that nanochat wrote over
+convpack's (its digest differs from the one ``save`` recorded) is the one it
+loads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import os
 import pickle
 import pkgutil
@@ -33,6 +37,7 @@ __all__ = [
     "TOKEN_BYTES_PT",
     "load_named_encoding",
     "nanochat_base_dir",
+    "nanochat_pickle_replaced",
     "nanochat_tokenizer_dir",
     "to_tiktoken",
     "token_byte_lengths",
@@ -45,6 +50,8 @@ __all__ = [
 TOKENIZER_PKL = "tokenizer.pkl"
 #: The per-token byte lengths nanochat's tokenizer training writes.
 TOKEN_BYTES_PT = "token_bytes.pt"
+# convpack's own config (see Tokenizer.save), where the digests are recorded.
+_CONFIG = "convpack_tokenizer.json"
 
 # Protocol 4 is what Python 3.8-3.13 write by default and every Python that
 # nanochat supports reads.
@@ -169,26 +176,35 @@ def write_token_bytes(tokenizer: Any, directory: str) -> str:
     return path
 
 
-def write_nanochat_files(tokenizer: Any, directory: str) -> list:
+def write_nanochat_files(tokenizer: Any, directory: str, write: bool = True) -> dict:
     """Writes ``tokenizer.pkl`` and ``token_bytes.pt`` into ``directory``
     (which must exist). A file whose package is missing is skipped, and one
     :class:`NanochatFilesWarning` names what was skipped and what to install.
+    A file that is not written (skipped, or ``write=False``) is removed if an
+    older one is there: it would describe another tokenizer.
 
     Returns:
-        The paths written.
+        ``{file name: SHA-256 hex digest}`` of the files written, which
+        ``Tokenizer.save`` records so that :func:`nanochat_pickle_replaced`
+        can tell its own pickle from one written later by nanochat.
 
     Raises:
-        OSError: a file cannot be written.
+        OSError: a file cannot be written or removed.
     """
-    written, missing = [], []
+    written, missing = {}, []
     for writer, filename, package in (
         (write_tokenizer_pkl, TOKENIZER_PKL, "tiktoken"),
         (write_token_bytes, TOKEN_BYTES_PT, "torch"),
     ):
-        if not _importable(package):
-            missing.append((filename, package))
+        path = os.path.join(directory, filename)
+        if write and _importable(package):
+            writer(tokenizer, directory)
+            written[filename] = _sha256(path)
             continue
-        written.append(writer(tokenizer, directory))
+        if write:
+            missing.append((filename, package))
+        if os.path.exists(path):
+            os.remove(path)
     if missing:
         skipped = ", ".join(f"{filename} (needs {package})" for filename, package in missing)
         packages = " ".join(package for _, package in missing)
@@ -200,6 +216,22 @@ def write_nanochat_files(tokenizer: Any, directory: str) -> list:
             stacklevel=3,
         )
     return written
+
+
+def nanochat_pickle_replaced(directory: str) -> bool:
+    """True when ``directory`` holds a ``tokenizer.pkl`` that is not the one
+    ``Tokenizer.save`` recorded in ``convpack_tokenizer.json`` (nanochat saved
+    another tokenizer over it, or the config is unreadable): the pickle is
+    then the tokenizer to load. False without a ``tokenizer.pkl``."""
+    pkl = os.path.join(directory, TOKENIZER_PKL)
+    if not os.path.exists(pkl):
+        return False
+    try:
+        with open(os.path.join(directory, _CONFIG), encoding="utf-8") as f:
+            recorded = json.load(f)["nanochat_files"][TOKENIZER_PKL]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    return bool(_sha256(pkl) != recorded)
 
 
 def load_named_encoding(cls: type[T], name: str) -> T:
@@ -228,7 +260,7 @@ def load_named_encoding(cls: type[T], name: str) -> T:
 def _named_encoding_params(name: str) -> dict:
     try:
         import tiktoken  # noqa: F401  (the plugins need it)
-        import tiktoken_ext
+        import tiktoken_ext  # type: ignore[import-untyped]
     except ImportError as e:
         raise ImportError(
             f"loading tiktoken's encoding {name!r} needs tiktoken: pip install tiktoken "
@@ -244,6 +276,14 @@ def _named_encoding_params(name: str) -> dict:
         raise ValueError(f"name: tiktoken has no encoding {name!r}; known: {known}")
     params: dict = constructor()
     return params
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _importable(package: str) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from .execution import ExecutionResult, execute_code
 from .interop import (
@@ -87,7 +87,7 @@ def get_tokenizer() -> RustBPETokenizer:
         FileNotFoundError: no tokenizer there.
         VocabularyError: a file there is corrupt.
     """
-    return RustBPETokenizer.from_directory(nanochat_tokenizer_dir())
+    return cast(RustBPETokenizer, RustBPETokenizer.from_directory(nanochat_tokenizer_dir()))
 
 
 def get_token_bytes(device: Any = "cpu") -> Any:

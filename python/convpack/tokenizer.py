@@ -13,6 +13,7 @@ import numpy as np
 from . import _core
 from ._pickle import load_encoding_state
 from .errors import VocabularyError
+from .interop import nanochat_pickle_replaced, write_nanochat_files
 
 __all__ = ["Tokenizer", "SPLIT_PATTERN", "CL100K_PATTERN", "CHAT_SPECIAL_TOKENS"]
 
@@ -104,7 +105,9 @@ class Tokenizer:
 
         A nanochat directory holds ``tokenizer.pkl``, a pickled
         ``tiktoken.Encoding``; it is read by a restricted loader that accepts
-        only that object's state and executes nothing.
+        only that object's state and executes nothing. When both formats are
+        there, the pickle wins unless it is the one :meth:`save` wrote (so a
+        tokenizer nanochat saved over convpack's is the one loaded).
 
         Raises:
             FileNotFoundError: neither format is in the directory.
@@ -112,7 +115,7 @@ class Tokenizer:
         """
         directory = os.fspath(directory)
         config_path = os.path.join(directory, _CONFIG)
-        if os.path.exists(config_path):
+        if os.path.exists(config_path) and not nanochat_pickle_replaced(directory):
             try:
                 with open(config_path, encoding="utf-8") as f:
                     config = json.load(f)
@@ -187,7 +190,8 @@ class Tokenizer:
         (pattern and special tokens) into ``directory``; with ``nanochat_files``
         also nanochat's ``tokenizer.pkl`` and ``token_bytes.pt`` (see
         :func:`convpack.interop.write_nanochat_files`: each needs its package,
-        tiktoken or torch, and a missing one is skipped with a warning)."""
+        tiktoken or torch, and a missing one is skipped with a warning; an
+        older copy that is not rewritten is removed)."""
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, _RANKS), "w", encoding="ascii") as f:
@@ -198,12 +202,9 @@ class Tokenizer:
             "pattern": self._core.pattern,
             "special_tokens": [list(s) for s in self._core.special_tokens],
         }
+        config["nanochat_files"] = write_nanochat_files(self, directory, nanochat_files)
         with open(os.path.join(directory, _CONFIG), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
-        if nanochat_files:
-            from .interop import write_nanochat_files
-
-            write_nanochat_files(self, directory)
 
     # ------------------------------------------------------------ properties
 
