@@ -16,8 +16,10 @@ import pickle
 import random
 import re
 import sys
+from collections import Counter
 
 import pytest
+import regex
 import tiktoken
 import torch
 from corpus import corpus
@@ -123,6 +125,40 @@ def _is_utf8(data):
     return True
 
 
+def reference_train(texts, vocab_size):
+    """BPE training as rustbpe (nanochat's trainer) does it, slowly: count the
+    pieces the split pattern cuts, then repeatedly merge the most frequent
+    adjacent pair (ties to the smallest pair of ids), non-overlapping from the
+    left. Returns the token bytes by rank and how many merges had a tie."""
+    words = Counter()
+    for piece, count in Counter(p for t in texts for p in regex.findall(NANOCHAT_SPLIT_PATTERN, t)).items():
+        words[tuple(piece.encode("utf-8"))] += count
+    vocab = [bytes([b]) for b in range(256)]
+    ties = 0
+    while len(vocab) < vocab_size:
+        pairs = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += count
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        ties += sum(1 for c in pairs.values() if c == pairs[best]) > 1
+        new = len(vocab)
+        vocab.append(vocab[best[0]] + vocab[best[1]])
+        merged = Counter()
+        for word, count in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if word[i:i + 2] == best:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] += count
+        words = merged
+    return vocab, ties
+
+
 # ---------------------------------------------------------------- the names
 
 
@@ -155,6 +191,14 @@ def test_train_from_iterator_vocab_size_counts_specials(trained):
     assert trained.get_bos_token_id() == trained.bos_token_id == 1191
     with pytest.raises(ValueError, match="vocab_size"):
         nc.RustBPETokenizer.train_from_iterator(iter(TEXTS), 256 + len(NANOCHAT_SPECIAL_TOKENS) - 1)
+
+
+def test_training_learns_the_merges_nanochat_learns():
+    texts = [t for t in TEXTS if len(t) < 400][:1000]
+    want, ties = reference_train(texts, 420 - len(NANOCHAT_SPECIAL_TOKENS))
+    assert ties > 0 and len(set(want)) == len(want)  # the tie rule is exercised; no duplicate spellings
+    got = nc.RustBPETokenizer.train_from_iterator(iter(texts), 420)
+    assert sorted(got.mergeable_ranks, key=got.mergeable_ranks.__getitem__) == want
 
 
 @pytest.mark.parametrize("which", ["trained", "cl100k"])
