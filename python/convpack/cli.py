@@ -271,7 +271,7 @@ def demo_tokenizer(texts: Sequence[str], vocab_size: int = DEMO_VOCAB_SIZE) -> t
             pass  # a damaged cache entry is rebuilt below
     tokenizer = convpack.Tokenizer.train_from_iterator(texts, vocab_size)
     tmp = f"{directory}.tmp-{os.getpid()}"
-    tokenizer.save(tmp)
+    tokenizer.save(tmp, nanochat_files=False)  # a cache for the demo; nanochat never reads it
     try:
         os.replace(tmp, directory)
     except OSError:  # another process won the race; its copy is as good
