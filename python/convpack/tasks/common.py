@@ -35,7 +35,9 @@ __all__ = [
 
 
 class ConversationFormatError(ValueError):
-    """A conversation in a dataset breaks the message rules (roles, types)."""
+    """A conversation in a dataset breaks the message rules (roles, types), or
+    a conversation file is not readable as such (encoding, JSON); the message
+    names the file or example, the line or message, and the rule."""
 
 
 class Task:
@@ -48,6 +50,16 @@ class Task:
 
     Subclasses implement ``num_examples()``, ``get_example(physical_index)``,
     ``eval_type`` and, for evaluation, ``evaluate(conversation, response)``.
+
+    Args:
+        start: the first physical example (>= 0).
+        stop: one past the last physical example, or None for all; a stop
+            past the dataset's end is clamped to it.
+        step: the stride (>= 1).
+
+    Raises:
+        TypeError: if an argument is not an integer.
+        ValueError: if ``start < 0``, ``stop < start`` or ``step < 1``.
     """
 
     def __init__(self, start: int = 0, stop: int | None = None, step: int = 1) -> None:
@@ -71,15 +83,34 @@ class Task:
         raise NotImplementedError
 
     def num_examples(self) -> int:
-        """Number of physical examples in the underlying dataset."""
+        """Number of physical examples in the underlying dataset (ignores the slice).
+
+        Returns:
+            int: the count.
+        """
         raise NotImplementedError
 
     def get_example(self, index: int) -> Conversation:
-        """The conversation at physical ``index`` (ignores the slice)."""
+        """The conversation at physical ``index`` (ignores the slice).
+
+        Args:
+            index: a physical example index, ``0 <= index < num_examples()``.
+
+        Returns:
+            Conversation: a dict with a ``"messages"`` list.
+        """
         raise NotImplementedError
 
     def evaluate(self, conversation: Conversation, response: str) -> Any:
-        """Score ``response`` as an answer to ``conversation``."""
+        """Score ``response`` as an answer to ``conversation``.
+
+        Args:
+            conversation: an example of this task.
+            response: the model's answer.
+
+        Returns:
+            The task's score (an int, bool or float).
+        """
         raise NotImplementedError
 
     def _bounds(self) -> tuple[int, int]:
@@ -88,10 +119,17 @@ class Task:
         return self.start, max(stop, self.start)
 
     def __len__(self) -> int:
+        """The number of examples in the view (``stop`` clamped to the data)."""
         start, stop = self._bounds()
         return (stop - start + self.step - 1) // self.step
 
     def __getitem__(self, index: int) -> Conversation:
+        """The ``index``-th example of the view (negative counts from the end).
+
+        Raises:
+            TypeError: if ``index`` is not an integer (slices included).
+            IndexError: if ``index`` is out of range.
+        """
         if isinstance(index, (slice, bool)):
             raise TypeError(f"{type(self).__name__} indices must be integers, got {type(index).__name__}")
         index = operator.index(index)
@@ -103,6 +141,7 @@ class Task:
         return self.get_example(self.start + index * self.step)
 
     def __iter__(self) -> Iterator[Conversation]:
+        """The examples of the view in order."""
         for i in range(len(self)):
             yield self[i]
 
@@ -121,6 +160,11 @@ class _TaskCollection(Task):
 
     @property
     def eval_type(self) -> str:
+        """The tasks' common eval type.
+
+        Raises:
+            NotImplementedError: if the tasks have different eval types.
+        """
         kinds = {task.eval_type for task in self.tasks}
         if len(kinds) == 1:
             return kinds.pop()
@@ -129,6 +173,7 @@ class _TaskCollection(Task):
         )
 
     def num_examples(self) -> int:
+        """The total number of examples of all tasks."""
         return self.num_conversations
 
     def _check(self, index: int) -> None:
@@ -152,6 +197,13 @@ class TaskMixture(_TaskCollection):
     (or, past 2**32 examples, 8-byte) integer per example rather than a list
     of tuples; shuffling those integers consumes the random stream exactly as
     shuffling the pairs would, so the order is the same.
+
+    Args:
+        tasks: the tasks (each a ``Task`` or anything with ``len`` and ``[]``).
+        **kwargs: ``start``, ``stop``, ``step`` of the view (see ``Task``).
+
+    Raises:
+        TypeError: if a task has no length.
     """
 
     def __init__(self, tasks: Sequence[Task], **kwargs: Any) -> None:
@@ -162,19 +214,34 @@ class TaskMixture(_TaskCollection):
         self._order = order
 
     def locate(self, index: int) -> tuple[int, int]:
-        """``(task_index, local_index)`` of physical example ``index``."""
+        """``(task_index, local_index)`` of physical example ``index``.
+
+        Raises:
+            IndexError: if ``index`` is out of range.
+        """
         self._check(index)
         return self._split(self._order[index])
 
     def get_example(self, index: int) -> Conversation:
+        """Physical example ``index`` of the mixture (see ``locate``)."""
         task_index, local_index = self.locate(index)
         return self.tasks[task_index][local_index]
 
 
 class TaskSequence(_TaskCollection):
-    """Tasks one after another, in the order given (a curriculum)."""
+    """Tasks one after another, in the order given (a curriculum).
+
+    Args:
+        tasks: the tasks, in order.
+        **kwargs: ``start``, ``stop``, ``step`` of the view (see ``Task``).
+    """
 
     def get_example(self, index: int) -> Conversation:
+        """Physical example ``index``: task by task, in order.
+
+        Raises:
+            IndexError: if ``index`` is out of range.
+        """
         self._check(index)
         task_index, local_index = self._split(index)
         return self.tasks[task_index][local_index]
@@ -188,6 +255,18 @@ def render_mc(question: str, letters: Sequence[str], choices: Sequence[str]) -> 
     space after ``=`` because the tokenizer would otherwise fold the space
     into the letter's token (`` A`` rather than ``A``), which is not the
     token the model is asked to answer with.
+
+    Args:
+        question: the question text.
+        letters: the answer labels (``"A"``, ``"B"``, ... or the dataset's).
+        choices: the choice texts, one per letter.
+
+    Returns:
+        ``Multiple Choice question: Q\n- choice=A\n...\n\nRespond only with
+        the letter of the correct answer.``
+
+    Raises:
+        ValueError: if ``letters`` and ``choices`` differ in length.
     """
     if len(letters) != len(choices):
         raise ValueError(f"{len(letters)} letters for {len(choices)} choices")
@@ -207,6 +286,12 @@ def validate_messages(messages: Any) -> None:
     ``user``, ... strictly alternating, at least one user and one assistant
     message. ``system`` and ``user`` content is a string; ``assistant``
     content is a string or a list of ``{"type", "text"}`` parts.
+
+    Args:
+        messages: the conversation's ``"messages"`` value.
+
+    Returns:
+        None when the messages follow the rules.
 
     Raises:
         ConversationFormatError: naming the message index and the rule.

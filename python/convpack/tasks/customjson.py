@@ -81,13 +81,19 @@ def _decode(path: str, data: bytes) -> str:
         offset = len(_UTF8_BOM)
     else:
         offset = 0
+    nul = data.find(b"\x00")
+    if nul >= 0:  # JSON never holds a raw NUL; UTF-16/32 text is full of them
+        line = data.count(b"\n", 0, nul) + 1
+        raise ConversationFormatError(
+            f"{path}, line {line} (byte {nul + offset}): a NUL byte; the file looks like "
+            "UTF-16 or UTF-32 without a byte-order mark, CustomJSON reads UTF-8"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        hint = " (it has NUL bytes: is it UTF-16?)" if b"\x00" in data else ""
         raise ConversationFormatError(
-            f"{path}, line {line} (byte {exc.start + offset}): not valid UTF-8: {exc.reason}{hint}"
+            f"{path}, line {line} (byte {exc.start + offset}): not valid UTF-8: {exc.reason}"
         ) from None
 
 
