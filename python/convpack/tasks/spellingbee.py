@@ -168,8 +168,16 @@ class _WordTask(Task):
 class SpellingBee(_WordTask):
     """``SpellingBee(size=1000, split="train")``: count a letter in a word.
 
-    Args and raises: see ``_WordTask`` (``size``, ``split``, ``words``,
-    ``word_list``, ``start``/``stop``/``step``).
+    Args:
+        size: the number of examples (generated on access, not stored).
+        split: ``"train"`` or ``"test"`` (separate random streams).
+        words: the words to draw from (default: ``load_words()``).
+        word_list: a file with one word per line, instead of ``words``.
+        **kwargs: ``start``, ``stop``, ``step`` of the view (see ``Task``).
+
+    Raises:
+        ValueError: for an unknown split, a negative size or no words.
+        FileNotFoundError: if the word list (file or package) is missing.
     """
 
     _stream = "spellingbee"
@@ -274,7 +282,16 @@ class SpellingBee(_WordTask):
 class SimpleSpelling(_WordTask):
     """``SimpleSpelling(size=1000, split="train")``: ``Spell the word: w`` -> ``w:w,o,r,d``.
 
-    Args and raises: see ``_WordTask``.
+    Args:
+        size: the number of examples (generated on access, not stored).
+        split: ``"train"`` or ``"test"`` (separate random streams).
+        words: the words to draw from (default: ``load_words()``).
+        word_list: a file with one word per line, instead of ``words``.
+        **kwargs: ``start``, ``stop``, ``step`` of the view (see ``Task``).
+
+    Raises:
+        ValueError: for an unknown split, a negative size or no words.
+        FileNotFoundError: if the word list (file or package) is missing.
     """
 
     _stream = "simplespelling"
