@@ -3,6 +3,10 @@
 Nothing here touches the network: the hub is switched off
 (``HF_HUB_OFFLINE``), and nanochat's cache directory is a fresh temporary
 one, so a real ``~/.cache/nanochat`` on the machine is never read.
+
+Keep file names here distinct from the ``tasks`` modules (``common.py``,
+``data.py``, ``gsm8k.py``, ...): with ``tests/`` on ``sys.path`` this folder is
+a portion of the ``tasks`` namespace package too, ahead of the real one.
 """
 
 from __future__ import annotations
