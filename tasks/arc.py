@@ -1,59 +1,15 @@
 """ARC: grade-school science multiple-choice questions (Easy and Challenge).
 
-https://huggingface.co/datasets/allenai/ai2_arc
-
-Rows have ``question``, ``choices`` (``{"text": [...], "label": [...]}``)
-and ``answerKey``. The dataset's own labels are used as the letters (most
-rows use A-D, a few A-E or 1-4).
+The drop-in ``tasks.arc``: it re-exports ``convpack.tasks.arc`` (see that
+module for the documentation). ``tasks`` is a namespace package, so a local
+``tasks/arc.py`` in the directory a script runs from is imported instead of
+this file; see ``convpack.tasks`` for how the two merge.
 """
 
-from __future__ import annotations
+from convpack.tasks.arc import (  # noqa: F401  (re-exported)
+    ARC,
+)
 
-from typing import Any
-
-from tasks.common import Conversation, Task, render_mc
-from tasks.data import load_task_dataset
-
-__all__ = ["ARC"]
-
-
-class ARC(Task):
-    """``ARC(subset="ARC-Easy" | "ARC-Challenge", split="train" | "validation" | "test")``."""
-
-    def __init__(self, subset: str, split: str, data_dir: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if subset not in ("ARC-Easy", "ARC-Challenge"):
-            raise ValueError(f"ARC subset must be 'ARC-Easy' or 'ARC-Challenge', got {subset!r}")
-        if split not in ("train", "validation", "test"):
-            raise ValueError(f"ARC split must be 'train', 'validation' or 'test', got {split!r}")
-        self.subset = subset
-        self.split = split
-        self.ds = load_task_dataset("allenai/ai2_arc", subset, split, data_dir)
-
-    @property
-    def eval_type(self) -> str:
-        return "categorical"
-
-    def num_examples(self) -> int:
-        return len(self.ds)
-
-    def get_example(self, index: int) -> Conversation:
-        row = self.ds[index]
-        letters = list(row["choices"]["label"])
-        choices = list(row["choices"]["text"])
-        answer = row["answerKey"]
-        if answer not in letters:
-            raise ValueError(
-                f"ARC row {index} ({row.get('id')}): answerKey {answer!r} is not one of the labels {letters}"
-            )
-        return {
-            "messages": [
-                {"role": "user", "content": render_mc(row["question"], letters, choices)},
-                {"role": "assistant", "content": answer},
-            ],
-            "letters": letters,
-        }
-
-    def evaluate(self, conversation: Conversation, assistant_response: str) -> bool:
-        """Whether the response is the reference label."""
-        return assistant_response == conversation["messages"][-1]["content"]
+__all__ = [
+    "ARC",
+]

@@ -1,46 +1,15 @@
 """SmolTalk: general multi-turn chat conversations.
 
-https://huggingface.co/datasets/HuggingFaceTB/smol-smoltalk
-
-Rows have ``messages`` (an optional system message, then user and assistant
-alternating). Conversations are used as they are, after validation.
+The drop-in ``tasks.smoltalk``: it re-exports ``convpack.tasks.smoltalk`` (see that
+module for the documentation). ``tasks`` is a namespace package, so a local
+``tasks/smoltalk.py`` in the directory a script runs from is imported instead of
+this file; see ``convpack.tasks`` for how the two merge.
 """
 
-from __future__ import annotations
+from convpack.tasks.smoltalk import (  # noqa: F401  (re-exported)
+    SmolTalk,
+)
 
-from typing import Any
-
-from tasks.common import Conversation, ConversationFormatError, Task, validate_messages
-from tasks.data import load_task_dataset
-
-__all__ = ["SmolTalk"]
-
-
-class SmolTalk(Task):
-    """``SmolTalk(split="train" | "test")``."""
-
-    def __init__(self, split: str, data_dir: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if split not in ("train", "test"):
-            raise ValueError(f"SmolTalk split must be 'train' or 'test', got {split!r}")
-        self.split = split
-        self.ds = load_task_dataset("HuggingFaceTB/smol-smoltalk", None, split, data_dir)
-        self.length = len(self.ds)
-
-    @property
-    def eval_type(self) -> str:
-        return "generative"
-
-    def num_examples(self) -> int:
-        return self.length
-
-    def get_example(self, index: int) -> Conversation:
-        messages = self.ds[index]["messages"]
-        try:
-            validate_messages(messages)
-            for i, message in enumerate(messages):
-                if not isinstance(message["content"], str):
-                    raise ConversationFormatError(f"message {i}: content must be a string")
-        except ConversationFormatError as exc:
-            raise ConversationFormatError(f"SmolTalk(split={self.split!r}) example {index}, {exc}") from None
-        return {"messages": messages}
+__all__ = [
+    "SmolTalk",
+]

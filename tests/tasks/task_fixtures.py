@@ -22,12 +22,13 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def hub_order(rows: list[dict]) -> list[dict]:
-    """The order the hub path gives these rows: the hub split's rows, in
-    file order, shuffled by `datasets` with seed 42."""
-    import datasets
+def hub_order(rows: list[dict], seed: int = 42) -> list[dict]:
+    """The order nanochat's tasks give these rows: the split's rows in file
+    order, permuted by numpy's default_rng(seed) (the permutation HF
+    `datasets` uses for shuffle(seed=...); test_hub_dataset checks that)."""
+    import numpy as np
 
-    return list(datasets.Dataset.from_list(rows).shuffle(seed=42))
+    return [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
 
 
 GSM8K_ROWS = [

@@ -37,19 +37,26 @@ def test_conversation_shape(task, problems):
         assert conversation["test"] == problem["test"]
 
 
-def test_extract_program():
+def test_extract_program_follows_nanochat():
+    # nanochat's rule: the first closed fence opened by ```python or a bare ```
+    # and a newline wins; otherwise the whole completion; stripped either way.
     assert extract_program("```python\ndef f():\n    return 1\n```\nmore text") == "def f():\n    return 1"
-    assert extract_program("Here:\n```py\nx = 1\n```") == "x = 1"
     assert extract_program("```\ny = 2\n```") == "y = 2"
-    assert extract_program("```python\nz = 3\n") == "z = 3"  # unclosed fence
-    assert extract_program("\ndef g():\n    pass\n") == "def g():\n    pass"
     assert extract_program("```python\na = 1\n```\n```python\nb = 2\n```") == "a = 1"
+    assert extract_program("Sure:\n```python   \n\n  x = 1\n```") == "x = 1"
+    assert extract_program("\ndef g():\n    pass\n") == "def g():\n    pass"
+    # Not a fence this rule knows: the whole text, stripped.
+    assert extract_program("Here:\n```py\nx = 1\n```") == "Here:\n```py\nx = 1\n```"
+    assert extract_program("```python\nz = 3\n") == "```python\nz = 3"  # unclosed
+    assert extract_program("    return x  \n") == "return x"
 
 
 def test_extract_imports():
     prompt = "from typing import List\nimport math\n\n# comment\n\ndef f(x):\n    import os\n"
     assert extract_imports(prompt) == "from typing import List\nimport math"
     assert extract_imports("def f():\n    pass\nimport os\n") == ""
+    # Lines split on "\n" only: a form feed or \r stays inside a line.
+    assert extract_imports("import a\x0cimport b\nx = 1") == "import a\x0cimport b"
 
 
 @pytest.mark.slow

@@ -44,6 +44,17 @@ def test_auxiliary_train_unwraps_rows(data_dir):
     assert q3["messages"][1]["content"] == "D"
 
 
+def test_nanochat_spelling_all_auxiliary_train(data_dir):
+    # nanochat's chat_sft.py: MMLU(subset="all", split="auxiliary_train"), the
+    # all config's auxiliary_train split (flat rows, no wrapper).
+    task = MMLU(subset="all", split="auxiliary_train", data_dir=str(data_dir))
+    rows = hub_order(MMLU_ROWS[::-1])
+    assert [c["subject"] for c in task] == [row["subject"] for row in rows]
+    assert [c["messages"][1]["content"] for c in task] == ["ABCD"[row["answer"]] for row in rows]
+    positional = MMLU("all", "auxiliary_train", data_dir=str(data_dir), start=1, stop=3)
+    assert list(positional) == list(task)[1:3]
+
+
 def test_evaluate(data_dir):
     task = MMLU(subset="all", split="test", data_dir=str(data_dir), stop=2)
     assert len(task) == 2
@@ -61,3 +72,9 @@ def test_bad_arguments(data_dir):
         MMLU(subset="everything", split="test", data_dir=str(data_dir))
     with pytest.raises(ValueError):
         MMLU(subset="all", split="training", data_dir=str(data_dir))
+    with pytest.raises(ValueError, match="'auxiliary_train' goes with subset 'all'"):
+        MMLU(subset="anatomy", split="auxiliary_train", data_dir=str(data_dir))
+    with pytest.raises(ValueError, match="only has split 'train'"):
+        MMLU(subset="auxiliary_train", split="auxiliary_train", data_dir=str(data_dir))
+    with pytest.raises(ValueError, match="subset='all', split='auxiliary_train'"):
+        MMLU(subset="all", split="train", data_dir=str(data_dir))

@@ -25,7 +25,7 @@ def test_two_instances_give_identical_examples(bee):
 def test_examples_do_not_depend_on_the_process():
     # A fresh interpreter (with a different hash seed) gives the same examples.
     code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1])\n"
+        "import json, sys; sys.path[:0] = [sys.argv[1] + '/python', sys.argv[1]]\n"
         "from tasks.spellingbee import SpellingBee, SimpleSpelling\n"
         "print(json.dumps([SpellingBee(size=10)[3], SpellingBee(size=10, split='test')[4], SimpleSpelling(size=10)[5]]))"
     )
