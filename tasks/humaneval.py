@@ -131,8 +131,12 @@ class HumanEval(Task):
         return f"{imports}\n\n{code}\n\n{conversation['test']}\n\ncheck({conversation['entry_point']})\n"
 
     def evaluate(self, conversation: Conversation, completion: str, timeout: float = 5.0) -> bool:
-        """Whether ``completion`` passes the problem's tests, run in the
-        ``convpack.execution`` sandbox."""
-        from convpack.execution import execute_code
+        """Whether ``completion`` passes the problem's tests: the prompt's
+        imports and the completion's code run in one ``convpack.execution``
+        sandbox, the tests in another that decides the verdict
+        (``check_program``), so the completion cannot forge it."""
+        from convpack.execution import check_program
 
-        return execute_code(self.build_program(conversation, completion), timeout=timeout).success
+        imports = extract_imports(conversation["messages"][0]["content"])
+        program = f"{imports}\n\n{extract_program(completion)}\n"
+        return check_program(program, conversation["test"], conversation["entry_point"], timeout=timeout).success
