@@ -111,6 +111,8 @@ def _disabled(name: str) -> Callable[..., Any]:
         raise DisabledFunctionError(f"{name} is disabled inside execute_code")
 
     disabled.__name__ = disabled.__qualname__ = name.rsplit(".", 1)[-1]
+    # Tracebacks show "<disabled>" rather than a path of the host.
+    disabled.__code__ = disabled.__code__.replace(co_filename="<disabled>")
     return disabled
 
 
@@ -566,6 +568,13 @@ def _run(code: Any, globals_: dict[str, Any]) -> tuple[str, str | None]:
 def worker(cfg: dict[str, Any], outcome_fd: int) -> None:
     """The worker process: limits, identity, then the role's code. Never returns."""
     os.setsid()
+    # What the runner itself needs, loaded while the runtime is surely
+    # readable (without a filesystem view the throw-away uid reads the
+    # host's files with its own rights only).
+    import faulthandler  # noqa: F401
+    import shutil  # noqa: F401
+    import subprocess  # noqa: F401
+
     set_limits(cfg["limits"])
     workdir = cfg["workdir"]
     drop_identity(cfg["uid"])
@@ -673,6 +682,10 @@ def init(
                     except OSError:
                         pass
             worker(cfg, outcome_fd)
+        except BaseException:
+            # A failure to set the sandbox up (before any program code ran).
+            traceback.print_exc()
+            _flush()
         finally:
             os._exit(1)
     os.close(outcome_fd)
