@@ -796,3 +796,74 @@ def test_without_isolation_still_runs_and_times_out():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         execute_code("pass", **kwargs)
+
+
+# --- the supervisor's value codec and framing ---------------------------------
+
+
+def test_values_round_trip_as_builtin_types():
+    from convpack.sandbox_supervisor import decode_value, encode_value
+
+    class Sub(int):
+        pass
+
+    values = [None, True, 0, -(10**40), 1.5, float("inf"), "é\udc80", b"\x00", [1, [2]], (1, (2,)),
+              {"a": 1, (1, 2): [3]}, {1, 2}, frozenset({"x"}), 3 - 4j, Sub(7)]  # fmt: skip
+    for value in values:
+        encoded = json.loads(json.dumps(encode_value(value)))
+        decoded = decode_value(encoded)
+        assert decoded == value
+        assert type(decoded) in (
+            type(None),
+            bool,
+            int,
+            float,
+            str,
+            bytes,
+            list,
+            tuple,
+            dict,
+            set,
+            frozenset,
+            complex,
+        )
+    with pytest.raises(TypeError):
+        encode_value(object())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"tuple": 1},
+        {"dict": [[1]]},
+        {"bytes": 5},
+        {"complex": ["a", 1]},
+        {"a": 1, "b": 2},
+        {"eval": "1"},
+    ],
+)
+def test_malformed_values_are_rejected(data):
+    from convpack.sandbox_supervisor import decode_value
+
+    with pytest.raises(ValueError):
+        decode_value(data)
+
+
+def test_message_framing_and_size_limit():
+    from convpack.sandbox_supervisor import MAX_MESSAGE_BYTES, receive_message, send_message
+
+    r, w = os.pipe()
+    try:
+        send_message(w, {"op": "call", "args": [1]})
+        assert receive_message(r) == {"op": "call", "args": [1]}
+        os.write(w, (MAX_MESSAGE_BYTES + 1).to_bytes(4, "big"))
+        with pytest.raises(ValueError, match="over the limit"):
+            receive_message(r)
+        os.close(w)
+        w = -1
+        with pytest.raises(EOFError):
+            receive_message(r)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)

@@ -74,6 +74,13 @@ refused; nothing is silently weaker):
   ``/etc`` and host sockets do not exist there.
 - ``uid``: a throw-away unprivileged user id per sandbox (when started by root).
 
+Where the kernel refuses the mount namespace, the program runs in a host
+temporary directory (removed afterwards, however deep) and reads the host's
+files with the throw-away uid's own rights, so it can import only what that
+uid may read. The verdict of :func:`check_program` rests on the ``uid`` and
+namespace layers: with ``isolate=False``, or where they are missing, the
+program runs with the harness's identity and could reach it.
+
 On top of that, the program role disables the functions a nanochat-style
 runner disables (``os.system``, ``os.fork``, ``os.kill``, ``os.remove``,
 ``shutil.rmtree``, ``subprocess.Popen``, ``exit`` ...): calling one raises
