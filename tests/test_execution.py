@@ -867,3 +867,60 @@ def test_message_framing_and_size_limit():
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+NOT_ROOT_SCRIPT = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    spec = importlib.util.spec_from_file_location("execution", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["execution"] = module
+    spec.loader.exec_module(module)
+    r = module.execute_code("import os\\nprint(os.getuid())\\nprint(open('/etc/shadow').read())")
+    c = module.check_program("def f():\\n    return 0\\nimport os\\nos._exit(0)\\n",
+                             "def check(c):\\n    assert c() == 1\\n", "f")
+    print(json.dumps([r.error, r.stdout, list(r.isolation), list(r.missing_isolation), c.success]))
+    """
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to an unprivileged user needs root")
+def test_a_caller_that_is_not_root_gets_a_user_namespace_or_is_told():
+    python = "/usr/bin/python3"
+    if not os.path.exists(python) or not os.path.exists("/usr/bin/setpriv"):
+        pytest.skip("needs a system-wide python3 and setpriv to run as another user")
+    import convpack.execution
+
+    source = convpack.execution.__file__
+    out = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            python,
+            "-I",
+            "-c",
+            NOT_ROOT_SCRIPT,
+            source,
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        check=False,
+    )
+    if out.returncode != 0 and "Permission denied" in out.stderr:
+        pytest.skip(f"the unprivileged user cannot read the package here: {out.stderr[-200:]}")
+    assert out.returncode == 0, out.stderr
+    error, stdout, applied, missing = json.loads(out.stdout)[:4]
+    forged = json.loads(out.stdout)[4]
+    assert stdout == "65534\n"
+    assert error.startswith(("FileNotFoundError", "PermissionError"))
+    assert forged is False
+    named = {m.split(" ")[0] for m in missing}
+    assert "uid" in named  # the program runs under the caller's own uid
+    if "user_namespace" in applied:
+        assert {"filesystem", "pid_namespace", "network", "ipc_namespace"} <= set(applied)
+        assert error.startswith("FileNotFoundError")
+    else:
+        assert "user_namespace" in named

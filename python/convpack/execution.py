@@ -564,7 +564,27 @@ def _limits(
         limits["RLIMIT_STACK"] = maximum_memory_bytes
     if uid is not None:
         limits["RLIMIT_NPROC"] = max_processes
+    elif not _root():
+        # The budget is counted per user: allow what the caller's uid runs
+        # now plus the program's budget.
+        limits["RLIMIT_NPROC"] = _user_threads() + max_processes
     return limits
+
+
+def _user_threads() -> int:
+    me, count = os.getuid(), 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == me:
+                    count += len(os.listdir(f"/proc/{entry}/task"))
+            except OSError:
+                pass
+    return count
 
 
 def _check_arguments(timeout: float, maximum_memory_bytes: int | None, **sizes: int) -> None:
@@ -602,7 +622,8 @@ def _layers(sandboxes: list[_Sandbox], isolate: bool) -> tuple[tuple[str, ...], 
     for sb in sandboxes:
         missing += [m for m in sb.missing() if m not in missing]
     named = {m.split(" ", 1)[0] for m in missing}
-    missing += [layer for layer in _EXPECTED_LAYERS if layer not in applied and layer not in named]
+    expected = _EXPECTED_LAYERS if _root() else (*_EXPECTED_LAYERS, "user_namespace")
+    missing += [layer for layer in expected if layer not in applied and layer not in named]
     return tuple(applied), tuple(missing)
 
 

@@ -54,6 +54,7 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND = 32, 1024, 2048, 4096
 MS_MOVE, MS_REC, MS_PRIVATE, MS_RELATIME = 8192, 16384, 1 << 18, 1 << 21
@@ -512,9 +513,42 @@ def drop_identity(uid: int | None) -> str | None:
         os.setgid(uid)
         os.setuid(uid)
         done = "uid"
+    else:
+        drop_capabilities()
     _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     return done
+
+
+def drop_capabilities() -> None:
+    """Give up every capability (those a user namespace granted included)."""
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_uint32) for n in ("effective", "permitted", "inheritable")]
+
+    header = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (Data * 2)()
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
+def enter_user_namespace() -> bool:
+    """For a caller that is not root: a user namespace in which the caller's
+    own uid and gid map to themselves, giving the capabilities needed to
+    create the other namespaces (where the distribution allows it)."""
+    uid, gid = os.getuid(), os.getgid()
+    if not unshare(CLONE_NEWUSER):
+        return False
+    for name, text in (
+        ("setgroups", "deny"),
+        ("uid_map", f"{uid} {uid} 1"),
+        ("gid_map", f"{gid} {gid} 1"),
+    ):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+    return True
 
 
 def set_limits(limits: dict[str, int]) -> None:
@@ -649,7 +683,7 @@ def init(
         try:
             build_view(
                 cfg["host_dir"],
-                cfg["uid"] if cfg["uid"] is not None else 0,
+                cfg["uid"] if cfg["uid"] is not None else os.getuid(),
                 cfg["disk_bytes"],
                 cfg["disk_inodes"],
             )
@@ -725,6 +759,11 @@ def main() -> None:
     namespaces: list[str] = []
     missing: list[str] = []
     if cfg["isolate"]:
+        if os.geteuid() != 0:
+            if enter_user_namespace():
+                namespaces.append("user_namespace")
+            else:
+                missing.append(f"user_namespace ({os.strerror(ctypes.get_errno() or errno.EPERM)})")
         for flag, name in (
             (CLONE_NEWNS, "mount_namespace"),
             (CLONE_NEWIPC, "ipc_namespace"),
@@ -740,7 +779,7 @@ def main() -> None:
         else:
             missing.append(f"pid_namespace ({os.strerror(ctypes.get_errno() or errno.EPERM)})")
         if cfg["uid"] is None:
-            missing.append("uid (not started as root)")
+            missing.append("uid (not started as root: the caller's uid, without capabilities)")
     pid = os.fork()
     if pid == 0:
         try:
