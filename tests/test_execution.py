@@ -80,12 +80,6 @@ def assert_still_working():
     assert subprocess.run(["true"], check=False).returncode == 0
 
 
-def leftover_workdirs():
-    import tempfile
-
-    return {p.name for p in Path(tempfile.gettempdir()).glob("convpack-exec-*")}
-
-
 # --- results with nanochat's fields and meanings ----------------------------
 
 
@@ -580,11 +574,23 @@ DEEP_TREE = textwrap.dedent(
 
 
 @pytest.mark.parametrize("isolate", [True, False])
-def test_a_1200_deep_tree_is_removed(isolate):
-    before = leftover_workdirs()
+def test_a_1200_deep_tree_is_removed(isolate, monkeypatch):
+    import convpack.execution
+
+    made = []
+    real_mkdtemp = convpack.execution.tempfile.mkdtemp
+
+    def recording_mkdtemp(*args, **kwargs):
+        made.append(real_mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(convpack.execution.tempfile, "mkdtemp", recording_mkdtemp)
     result = execute_code(DEEP_TREE, isolate=isolate, timeout=20)
     assert result.success, result
-    assert leftover_workdirs() - before == set()
+    assert len(made) == 1
+    if not isolate:
+        assert result.stdout.strip() == os.path.realpath(made[0])  # the tree was built there
+    assert not os.path.exists(made[0])
 
 
 def test_remove_tree_handles_depth_and_locked_directories(tmp_path):
