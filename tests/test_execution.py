@@ -930,3 +930,12 @@ def test_a_caller_that_is_not_root_gets_a_user_namespace_or_is_told():
         assert error.startswith("FileNotFoundError")
     else:
         assert "user_namespace" in named
+
+
+def test_the_callers_environment_does_not_reach_the_program(monkeypatch):
+    monkeypatch.setenv("CONVPACK_TEST_SECRET", "hunter2")
+    result = execute_code(
+        "import os\nprint(sorted(os.environ))\nprint(open('/proc/self/environ').read())"
+    )
+    assert result.success, result
+    assert "hunter2" not in result.stdout and "CONVPACK_TEST_SECRET" not in result.stdout

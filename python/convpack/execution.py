@@ -354,6 +354,11 @@ class _Sandbox:
                 start_new_session=True,
                 pass_fds=(status_w, outcome_w, *(rpc or ())),
             )
+        except BaseException:
+            os.close(status_r)
+            os.close(outcome_r)
+            remove_tree(self.host_dir)
+            raise
         finally:
             os.close(status_w)
             os.close(outcome_w)
