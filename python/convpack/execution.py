@@ -372,6 +372,7 @@ class _Sandbox:
             pass
 
     def channels(self) -> dict[int, bytearray]:
+        """The caller's read ends, each with the buffer it fills."""
         assert (
             self.proc is not None and self.proc.stdout is not None and self.proc.stderr is not None
         )
@@ -383,6 +384,7 @@ class _Sandbox:
         }
 
     def kill(self) -> None:
+        """Kill the supervisor's process group (and so the sandbox) and reap it."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -397,6 +399,7 @@ class _Sandbox:
         self.proc.wait()
 
     def close(self) -> None:
+        """Kill what is left, close the channels, remove the host temp dir."""
         self.kill()
         if self.uid is not None and "pid_namespace" not in self.applied():
             _kill_uid(self.uid)
@@ -419,6 +422,7 @@ class _Sandbox:
         return []
 
     def missing(self) -> list[str]:
+        """Layers the supervisor could not apply, each with the reason."""
         for line in self._status_lines():
             if line.startswith("MISSING "):
                 try:
