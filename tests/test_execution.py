@@ -338,6 +338,17 @@ def test_check_program_values_exceptions_and_helpers_cross_over():
     assert result.success, result
 
 
+def test_the_candidate_and_check_come_from_where_they_should():
+    # A test module that defines a function of the entry point's name still
+    # checks the program's; a test module without check fails, even if the
+    # program defines one.
+    shadowing_test = ADD_TEST + "def add(a, b):\n    return a + b\n"
+    assert not check_program(ADD_WRONG, shadowing_test, "add").success
+    assert check_program(ADD_RIGHT, shadowing_test, "add").success
+    result = check_program(ADD_RIGHT + "def check(c):\n    pass\n", "x = 1\n", "add")
+    assert not result.success and "check" in result.error
+
+
 def test_check_program_rejects_a_bad_entry_point():
     with pytest.raises(ValueError, match="entry_point"):
         check_program(ADD_RIGHT, ADD_TEST, "add(); import os")

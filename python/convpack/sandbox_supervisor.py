@@ -626,9 +626,22 @@ def worker(cfg: dict[str, Any], outcome_fd: int) -> None:
             outcome, error = "exception", f"{type(exc).__name__}: {exc}"
         if outcome == "ok":
             outcome, error = _run(code, globals_)
+        if outcome == "ok" and not callable(globals_.get("check")):
+            # Only the tests' own check counts, never one the program defines.
+            outcome, error = "exception", "NameError: the tests define no check(candidate)"
         if outcome == "ok":
             entry = cfg["entry_point"]
-            call = compile(f"check({entry})", "check", "exec")
+
+            def candidate() -> Any:
+                # Always the program's function, even if the tests define
+                # a global of the same name.
+                try:
+                    return channel.lookup(entry)
+                except KeyError:
+                    raise NameError(f"name {entry!r} is not defined by the program") from None
+
+            globals_["__program_candidate__"] = candidate
+            call = compile("check(__program_candidate__())", "check", "exec")
             outcome, error = _run(call, globals_)
         _flush()
         _write_outcome(outcome_fd, outcome, error)
