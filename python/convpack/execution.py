@@ -1,35 +1,91 @@
-"""Run untrusted Python programs (model completions) in a contained process.
+"""Run untrusted Python programs (model completions) in a contained process,
+and check completions against unit tests with a verdict they cannot forge.
 
-``execute_code(code)`` runs ``code`` in a fresh interpreter and reports what
-happened as an :class:`ExecutionResult`. It never raises because of what the
-program does: loops, forks, huge allocations, deleting files, killing its
-parent, segfaults and floods of output all end as a failed result while the
-calling process keeps going.
+Two entry points:
 
-How a program is contained (each layer is applied where the OS permits it and
-listed in ``ExecutionResult.isolation``):
+- :func:`execute_code` runs one program and reports how it ended, with the
+  names and meanings of nanochat's ``execute_code`` (``success``, ``stdout``,
+  ``stderr``, ``error``, ``timeout``, ``memory_exceeded``).
+- :func:`check_program` runs a program and, in a *separate* sandbox, a test
+  module's ``check(candidate)`` against one of the program's functions. This
+  is the one to grade completions with (``tasks.HumanEval`` does).
 
-- ``process``: one separate process tree per program, in its own session, with
-  a wall-clock deadline after which the whole tree is killed (SIGKILL).
-- ``rlimits``: address space, CPU time, process count, file size and open
-  files are limited with ``setrlimit``; core dumps are off.
-- ``workdir``: the working directory is a fresh temporary directory that is
-  removed afterwards.
-- ``network``: a fresh network namespace (only a loopback that is down), so
-  no connection, not even to 127.0.0.1, can be made.
-- ``pid_namespace``: a fresh PID namespace whose init is ours; when it exits
-  the kernel kills every process the program left behind, so daemonised
-  children and fork bombs cannot outlive the call.
-- ``readonly_fs``: a private mount namespace in which every mount except the
-  working directory is read-only, so writes elsewhere (``/tmp`` included)
-  fail.
-- ``uid``: when running as root, the program runs as a throw-away unprivileged
-  user id. This is what makes ``RLIMIT_NPROC`` bite (the kernel does not
-  apply it to root) and what stops the program from signalling or touching
-  files of the caller.
+Why the verdict of :func:`check_program` cannot be forged
+---------------------------------------------------------
+Anything that runs in the same process as untrusted code is within its
+reach: it can read and write the process's memory (``ctypes``, ``gc``,
+frames), find every open descriptor and exit with any status after writing
+anything anywhere. So no fact produced by that process can prove that a test
+ran: whatever the honest end of the program would write, the program can
+write first. :func:`execute_code`'s ``success`` is therefore the program's
+own account (as in any single-process runner): fine for running code, not for
+grading it.
 
-This is containment for evaluation, not a hardened security boundary: run
-truly hostile code inside a VM or container as well.
+:func:`check_program` moves the decision out of the program's process. Two
+sandboxes are started, each by its own supervisor:
+
+1. the *program* sandbox runs the completion's module code, then answers
+   requests on a pair of pipes: "what is global NAME" and "call NAME with
+   these arguments", replying with plain values;
+2. the *harness* sandbox runs the test module (trusted text from the
+   dataset) and calls ``check(candidate)``, where ``candidate`` (and any name
+   the tests take from the program, such as a helper the prompt defined) is a
+   :class:`~convpack.sandbox_supervisor.RemoteFunction` that sends its
+   arguments to the program and decodes the reply.
+
+Success is decided from three facts, none of which the program can produce:
+
+- the harness's worker wrote "ok" on its outcome channel, which only the
+  harness process holds, and only after ``check`` returned;
+- the harness's init reported that the worker exited with status 0, on a
+  status channel that the harness worker closed before the tests ran;
+- the caller's own deadline and output limits were not hit.
+
+The program cannot reach the harness: the harness runs under another
+throw-away user id (no signals, no ``ptrace``, no ``/proc/<pid>/mem``; the
+worker is also marked non-dumpable), in other PID, mount, IPC and network
+namespaces (it cannot even name the harness's processes or files), and the
+only thing the two share is the request/reply pipes. What the program writes
+there is decoded by :func:`~convpack.sandbox_supervisor.decode_value`, which
+builds only builtin ``None``/``bool``/``int``/``float``/``complex``/``str``/
+``bytes``/``list``/``tuple``/``dict``/``set``/``frozenset`` objects, so the
+tests compare real values: an object whose ``__eq__`` always says True,
+a patched ``check``, a forged status line, an early ``sys.exit(0)`` or
+``os._exit(0)``, a call to the runner's own reporting code: none of these
+reach the harness, and each leaves ``check`` unfinished or failing. A
+program that answers every call correctly passes, which is the point.
+
+Containment (each layer listed in ``ExecutionResult.isolation`` when applied,
+and in ``ExecutionResult.missing_isolation`` with the kernel's reason when
+refused; nothing is silently weaker):
+
+- ``process``, ``rlimits``: a process tree per sandbox, killed at the
+  deadline; address space, CPU time, processes, file size and open files
+  limited with ``setrlimit``; no core dumps.
+- ``pid_namespace`` (its init's exit kills every leftover process),
+  ``network`` (no interface but a loopback that is down; abstract unix
+  sockets of the host are out of reach), ``ipc_namespace`` (SysV IPC and
+  POSIX message queues die with the run), ``uts_namespace``.
+- ``mount_namespace`` with ``filesystem``, ``own_proc`` and ``disk_quota``:
+  the program sees a new root holding only the system and Python runtime
+  directories (read-only), ``/dev/null`` and friends, its own ``/proc`` and a
+  ``/tmp`` tmpfs (its working directory) limited in bytes and inodes that
+  disappears with the run. Home directories, the caller's working directory,
+  ``/etc`` and host sockets do not exist there.
+- ``uid``: a throw-away unprivileged user id per sandbox (when started by root).
+
+Where the kernel refuses the mount namespace, the program runs in a host
+temporary directory (removed afterwards, however deep) and reads the host's
+files with the throw-away uid's own rights, so it can import only what that
+uid may read. The verdict of :func:`check_program` rests on the ``uid`` and
+namespace layers: with ``isolate=False``, or where they are missing, the
+program runs with the harness's identity and could reach it.
+
+On top of that, the program role disables the functions a nanochat-style
+runner disables (``os.system``, ``os.fork``, ``os.kill``, ``os.remove``,
+``shutil.rmtree``, ``subprocess.Popen``, ``exit`` ...): calling one raises
+``DisabledFunctionError`` naming it. This is for clear errors; the layers
+above are the barrier.
 """
 
 from __future__ import annotations
@@ -37,28 +93,53 @@ from __future__ import annotations
 import json
 import os
 import random
-import secrets
 import selectors
-import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["SANDBOX_UID_BASE", "SANDBOX_UID_COUNT", "ExecutionResult", "execute_code"]
+__all__ = [
+    "SANDBOX_UID_BASE",
+    "SANDBOX_UID_COUNT",
+    "ExecutionResult",
+    "check_program",
+    "execute_code",
+    "remove_tree",
+]
 
 DEFAULT_MAX_MEMORY_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_DISK_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_DISK_INODES = 8192
 DEFAULT_MAX_PROCESSES = 32
 DEFAULT_MAX_OPEN_FILES = 128
-_MAX_STATUS_LINE = 1024
+_MAX_CHANNEL_BYTES = 64 * 1024
+_SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_supervisor.py")
+# Layers that isolate=True asks for; whichever the kernel refuses is named in
+# ExecutionResult.missing_isolation.
+_EXPECTED_LAYERS = (
+    "process",
+    "rlimits",
+    "mount_namespace",
+    "ipc_namespace",
+    "uts_namespace",
+    "network",
+    "pid_namespace",
+    "filesystem",
+    "own_proc",
+    "disk_quota",
+    "uid",
+)
 
 # Throw-away user ids for programs started by root: a high range that no real
-# account uses. Each call gets its own id so that RLIMIT_NPROC (counted per
-# user) is a per-program budget and leftovers can be killed by user id.
+# account uses. Each sandbox gets its own id so that RLIMIT_NPROC (counted
+# per user) is a per-sandbox budget and two sandboxes cannot signal each other.
 SANDBOX_UID_BASE = 1_879_048_192
 SANDBOX_UID_COUNT = 1 << 20
 
@@ -69,11 +150,17 @@ _uid_random = random.SystemRandom()
 class ExecutionResult:
     """What happened when a program ran.
 
-    ``success`` is True only if the program ran to its end without raising
-    (``sys.exit`` and ``os._exit`` count as failures, so a program cannot skip
-    the checks that follow it). ``error`` says why it failed; ``timeout`` and
-    ``memory_exceeded`` flag those two causes. ``isolation`` lists the
-    containment layers that were actually applied (see the module docs).
+    ``success``: the program ran to its end without an exception
+    (:func:`execute_code`; ``sys.exit`` and ``os._exit`` count as failures),
+    or the tests' ``check`` returned (:func:`check_program`). ``error``: why
+    it failed (``"ExceptionType: message"`` for an exception, ``"Execution
+    timed out"`` on timeout, ``"Memory limit exceeded: ..."`` for a
+    ``MemoryError``), else None. ``timeout`` and ``memory_exceeded`` flag
+    those two causes. ``stdout``/``stderr``: what the program (and, for
+    :func:`check_program`, then the tests) printed, also on failure.
+    ``output_truncated``: a stream went over its limit and the run was
+    stopped. ``isolation``: the containment layers applied;
+    ``missing_isolation``: those requested but refused, each with the reason.
     """
 
     success: bool
@@ -84,270 +171,119 @@ class ExecutionResult:
     memory_exceeded: bool = False
     output_truncated: bool = False
     isolation: tuple[str, ...] = field(default_factory=tuple)
+    missing_isolation: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def network_isolated(self) -> bool:
         """True if the program ran in a fresh network namespace."""
         return "network" in self.isolation
 
+    def __repr__(self) -> str:
+        parts = [f"ExecutionResult(success={self.success}"]
+        for name in ("timeout", "memory_exceeded", "output_truncated"):
+            if getattr(self, name):
+                parts.append(f", {name}=True")
+        for name in ("error", "stdout", "stderr"):
+            if getattr(self, name):
+                parts.append(f", {name}={getattr(self, name)!r}")
+        if self.missing_isolation:
+            parts.append(f", missing_isolation={self.missing_isolation!r}")
+        return "".join(parts) + ")"
 
-# The supervisor runs as the child of the caller. It sets up namespaces, forks
-# an init for the PID namespace, which forks the program. The program runs in
-# that forked interpreter (no second exec, which saves an interpreter start).
-# Status lines go to the caller over a private pipe.
-_SUPERVISOR = r"""
-import builtins, ctypes, json, linecache, os, resource, signal, sys, traceback
-# The configuration comes on stdin, not argv (which other users can read in
-# /proc); stdin is then pointed at /dev/null for the program.
-cfg = json.loads(sys.stdin.buffer.read())
-_devnull = os.open(os.devnull, os.O_RDONLY)
-os.dup2(_devnull, 0)
-os.close(_devnull)
-status_fd = cfg["status_fd"]
-# Every status line starts with a per-run secret, so that a program writing
-# into the descriptors it finds cannot forge a result line by accident.
-_nonce = cfg.pop("nonce")
-def report(line, _nonce=_nonce):
+
+def _allocate_uid(taken: set[int]) -> int:
+    # Random rather than counted so that concurrent evaluator processes do
+    # not share ids; a clash among a handful of live sandboxes out of 2**20
+    # ids is negligible and would only merge their process budgets.
+    while True:
+        uid = SANDBOX_UID_BASE + _uid_random.randrange(SANDBOX_UID_COUNT)
+        if uid not in taken:
+            taken.add(uid)
+            return uid
+
+
+def remove_tree(path: str) -> None:
+    """Remove the directory ``path`` and everything under it, however deep
+    (no recursion: one open directory at a time), without following
+    symbolic links, making directories a program locked writable first.
+    Entries that still cannot be removed are left; a missing ``path`` is fine.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
     try:
-        # The leading newline ends anything the program left unterminated.
-        os.write(status_fd, ("\n" + _nonce + " " + line + "\n").encode())
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return
     except OSError:
-        pass
-libc = ctypes.CDLL(None, use_errno=True)
-def unshare(flags):
-    if not hasattr(libc, "unshare") or libc.unshare(flags) != 0:
-        return False
-    return True
-CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
-applied = ["process", "workdir"]
-is_root = os.geteuid() == 0
-if cfg["isolate"] and sys.platform.startswith("linux"):
-    if not is_root:
-        # An unprivileged user namespace gives the capabilities needed for
-        # the other namespaces, where the distribution allows it.
-        unshare(CLONE_NEWUSER)
-    if unshare(CLONE_NEWNET):
-        applied.append("network")
-    pid_ns = unshare(CLONE_NEWPID)
-    if unshare(CLONE_NEWNS):
-        MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-        MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-        MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
-        keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
-                "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME,
-                "relatime": MS_RELATIME}
-        def mount(src, dst, flags):
-            return libc.mount(src, dst.encode(), None, flags, None) == 0
-        ok = mount(None, "/", MS_REC | MS_PRIVATE)
-        workdir = cfg["workdir"]
-        ok = ok and mount(workdir.encode(), workdir, MS_BIND)
-        root_ro = False
-        if ok:
-            with open("/proc/self/mountinfo") as f:
-                lines = f.read().splitlines()
-            seen = set()
-            for line in lines:
-                fields = line.split()
-                target = fields[4].encode().decode("unicode_escape")
-                if target == workdir or target in seen:
-                    continue
-                seen.add(target)
-                flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-                for opt in fields[5].split(","):
-                    flags |= keep.get(opt, 0)
-                done = mount(None, target, flags)
-                if target == "/":
-                    root_ro = done
-        if root_ro:
-            applied.append("readonly_fs")
-else:
-    pid_ns = False
-if pid_ns:
-    applied.append("pid_namespace")
-limits = cfg["limits"]
-uid = cfg["uid"]
-
-def run_program():
-    # In the program's process: limits, identity, then the code.
-    os.setsid()
-    for name, value in limits.items():
+        _chmod(path)
         try:
-            resource.setrlimit(getattr(resource, name), (value, value))
-        except (ValueError, OSError):
-            pass
-    if uid is None and os.geteuid() != 0:
-        # Without a uid of its own the process budget is shared with the
-        # caller's other processes: allow what runs now plus the budget.
-        mine = 0
-        me = os.getuid()
-        for entry in (os.listdir("/proc") if os.path.isdir("/proc") else ()):
-            if entry.isdigit():
+            fd = os.open(path, flags)
+        except OSError:
+            return
+
+    def scan(dir_fd: int) -> list[str]:
+        # Unlink what is not a directory, return the subdirectories.
+        subdirs = []
+        try:
+            with os.scandir(dir_fd) as entries:
+                names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        except OSError:
+            return []
+        for name, is_dir in names:
+            if is_dir:
+                subdirs.append(name)
+            else:
                 try:
-                    if os.stat("/proc/" + entry).st_uid == me:
-                        mine += len(os.listdir("/proc/" + entry + "/task"))
+                    os.unlink(name, dir_fd=dir_fd)
                 except OSError:
                     pass
-        try:
-            n = mine + cfg["max_processes"]
-            resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
-        except (ValueError, OSError):
-            pass
-    if uid is not None:
-        try:
-            if cfg["read_cap"]:
-                libc.prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            if cfg["read_cap"]:
-                # The interpreter lives where other users cannot read (for
-                # example under /root): keep only the right to read and
-                # search files, never to write them or to signal others.
-                class Header(ctypes.Structure):
-                    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-                class Data(ctypes.Structure):
-                    _fields_ = [("effective", ctypes.c_uint32),
-                                ("permitted", ctypes.c_uint32),
-                                ("inheritable", ctypes.c_uint32)]
-                header = Header(0x20080522, 0)
-                data = (Data * 2)()
-                data[0].effective = data[0].permitted = 1 << 2  # CAP_DAC_READ_SEARCH
-                if libc.capset(ctypes.byref(header), data) != 0:
-                    os._exit(1)
-            report("APPLIED uid")
-        except OSError:
-            pass
-    if hasattr(libc, "prctl"):
-        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: setuid binaries stay unprivileged
-    os.chdir(cfg["workdir"])
-    os.environ["HOME"] = cfg["workdir"]
-    os.environ["TMPDIR"] = cfg["workdir"]
-    try:
-        with open("program.py", encoding="utf-8") as f:
-            source = f.read()
-        code = compile(source, "program.py", "exec")
-    except (SyntaxError, ValueError) as exc:
-        traceback.print_exception(type(exc), exc, None)
-        sys.stderr.flush()
-        report(f"RESULT {os.getpid()} syntax_error")
-        os._exit(1)
-    del sys.argv[1:]
-    sys.argv[0] = "program.py"
-    outcome = "ok"
-    try:
-        exec(code, {"__name__": "__main__", "__builtins__": builtins})
-    except MemoryError:
-        outcome = "memory"
-    except SystemExit as exc:
-        outcome = "exit " + repr(exc.code)[:80]
-    except BaseException as exc:
-        outcome = "exception"
-        try:
-            # Skip this frame: the traceback starts in the program.
-            tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-            traceback.print_exception(type(exc), exc, tb)
-        except BaseException:
-            pass
-    if outcome == "memory":
-        report(f"RESULT {os.getpid()} memory")
-        try:
-            os.write(2, b"MemoryError\n")
-        except OSError:
-            pass
-        os._exit(1)
-    if outcome != "ok":
-        try:
-            sys.stdout.flush(); sys.stderr.flush()
-        except BaseException:
-            pass
-        report(f"RESULT {os.getpid()} " + outcome)
-        os._exit(1)
-    try:
-        sys.stdout.flush(); sys.stderr.flush()
-    except BaseException:
-        report(f"RESULT {os.getpid()} flush_failed")
-        os._exit(1)
-    report(f"RESULT {os.getpid()} ok")
-    os._exit(0)
+        return subdirs
 
-def wait_for(pid):
+    pending = [scan(fd)]
+    names: list[str] = []
     while True:
-        try:
-            return os.waitpid(pid, 0)[1]
-        except InterruptedError:
-            continue
-
-def init():
-    # PID 1 of the namespace (or a plain parent without one): start the
-    # program, reap everything, exit with the program's status. When PID 1
-    # exits the kernel kills whatever else is left in the namespace.
-    child = os.fork()
-    if child == 0:
-        try:
-            run_program()
-        finally:
-            os._exit(1)
-    status = None
-    while True:
-        try:
-            pid, st = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        if pid == child:
-            status = st
-            if not pid_ns:
-                break
-            # Do not wait for orphans: exiting kills them.
-            break
-    report(f"STATUS {child} {status}")
-    os._exit(0)
-
-report("APPLIED " + " ".join(applied))
-first = os.fork()
-if first == 0:
-    try:
-        init()
-    finally:
-        os._exit(1)
-wait_for(first)
-os._exit(0)
-"""
-
-
-def _allocate_uid() -> int:
-    # Random rather than counted so that concurrent evaluator processes do
-    # not share ids; a clash among a handful of live programs out of 2**20
-    # ids is negligible and would only merge their process budgets.
-    return SANDBOX_UID_BASE + _uid_random.randrange(SANDBOX_UID_COUNT)
-
-
-def _interpreter_world_readable() -> bool:
-    """Whether a user other than the caller can reach the interpreter and its
-    standard library (every ancestor directory searchable by others)."""
-    paths = {sys.executable, sys.prefix, sys.base_prefix, os.path.dirname(os.__file__)}
-    for path in paths:
-        path = os.path.realpath(path)
-        while True:
+        if pending[-1]:
+            name = pending[-1].pop()
             try:
-                mode = os.stat(path).st_mode
+                os.chmod(name, 0o700, dir_fd=fd, follow_symlinks=False)
+            except (OSError, NotImplementedError):
+                pass
+            try:
+                child = os.open(name, flags, dir_fd=fd)
             except OSError:
-                return False
-            if os.path.isdir(path) and not mode & 0o001:
-                return False
-            parent = os.path.dirname(path)
-            if parent == path:
-                break
-            path = parent
-    return True
+                continue
+            os.close(fd)
+            fd = child
+            names.append(name)
+            pending.append(scan(fd))
+            continue
+        pending.pop()
+        if not names:
+            os.close(fd)
+            break
+        parent = os.open("..", flags, dir_fd=fd)
+        os.close(fd)
+        fd = parent
+        try:
+            os.rmdir(names.pop(), dir_fd=fd)
+        except OSError:
+            pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _chmod(path: str) -> None:
+    try:
+        os.chmod(path, stat.S_IRWXU)
+    except OSError:
+        pass
 
 
 def _kill_uid(uid: int) -> None:
     """Kill every process of the throw-away ``uid`` (used when no PID
-    namespace could reap them). ``kill(-1)`` from that uid reaches exactly
-    the processes it owns."""
+    namespace reaps them). ``kill(-1)`` from that uid reaches exactly the
+    processes it owns."""
     code = f"import os,signal\nos.setgroups([]);os.setgid({uid});os.setuid({uid})\ntry: os.kill(-1, signal.SIGKILL)\nexcept OSError: pass\n"
     try:
         subprocess.run(
@@ -362,203 +298,188 @@ def _kill_uid(uid: int) -> None:
         pass
 
 
-def _remove_tree(path: str) -> None:
-    def make_writable_and_retry(func, p, _exc):  # type: ignore[no-untyped-def]
+class _Sandbox:
+    """One supervisor process and the caller's ends of its channels."""
+
+    def __init__(
+        self,
+        role: str,
+        code: str,
+        filename: str,
+        limits: dict[str, int],
+        uid: int | None,
+        isolate: bool,
+        disk_bytes: int,
+        disk_inodes: int,
+        rpc: tuple[int, int] | None = None,
+        entry_point: str | None = None,
+    ) -> None:
+        self.role = role
+        self.uid = uid
+        self.host_dir = os.path.realpath(tempfile.mkdtemp(prefix="convpack-exec-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.status = bytearray()
+        self.outcome = bytearray()
+        self.overflow = False
+        status_r, status_w = os.pipe()
+        outcome_r, outcome_w = os.pipe()
+        self.status_fd, self.outcome_fd = status_r, outcome_r
         try:
-            os.chmod(os.path.dirname(p) or p, 0o700)
-            os.chmod(p, 0o700)
-            func(p)
-        except OSError:
-            pass
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=make_writable_and_retry)
-    else:
-        shutil.rmtree(path, onerror=make_writable_and_retry)
-
-
-class _StatusLines:
-    """Status lines from the sandbox: only those that start with the run's
-    secret are kept, and a line longer than a status line is dropped as it
-    arrives, so whatever the program writes into the pipe costs us nothing."""
-
-    def __init__(self, nonce: str) -> None:
-        self.prefix = nonce.encode() + b" "
-        self.partial = bytearray()
-        self.overlong = False
-        self.lines: list[str] = []
-        self.result_pids: set[str] = set()
-
-    def feed(self, chunk: bytes) -> None:
-        pieces = chunk.split(b"\n")
-        for i, piece in enumerate(pieces):
-            if not self.overlong:
-                self.partial += piece
-                if len(self.partial) > _MAX_STATUS_LINE:
-                    self.overlong = True
-                    self.partial.clear()
-            if i < len(pieces) - 1:  # a newline ends this piece
-                line = bytes(self.partial)
-                if not self.overlong and line.startswith(self.prefix):
-                    text = _decode(line[len(self.prefix) :])
-                    if text.startswith("RESULT "):
-                        # Forked children report too: keep one line per pid.
-                        pid = text.split(" ", 2)[1]
-                        if pid in self.result_pids:
-                            text = ""
-                        self.result_pids.add(pid)
-                    if text:
-                        self.lines.append(text)
-                self.partial.clear()
-                self.overlong = False
-
-
-def _decode(data: bytes) -> str:
-    return data.decode("utf-8", errors="replace")
-
-
-def execute_code(
-    code: str,
-    timeout: float = 5.0,
-    maximum_memory_bytes: int | None = DEFAULT_MAX_MEMORY_BYTES,
-    *,
-    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-    max_processes: int = DEFAULT_MAX_PROCESSES,
-    max_open_files: int = DEFAULT_MAX_OPEN_FILES,
-    isolate: bool = True,
-) -> ExecutionResult:
-    """Run the Python program ``code`` in a contained process.
-
-    Args:
-        code: the program text (a whole module, run as ``__main__``).
-        timeout: wall-clock seconds before the whole process tree is killed.
-        maximum_memory_bytes: address-space limit (None: no limit).
-        max_output_bytes: cap on stdout and on stderr each; a program that
-            writes more is killed and fails with ``output_truncated``.
-        max_file_bytes: largest file the program may write.
-        max_processes: process budget (enforced by the kernel only when the
-            program runs under its own user id, see ``isolation``).
-        max_open_files: open file descriptor limit.
-        isolate: try namespaces and a throw-away uid (default True).
-
-    Returns:
-        An :class:`ExecutionResult`. Nothing the program does raises here;
-        only a failure to start a process at all (``OSError``) propagates.
-    """
-    if timeout <= 0:
-        raise ValueError(f"timeout must be positive, got {timeout}")
-    workdir = os.path.realpath(tempfile.mkdtemp(prefix="convpack-exec-"))
-    uid = _allocate_uid() if (isolate and hasattr(os, "geteuid") and os.geteuid() == 0) else None
-    nonce = secrets.token_hex(16)
-    status_r, status_w = os.pipe()
-    proc = None
-    try:
-        # surrogatepass: a program that is not valid text still gets written,
-        # and then fails to compile in the sandbox instead of raising here.
-        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8", errors="surrogatepass") as f:
-            f.write(code)
-        if uid is not None:
-            os.chown(workdir, uid, uid)
-            os.chown(os.path.join(workdir, "program.py"), uid, uid)
-        limits = {
-            "RLIMIT_CPU": max(1, int(timeout) + 1),
-            "RLIMIT_FSIZE": max_file_bytes,
-            "RLIMIT_NOFILE": max_open_files,
-            "RLIMIT_CORE": 0,
-        }
-        if maximum_memory_bytes is not None:
-            limits["RLIMIT_AS"] = maximum_memory_bytes
-            limits["RLIMIT_DATA"] = maximum_memory_bytes
-        if uid is not None:
-            limits["RLIMIT_NPROC"] = max_processes
-        cfg = {
-            "status_fd": status_w,
-            "nonce": nonce,
-            "workdir": workdir,
-            "limits": limits,
-            "uid": uid,
-            "isolate": isolate,
-            "max_processes": max_processes,
-            "read_cap": uid is not None and not _interpreter_world_readable(),
-        }
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir}
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-X", "utf8", "-c", _SUPERVISOR],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=workdir,
-            env=env,
-            start_new_session=True,
-            pass_fds=(status_w,),
-        )
-        os.close(status_w)
-        status_w = -1
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write(json.dumps(cfg).encode())
-            proc.stdin.close()
-        except OSError:
-            pass
-        return _supervise(proc, status_r, timeout, max_output_bytes, uid, nonce)
-    finally:
-        if proc is not None:
-            if proc.poll() is None:
-                _kill_group(proc)
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
-        if status_w >= 0:
+            if uid is not None:
+                os.chown(self.host_dir, uid, uid)
+            cfg: dict[str, Any] = {
+                "role": role,
+                "code": code,
+                "filename": filename,
+                "entry_point": entry_point,
+                "status_fd": status_w,
+                "outcome_fd": outcome_w,
+                "host_dir": self.host_dir,
+                "limits": limits,
+                "uid": uid,
+                "isolate": isolate,
+                "disk_bytes": disk_bytes,
+                "disk_inodes": disk_inodes,
+                "rpc": None if rpc is None else {"request": rpc[0], "reply": rpc[1]},
+            }
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-X", "utf8", _SUPERVISOR],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd="/",
+                env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
+                start_new_session=True,
+                pass_fds=(status_w, outcome_w, *(rpc or ())),
+            )
+        except BaseException:
+            os.close(status_r)
+            os.close(outcome_r)
+            remove_tree(self.host_dir)
+            raise
+        finally:
             os.close(status_w)
-        os.close(status_r)
-        _remove_tree(workdir)
+            os.close(outcome_w)
+        assert self.proc.stdin is not None
+        try:
+            # surrogatepass: a program that is not valid text still travels,
+            # and then fails to compile in the sandbox instead of here.
+            self.proc.stdin.write(json.dumps(cfg).encode("utf-8", "surrogatepass"))
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def channels(self) -> dict[int, bytearray]:
+        """The caller's read ends, each with the buffer it fills."""
+        assert (
+            self.proc is not None and self.proc.stdout is not None and self.proc.stderr is not None
+        )
+        return {
+            self.proc.stdout.fileno(): self.stdout,
+            self.proc.stderr.fileno(): self.stderr,
+            self.status_fd: self.status,
+            self.outcome_fd: self.outcome,
+        }
+
+    def kill(self) -> None:
+        """Kill the supervisor's process group (and so the sandbox) and reap it."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+
+    def close(self) -> None:
+        """Kill what is left, close the channels, remove the host temp dir."""
+        self.kill()
+        if self.uid is not None and "pid_namespace" not in self.applied():
+            _kill_uid(self.uid)
+        assert self.proc is not None
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        for fd in (self.status_fd, self.outcome_fd):
+            os.close(fd)
+        remove_tree(self.host_dir)
+
+    def _status_lines(self) -> list[str]:
+        return bytes(self.status).decode("utf-8", "replace").splitlines()
+
+    def applied(self) -> list[str]:
+        """Layers the supervisor reported (only the first report counts)."""
+        for line in self._status_lines():
+            if line.startswith("APPLIED "):
+                return line.split()[1:]
+        return []
+
+    def missing(self) -> list[str]:
+        """Layers the supervisor could not apply, each with the reason."""
+        for line in self._status_lines():
+            if line.startswith("MISSING "):
+                try:
+                    return [str(x) for x in json.loads(line[8:])]
+                except ValueError:
+                    return []
+        return []
+
+    def wait_status(self) -> int | None:
+        """The worker's wait status, as its init reported it."""
+        for line in self._status_lines():
+            if line.startswith("STATUS "):
+                try:
+                    return int(line.split()[1])
+                except (IndexError, ValueError):
+                    return None
+        return None
+
+    def reported_outcome(self) -> tuple[str | None, str | None]:
+        """The worker's account of how its code ended: (outcome, error)."""
+        for line in reversed(bytes(self.outcome).decode("utf-8", "replace").splitlines()):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, dict) and isinstance(data.get("outcome"), str):
+                error = data.get("error")
+                return data["outcome"], error if isinstance(error, str) else None
+        return None, None
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.kill()
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-def _supervise(
-    proc: subprocess.Popen[bytes],
-    status_fd: int,
-    timeout: float,
-    max_output_bytes: int,
-    uid: int | None,
-    nonce: str,
-) -> ExecutionResult:
-    assert proc.stdout is not None and proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    buffers: dict[int, bytearray] = {
-        proc.stdout.fileno(): bytearray(),
-        proc.stderr.fileno(): bytearray(),
-        status_fd: bytearray(),
-    }
-    status = _StatusLines(nonce)
+def _collect(
+    sandboxes: list[_Sandbox], primary: _Sandbox, deadline: float, max_output_bytes: int
+) -> tuple[bool, bool]:
+    """Read every channel until the primary sandbox is done, the deadline
+    passes or an output stream overflows. Returns (timed_out, overflow)."""
     sel = selectors.DefaultSelector()
-    for fd in buffers:
-        sel.register(fd, selectors.EVENT_READ)
-    timed_out = False
-    overflow = False
+    owners: dict[int, tuple[_Sandbox, bytearray, bool]] = {}
+    for sb in sandboxes:
+        assert sb.proc is not None and sb.proc.stdout is not None
+        for fd, buf in sb.channels().items():
+            is_output = fd in (sb.proc.stdout.fileno(), sb.proc.stderr.fileno())  # type: ignore[union-attr]
+            owners[fd] = (sb, buf, is_output)
+            sel.register(fd, selectors.EVENT_READ)
+    primary_fds = {fd for fd, (sb, _, _) in owners.items() if sb is primary}
+    timed_out = overflow = False
     exited_at: float | None = None
     try:
-        while sel.get_map():
+        while primary_fds & set(sel.get_map()):
             now = time.monotonic()
             if now >= deadline:
                 timed_out = True
                 break
-            if exited_at is None and proc.poll() is not None:
+            assert primary.proc is not None
+            if exited_at is None and primary.proc.poll() is not None:
                 exited_at = now
-            # After the supervisor is gone, leftovers may hold the pipes
-            # open (only without a PID namespace); give them a moment.
+            # Without a PID namespace, leftovers may hold the pipes open.
             if exited_at is not None and now - exited_at > 0.5:
                 break
             wait = min(deadline - now, 0.05 if exited_at is not None else 0.25)
@@ -571,85 +492,397 @@ def _supervise(
                 if not chunk:
                     sel.unregister(fd)
                     continue
-                buf = buffers[fd]
-                if fd == status_fd:
-                    status.feed(chunk)
-                    continue
-                buf += chunk
-                if len(buf) > max_output_bytes:
-                    overflow = True
-                    del buf[max_output_bytes:]
+                sb, buf, is_output = owners[fd]
+                limit = max_output_bytes if is_output else _MAX_CHANNEL_BYTES
+                room = limit - len(buf)
+                buf += chunk[: max(room, 0)]
+                if len(chunk) > room and is_output:
+                    sb.overflow = overflow = True
             if overflow:
                 break
+        # What is still buffered in the pipes of finished sandboxes.
+        for fd in list(sel.get_map()):
+            sb, buf, is_output = owners[fd]
+            if sb.proc is not None and sb.proc.poll() is not None:
+                _drain(fd, buf, max_output_bytes if is_output else _MAX_CHANNEL_BYTES)
     finally:
         sel.close()
-    if timed_out or overflow or proc.poll() is None:
-        _kill_group(proc)
-    else:
-        proc.wait()
-    status_lines = status.lines
-    applied: list[str] = []
-    outcomes: dict[str, str] = {}
-    program_pid: str | None = None
-    wait_status: int | None = None
-    for line in status_lines:
-        kind, _, rest = line.partition(" ")
-        if kind == "APPLIED":
-            applied.extend(rest.split())
-        elif kind == "RESULT":
-            # Children the program forked report too; only the program's
-            # own line counts.
-            pid, _, what = rest.partition(" ")
-            outcomes.setdefault(pid, what)
-        elif kind == "STATUS":
-            program_pid, _, st = rest.partition(" ")
-            if st != "None":
-                try:
-                    wait_status = int(st)
-                except ValueError:
-                    pass
-    outcome = outcomes.get(program_pid) if program_pid is not None else None
-    if "rlimits" not in applied:
-        applied.append("rlimits")
-    if uid is not None and ("uid" in applied) and "pid_namespace" not in applied:
-        _kill_uid(uid)
-    stdout = _decode(bytes(buffers[proc.stdout.fileno()]))
-    stderr = _decode(bytes(buffers[proc.stderr.fileno()]))
-    isolation = tuple(applied)
+    return timed_out, overflow
 
-    def fail(error: str, **flags: bool) -> ExecutionResult:
-        return ExecutionResult(False, stdout, stderr, error, isolation=isolation, output_truncated=overflow, **flags)
+
+def _drain(fd: int, buf: bytearray, limit: int) -> None:
+    os.set_blocking(fd, False)
+    while len(buf) < limit:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        buf += chunk[: limit - len(buf)]
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
+
+
+def _worker_failure(sb: _Sandbox) -> tuple[str | None, bool, bool]:
+    """Why a sandbox's worker failed, from what the caller saw: (error,
+    memory_exceeded, timeout), error None if it exited 0 with outcome ok."""
+    status = sb.wait_status()
+    outcome, error = sb.reported_outcome()
+    stderr = bytes(sb.stderr).decode("utf-8", "replace")
+    if status is None:
+        return f"the sandbox did not run the program: {stderr.strip()[-500:]}", False, False
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGXCPU:
+            return "Execution timed out (CPU time limit)", False, True
+        memory = sig in (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT) and "MemoryError" in stderr
+        return f"Killed by signal {_signal_name(sig)}", memory, False
+    code = os.WEXITSTATUS(status)
+    if outcome == "ok" and code == 0:
+        return None, False, False
+    if outcome == "memory":
+        return error or "Memory limit exceeded: ", True, False
+    if outcome is not None and error:
+        return error, error.startswith("MemoryError"), False
+    return f"Process exited with status {code} before the program finished", False, False
+
+
+def _limits(
+    timeout: float,
+    maximum_memory_bytes: int | None,
+    max_file_bytes: int,
+    max_open_files: int,
+    max_processes: int,
+    uid: int | None,
+) -> dict[str, int]:
+    limits = {
+        "RLIMIT_CPU": max(1, int(timeout) + 1),
+        "RLIMIT_FSIZE": max_file_bytes,
+        "RLIMIT_NOFILE": max_open_files,
+        "RLIMIT_CORE": 0,
+    }
+    if maximum_memory_bytes is not None:
+        limits["RLIMIT_AS"] = maximum_memory_bytes
+        limits["RLIMIT_DATA"] = maximum_memory_bytes
+        limits["RLIMIT_STACK"] = maximum_memory_bytes
+    if uid is not None:
+        limits["RLIMIT_NPROC"] = max_processes
+    elif not _root():
+        # The budget is counted per user: allow what the caller's uid runs
+        # now plus the program's budget.
+        limits["RLIMIT_NPROC"] = _user_threads() + max_processes
+    return limits
+
+
+def _user_threads() -> int:
+    me, count = os.getuid(), 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == me:
+                    count += len(os.listdir(f"/proc/{entry}/task"))
+            except OSError:
+                pass
+    return count
+
+
+def _check_arguments(timeout: float, maximum_memory_bytes: int | None, **sizes: int) -> None:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not timeout > 0
+        or timeout == float("inf")
+    ):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if maximum_memory_bytes is not None and (
+        isinstance(maximum_memory_bytes, bool)
+        or not isinstance(maximum_memory_bytes, int)
+        or maximum_memory_bytes <= 0
+    ):
+        raise ValueError(
+            f"maximum_memory_bytes must be a positive int or None, got {maximum_memory_bytes!r}"
+        )
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _layers(sandboxes: list[_Sandbox], isolate: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    applied = [
+        layer for layer in sandboxes[0].applied() if all(layer in sb.applied() for sb in sandboxes)
+    ]
+    if not isolate:
+        return tuple(applied), ()
+    missing: list[str] = []
+    for sb in sandboxes:
+        missing += [m for m in sb.missing() if m not in missing]
+    named = {m.split(" ", 1)[0] for m in missing}
+    expected = _EXPECTED_LAYERS if _root() else (*_EXPECTED_LAYERS, "user_namespace")
+    missing += [layer for layer in expected if layer not in applied and layer not in named]
+    return tuple(applied), tuple(missing)
+
+
+def execute_code(
+    code: str,
+    timeout: float = 5.0,
+    maximum_memory_bytes: int | None = DEFAULT_MAX_MEMORY_BYTES,
+    *,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_disk_bytes: int = DEFAULT_MAX_DISK_BYTES,
+    max_processes: int = DEFAULT_MAX_PROCESSES,
+    max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+    isolate: bool = True,
+) -> ExecutionResult:
+    """Run the Python program ``code`` in a sandbox (see the module docs).
+
+    ``success`` is the program's own account of reaching its end (a program
+    can always claim that about itself); grade untrusted code against tests
+    with :func:`check_program`.
+
+    Args:
+        code: the program text, executed like ``exec(code, {})``.
+        timeout: wall-clock seconds before the whole process tree is killed.
+        maximum_memory_bytes: address-space, data and stack limit (None: none).
+        max_output_bytes: cap on stdout and on stderr each; a program that
+            writes more is stopped and fails with ``output_truncated``.
+        max_file_bytes: largest file the program may write.
+        max_disk_bytes: size of the program's ``/tmp`` (all files together).
+        max_processes: process budget (under the program's own user id).
+        max_open_files: open file descriptor limit.
+        isolate: use namespaces and a throw-away user id (default True).
+
+    Returns:
+        An :class:`ExecutionResult`. Nothing the program does raises here.
+
+    Raises:
+        ValueError: for a non-positive timeout or size.
+        OSError: if no process can be started at all.
+    """
+    _check_arguments(
+        timeout,
+        maximum_memory_bytes,
+        max_output_bytes=max_output_bytes,
+        max_file_bytes=max_file_bytes,
+        max_disk_bytes=max_disk_bytes,
+        max_processes=max_processes,
+        max_open_files=max_open_files,
+    )
+    uid = _allocate_uid(set()) if isolate and _root() else None
+    limits = _limits(
+        timeout, maximum_memory_bytes, max_file_bytes, max_open_files, max_processes, uid
+    )
+    deadline = time.monotonic() + timeout
+    sb = _Sandbox(
+        "program", code, "program.py", limits, uid, isolate, max_disk_bytes, DEFAULT_MAX_DISK_INODES
+    )
+    try:
+        timed_out, overflow = _collect([sb], sb, deadline, max_output_bytes)
+        sb.kill()
+    finally:
+        sb.close()
+    isolation, missing = _layers([sb], isolate)
+    stdout = bytes(sb.stdout).decode("utf-8", "replace")
+    stderr = bytes(sb.stderr).decode("utf-8", "replace")
+
+    def result(success: bool, error: str | None, **flags: bool) -> ExecutionResult:
+        return ExecutionResult(
+            success,
+            stdout,
+            stderr,
+            error,
+            isolation=isolation,
+            missing_isolation=missing,
+            output_truncated=overflow,
+            **flags,
+        )
 
     if timed_out:
-        return fail(f"timed out after {timeout} seconds", timeout=True)
+        return result(False, "Execution timed out", timeout=True)
     if overflow:
-        return fail(f"output limit exceeded ({max_output_bytes} bytes on stdout or stderr)")
-    if outcome == "memory":
-        return fail("memory limit exceeded (MemoryError)", memory_exceeded=True)
-    if wait_status is not None and os.WIFSIGNALED(wait_status):
-        sig = os.WTERMSIG(wait_status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        if sig == signal.SIGXCPU:
-            return fail("CPU time limit exceeded (SIGXCPU)", timeout=True)
-        memory = sig in (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT) and "MemoryError" in stderr
-        return fail(f"killed by signal {name}", memory_exceeded=memory)
-    if outcome == "ok" and wait_status is not None and os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == 0:
-        return ExecutionResult(True, stdout, stderr, None, isolation=isolation)
-    if outcome is not None and outcome.startswith("exit"):
-        return fail(f"program called sys.exit ({outcome[5:]}) before finishing")
-    if outcome == "exception":
-        last = stderr.strip().splitlines()[-1] if stderr.strip() else "exception"
-        if last.startswith("MemoryError"):
-            return fail("memory limit exceeded (MemoryError)", memory_exceeded=True)
-        return fail(last)
-    if outcome == "syntax_error":
-        last = stderr.strip().splitlines()[-1] if stderr.strip() else "SyntaxError"
-        return fail(last)
-    if wait_status is not None and os.WIFEXITED(wait_status):
-        return fail(f"program exited with status {os.WEXITSTATUS(wait_status)} before finishing")
-    if proc.returncode not in (0, None):
-        return fail(f"sandbox supervisor failed with status {proc.returncode}: {stderr[-500:]}")
-    return fail("program did not finish")
+        return result(
+            False, f"Output limit exceeded ({max_output_bytes} bytes on stdout or stderr)"
+        )
+    error, memory, cpu_timeout = _worker_failure(sb)
+    if error is None:
+        return result(True, None)
+    return result(False, error, memory_exceeded=memory, timeout=cpu_timeout)
+
+
+def check_program(
+    program: str,
+    test: str,
+    entry_point: str,
+    timeout: float = 5.0,
+    maximum_memory_bytes: int | None = DEFAULT_MAX_MEMORY_BYTES,
+    *,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_disk_bytes: int = DEFAULT_MAX_DISK_BYTES,
+    max_processes: int = DEFAULT_MAX_PROCESSES,
+    max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+    isolate: bool = True,
+) -> ExecutionResult:
+    """Check ``program`` against ``test``'s ``check(candidate)``, with the
+    verdict decided outside the program's reach (see the module docs).
+
+    ``program`` runs in one sandbox; ``test`` (a module that defines
+    ``check(candidate)``, e.g. a HumanEval problem's ``test`` field) runs in
+    another, with ``candidate`` the program's global ``entry_point`` and any
+    other name the tests use but do not define taken from the program's
+    globals. Arguments and return values pass between them as plain values
+    (None, bool, int, float, complex, str, bytes and lists, tuples, dicts,
+    sets of them); exceptions the program's function raises are raised in
+    the tests as the builtin exception of the same name.
+
+    Args:
+        program: the untrusted program text (e.g. imports plus a completion).
+        test: the trusted test module text.
+        entry_point: the name of the function under test.
+        timeout: wall-clock seconds for everything (program and tests).
+        other arguments: as for :func:`execute_code`, for each sandbox.
+
+    Returns:
+        An :class:`ExecutionResult`: ``success`` iff ``check`` returned.
+        ``stdout`` and ``stderr`` hold the program's output, then the tests'.
+
+    Raises:
+        ValueError: for a bad size, timeout or an ``entry_point`` that is not
+            an identifier.
+        OSError: if no process can be started at all.
+    """
+    if not isinstance(entry_point, str) or not entry_point.isidentifier():
+        raise ValueError(f"entry_point must be a Python identifier, got {entry_point!r}")
+    _check_arguments(
+        timeout,
+        maximum_memory_bytes,
+        max_output_bytes=max_output_bytes,
+        max_file_bytes=max_file_bytes,
+        max_disk_bytes=max_disk_bytes,
+        max_processes=max_processes,
+        max_open_files=max_open_files,
+    )
+    taken: set[int] = set()
+    program_uid = _allocate_uid(taken) if isolate and _root() else None
+    harness_uid = _allocate_uid(taken) if isolate and _root() else None
+    deadline = time.monotonic() + timeout
+    request_r, request_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    sandboxes: list[_Sandbox] = []
+    try:
+        limits = _limits(
+            timeout,
+            maximum_memory_bytes,
+            max_file_bytes,
+            max_open_files,
+            max_processes,
+            program_uid,
+        )
+        sandboxes.append(
+            _Sandbox(
+                "program",
+                program,
+                "program.py",
+                limits,
+                program_uid,
+                isolate,
+                max_disk_bytes,
+                DEFAULT_MAX_DISK_INODES,
+                rpc=(request_r, reply_w),
+            )
+        )
+        limits = _limits(
+            timeout,
+            maximum_memory_bytes,
+            max_file_bytes,
+            max_open_files,
+            max_processes,
+            harness_uid,
+        )
+        sandboxes.append(
+            _Sandbox(
+                "harness",
+                test,
+                "test.py",
+                limits,
+                harness_uid,
+                isolate,
+                max_disk_bytes,
+                DEFAULT_MAX_DISK_INODES,
+                rpc=(request_w, reply_r),
+                entry_point=entry_point,
+            )
+        )
+    except BaseException:
+        for sb in sandboxes:
+            sb.close()
+        raise
+    finally:
+        for fd in (request_r, request_w, reply_r, reply_w):
+            os.close(fd)
+    program_sb, harness_sb = sandboxes
+    try:
+        timed_out, overflow = _collect(sandboxes, harness_sb, deadline, max_output_bytes)
+        for sb in sandboxes:
+            sb.kill()
+        _collect(sandboxes, program_sb, time.monotonic(), max_output_bytes)  # drain what is left
+    finally:
+        for sb in sandboxes:
+            sb.close()
+    isolation, missing = _layers(sandboxes, isolate)
+    stdout = (bytes(program_sb.stdout) + bytes(harness_sb.stdout)).decode("utf-8", "replace")
+    stderr = (bytes(program_sb.stderr) + bytes(harness_sb.stderr)).decode("utf-8", "replace")
+
+    def result(success: bool, error: str | None, **flags: bool) -> ExecutionResult:
+        return ExecutionResult(
+            success,
+            stdout,
+            stderr,
+            error,
+            isolation=isolation,
+            missing_isolation=missing,
+            output_truncated=overflow,
+            **flags,
+        )
+
+    if timed_out:
+        return result(False, "Execution timed out", timeout=True)
+    if overflow:
+        return result(
+            False, f"Output limit exceeded ({max_output_bytes} bytes on stdout or stderr)"
+        )
+    harness_error, harness_memory, harness_cpu = _worker_failure(harness_sb)
+    if harness_error is None:
+        # The verdict: the harness finished check() and exited 0 (facts only
+        # the harness could produce). The program's own account only adds
+        # detail to a failure.
+        return result(True, None)
+    program_outcome, program_error = program_sb.reported_outcome()
+    if program_outcome not in (None, "ok"):
+        memory = program_outcome == "memory" or bool(
+            program_error and program_error.startswith("MemoryError")
+        )
+        return result(False, program_error or "the program failed", memory_exceeded=memory)
+    program_status = program_sb.wait_status()
+    if (
+        program_status is not None
+        and os.WIFSIGNALED(program_status)
+        and harness_error.startswith("ProgramExited")
+    ):
+        error, memory, cpu = _worker_failure(program_sb)
+        return result(False, error, memory_exceeded=memory, timeout=cpu)
+    return result(False, harness_error, memory_exceeded=harness_memory, timeout=harness_cpu)

@@ -196,14 +196,22 @@ class HumanEval(Task):
     def evaluate(self, conversation: Conversation, completion: str, timeout: float = 5.0) -> bool:
         """Whether ``completion`` passes the problem's tests.
 
+        The prompt's imports and the completion's code run in one
+        ``convpack.execution`` sandbox, the tests in another that decides the
+        verdict (``check_program``), so the completion cannot forge it.
+
         Args:
             conversation: an example of this task.
             completion: the model's text.
             timeout: seconds the program may run.
 
         Returns:
-            bool: the ``convpack.execution`` sandbox's verdict.
+            bool: the harness sandbox's verdict.
         """
-        from convpack.execution import execute_code
+        from convpack.execution import check_program
 
-        return execute_code(self.build_program(conversation, completion), timeout=timeout).success
+        imports = extract_imports(conversation["messages"][0]["content"])
+        program = f"{imports}\n\n{extract_program(completion)}\n"
+        return check_program(
+            program, conversation["test"], conversation["entry_point"], timeout=timeout
+        ).success
