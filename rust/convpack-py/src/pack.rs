@@ -13,12 +13,12 @@ use convpack_core::pack::{
     Inputs, Mode, Outputs, Overflow, PackConfig, PackState, Packer, Schedule,
 };
 use convpack_core::{
-    ChatTokens, Conversation, ConversationError, CoreError, Rendered, Renderer, Tokenizer,
+    ChatTokens, Conversation, ConversationError, CoreError, Renderer, Tokenizer, Turns,
 };
 use numpy::{PyArrayDyn, PyArrayMethods};
-use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBool, PyDict, PyInt, PyList};
 
 use crate::convert::{Arena, ExtractError};
 use crate::errors::IntoPyResult;
@@ -43,7 +43,7 @@ impl PyPacker {
     #[pyo3(signature = (
         tokenizer, mode, *, batch_size, seq_len, dataset_len, rank, world_size,
         overflow = "pad", buffer_size = 100, max_tokens = 2048, max_seqs = None,
-        num_threads = 0, skip_errors = false
+        num_threads = 0, skip_errors = false, truncate = "tail"
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -60,7 +60,17 @@ impl PyPacker {
         max_seqs: Option<usize>,
         num_threads: usize,
         skip_errors: bool,
+        truncate: &str,
     ) -> PyResult<Self> {
+        let split_turns = match truncate {
+            "tail" => false,
+            "turns" => true,
+            t => {
+                return Err(PyValueError::new_err(format!(
+                    "truncate must be 'tail' or 'turns', got {t:?}"
+                )))
+            }
+        };
         let overflow = match overflow {
             "pad" => Overflow::Pad,
             "crop" => Overflow::Crop,
@@ -86,9 +96,6 @@ impl PyPacker {
                 )))
             }
         };
-        if max_tokens == 0 {
-            return Err(PyValueError::new_err("max_tokens must be at least 1"));
-        }
         let chat =
             ChatTokens::of(&tokenizer.inner).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let cfg = PackConfig {
@@ -98,6 +105,8 @@ impl PyPacker {
             bos: chat.bos,
             pad: chat.assistant_end,
             skip_errors,
+            max_tokens,
+            split_turns,
         };
         let order = cfg.order();
         let err = |e: CoreError| PyValueError::new_err(e.to_string());
@@ -148,11 +157,21 @@ impl PyPacker {
         let renderer =
             Renderer::new(&self.tok).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let (max_tokens, threads) = (self.max_tokens, self.num_threads);
+        let split = self.inner.config().split_turns;
+        let limit = self.inner.piece_limit();
         let rendered = detached(py, "rendering", || {
-            renderer.render_batch(&convs, max_tokens, threads)
+            if split {
+                renderer.render_turns_batch(&convs, limit, threads)
+            } else {
+                renderer
+                    .render_batch(&convs, max_tokens, threads)
+                    .into_iter()
+                    .map(|r| r.map(Turns::from))
+                    .collect()
+            }
         })?;
         let mut rendered = rendered.into_iter();
-        let mut docs: Vec<Result<Rendered, ConversationError>> = Vec::with_capacity(failed.len());
+        let mut docs: Vec<Result<Turns, ConversationError>> = Vec::with_capacity(failed.len());
         for (f, &index) in failed.into_iter().zip(&indices) {
             docs.push(match f {
                 Some(e) => Err(e),
@@ -165,7 +184,7 @@ impl PyPacker {
             });
         }
         let inner = &mut self.inner;
-        let r = detached(py, "packing", || inner.push(docs))?;
+        let r = detached(py, "packing", || inner.push_turns(docs))?;
         core(py, r)
     }
 
@@ -267,7 +286,7 @@ impl PyPacker {
     }
 }
 
-const STATE_KEYS: [&str; 13] = [
+const STATE_KEYS: [&str; 19] = [
     "next",
     "consumed",
     "batch_start",
@@ -281,6 +300,12 @@ const STATE_KEYS: [&str; 13] = [
     "supervised",
     "entered",
     "dropped",
+    "unsupervised",
+    "held_pieces",
+    "next_piece",
+    "split",
+    "cut",
+    "lost",
 ];
 
 fn state_to_dict<'py>(py: Python<'py>, st: &PackState) -> PyResult<Bound<'py, PyDict>> {
@@ -299,34 +324,65 @@ fn state_to_dict<'py>(py: Python<'py>, st: &PackState) -> PyResult<Bound<'py, Py
     d.set_item("supervised", c.supervised)?;
     d.set_item("entered", c.entered)?;
     d.set_item("dropped", c.dropped)?;
+    d.set_item("unsupervised", c.unsupervised)?;
+    d.set_item("held_pieces", st.held_pieces.clone())?;
+    d.set_item("next_piece", st.next_piece)?;
+    d.set_item("split", c.split)?;
+    d.set_item("cut", c.cut)?;
+    d.set_item("lost", c.lost)?;
     Ok(d)
 }
 
+/// A non-negative int (not a bool, not a float) up to 2**53.
+fn count(v: &Bound<'_, PyAny>, field: &str) -> PyResult<u64> {
+    if v.is_instance_of::<PyBool>() || !v.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "the packer state's {field:?} must be an int, got {}",
+            v.get_type().name()?
+        )));
+    }
+    match v.extract::<u64>() {
+        Ok(n) if n <= convpack_core::pack::MAX_COUNT => Ok(n),
+        _ => Err(PyValueError::new_err(format!(
+            "the packer state's {field:?} must be an int in [0, 2**53], got {v}"
+        ))),
+    }
+}
+
+/// Reads a dict from `state`: every key present, nothing else, every value
+/// of the right type; errors name the field. The packer then checks the
+/// values against its configuration.
 fn state_from_dict(d: &Bound<'_, PyDict>) -> PyResult<PackState> {
-    for k in STATE_KEYS {
-        if !d.contains(k)? {
-            return Err(PyKeyError::new_err(format!(
-                "the packer state has no {k:?}"
+    for k in d.keys() {
+        let known = k
+            .extract::<String>()
+            .is_ok_and(|k| STATE_KEYS.contains(&k.as_str()));
+        if !known {
+            return Err(PyValueError::new_err(format!(
+                "the packer state has an unknown field {k}"
             )));
         }
     }
-    let get = |k: &str| -> PyResult<u64> {
-        d.get_item(k)?
-            .ok_or_else(|| PyKeyError::new_err(k.to_string()))?
-            .extract::<u64>()
-            .map_err(|_| {
-                PyValueError::new_err(format!(
-                    "the packer state's {k:?} must be a non-negative int"
-                ))
-            })
+    let field = |k: &str| -> PyResult<Bound<'_, PyAny>> {
+        d.get_item(k)?.ok_or_else(|| {
+            PyValueError::new_err(format!("the packer state has no {k:?} field"))
+        })
     };
-    let held: Vec<usize> = d
-        .get_item("held")?
-        .ok_or_else(|| PyKeyError::new_err("held"))?
-        .extract()
-        .map_err(|_| {
-            PyValueError::new_err("the packer state's \"held\" must be a list of non-negative ints")
+    let get = |k: &str| -> PyResult<u64> { count(&field(k)?, k) };
+    let list = |k: &str| -> PyResult<Vec<usize>> {
+        let obj = field(k)?;
+        let items = obj.cast::<PyList>().map_err(|_| {
+            PyTypeError::new_err(format!("the packer state's {k:?} must be a list of ints"))
         })?;
+        if items.len() > convpack_core::pack::MAX_BUFFER_SIZE {
+            return Err(PyValueError::new_err(format!(
+                "the packer state's {k:?} holds more conversations than any buffer"
+            )));
+        }
+        items.iter().map(|v| Ok(count(&v, k)? as usize)).collect()
+    };
+    let held = list("held")?;
+    let held_pieces = list("held_pieces")?;
     let mut st = PackState {
         next: get("next")?,
         consumed: get("consumed")?,
@@ -334,6 +390,8 @@ fn state_from_dict(d: &Bound<'_, PyDict>) -> PyResult<PackState> {
         skipped: get("skipped")?,
         batches: get("batches")?,
         held,
+        held_pieces,
+        next_piece: get("next_piece")? as usize,
         offset: get("offset")? as usize,
         unusable_run: get("unusable_run")?,
         ..PackState::default()
@@ -343,6 +401,10 @@ fn state_from_dict(d: &Bound<'_, PyDict>) -> PyResult<PackState> {
     st.counters.supervised = get("supervised")?;
     st.counters.entered = get("entered")?;
     st.counters.dropped = get("dropped")?;
+    st.counters.unsupervised = get("unsupervised")?;
+    st.counters.split = get("split")?;
+    st.counters.cut = get("cut")?;
+    st.counters.lost = get("lost")?;
     Ok(st)
 }
 
