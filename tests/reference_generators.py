@@ -44,6 +44,48 @@ class ReferenceRender(ReferenceRenderer):
         return self._memo[i]
 
 
+def split_turns(conversation, render, limit):
+    """``truncate="turns"`` written plainly: ``(pieces, exchanges_cut,
+    supervised_dropped)`` with ``pieces`` a list of ``(ids, mask)``.
+
+    A conversation that renders within ``limit`` tokens is one piece. A
+    longer one is split into runs of whole exchanges (a user message and the
+    reply after it), each run as long as still renders within ``limit`` when
+    rendered alone as a conversation (with the system message, if any, in
+    front again); a single exchange that does not fit is cut to ``limit``; a
+    final user message without a reply that would stand alone is left out.
+    Lengths come from rendering the candidate runs, not from arithmetic.
+    """
+    big = 10**12
+    messages = conversation["messages"]
+    whole = render.render(conversation, big)
+    if len(whole[0]) <= limit:
+        return [whole], 0, 0
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    rest = messages[len(system):]
+    exchanges = [rest[i:i + 2] for i in range(0, len(rest), 2)]
+
+    def run(i, j):
+        return render.render({"messages": system + [m for ex in exchanges[i:j] for m in ex]}, big)
+
+    pieces, cut, dropped = [], 0, 0
+    i = 0
+    while i < len(exchanges):
+        j = i + 1
+        while j < len(exchanges) and len(run(i, j + 1)[0]) <= limit:
+            j += 1
+        if j == i + 1 and len(exchanges[i]) == 1 and pieces:
+            break  # a last user message with no reply, alone: nothing to train on
+        ids, mask = run(i, j)
+        if len(ids) > limit:
+            cut += 1
+            dropped += sum(mask[limit:])
+            ids, mask = ids[:limit], mask[:limit]
+        pieces.append((ids, mask))
+        i = j
+    return pieces, cut, dropped
+
+
 def _bad(i):
     return ValueError(f"conversation {i} is bad")
 

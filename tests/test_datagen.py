@@ -735,3 +735,159 @@ def test_load_state_dict_fuzz(tokenizer, mode, overflow):
                 assert bool((got[1] >= -1).all())
 
     check()
+
+
+# ---------------------------------------------------------------- truncate="turns"
+
+
+def make_long_conversation(rng: random.Random, giant: bool = False) -> dict:
+    conv = make_conversation(rng)
+    messages = conv["messages"]
+    for _ in range(rng.randint(2, 9)):
+        messages.append({"role": "user", "content": " ".join(rng.choice(WORDS) for _ in range(8))})
+        messages.append({"role": "assistant",
+                         "content": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40)))})
+    if giant:
+        messages.insert(len(messages) - 2, {"role": "user", "content": "tell me everything"})
+        messages.insert(len(messages) - 2, {"role": "assistant", "content": " ".join(WORDS * 12)})
+    if rng.random() < 0.3:
+        messages.pop()  # ends with a user message
+    return conv
+
+
+@pytest.mark.parametrize("seq_len", [63, 150])
+def test_turns_pieces_match_the_reference_and_keep_every_supervised_token(
+        tokenizer, reference_render, seq_len):
+    rng = random.Random(seq_len)
+    data = [make_long_conversation(rng, giant=i == 3) for i in range(14)]
+    limit = seq_len + 1
+    expected, cuts, dropped = [], 0, 0
+    for conv in data:
+        pieces, c, d = ref.split_turns(conv, reference_render, limit)
+        expected += pieces
+        cuts, dropped = cuts + c, dropped + d
+        original, mask = reference_render.render(conv, 10**12)
+        kept = [t for ids, m in pieces for t, k in zip(ids, m) if k]
+        if not c:  # every supervised token of the original, once, in order
+            assert kept == [t for t, k in zip(original, mask) if k]
+    assert cuts >= 1 and dropped > 0
+    # padded rows hold one piece each, in order: compare row by row.
+    gen = DataGenerator(data, tokenizer, batch_size=1, seq_len=seq_len, mode="padded",
+                        truncate="turns", prefetch=0)
+    for k, (ids, mask) in enumerate(expected):
+        inputs, targets = next(gen)
+        n = len(ids)
+        assert inputs.shape == (1, n - 1), k
+        assert inputs[0].tolist() == ids[:-1], f"piece {k}"
+        assert targets[0].tolist() == [t if m else -1 for t, m in zip(ids[1:], mask[1:])], k
+    assert gen.last_step
+    split = sum(len(ref.split_turns(c, reference_render, limit)[0]) > 1 for c in data)
+    assert (gen.stats["split"], gen.stats["exchanges_cut"], gen.stats["supervised_dropped"]) == (
+        split, cuts, dropped)
+
+
+@pytest.mark.parametrize("mode", ["bestfit", "varlen", "stream"])
+def test_turns_every_supervised_target_once_per_epoch(tokenizer, reference_render, mode):
+    rng = random.Random(5)
+    data = [make_long_conversation(rng) for _ in range(12)]
+    seq_len = 80
+    # Rows cut bestfit's pieces; max_tokens the others'.
+    max_tokens = 2048 if mode == "bestfit" else 96
+    limit = min(max_tokens, seq_len + 1) if mode == "bestfit" else max_tokens
+    want = []
+    for conv in data:
+        for ids, mask in ref.split_turns(conv, reference_render, limit)[0]:
+            want += [t for t, m in zip(ids[1:], mask[1:]) if m]
+    # A best-fit buffer of one keeps the pieces in order (each fits a row).
+    gen = DataGenerator(data, tokenizer, batch_size=2, seq_len=seq_len, mode=mode,
+                        truncate="turns", buffer_size=1, max_tokens=max_tokens, prefetch=1)
+    got = []
+    while not gen.last_step:
+        got += [t for t in next(gen)[1].reshape(-1).tolist() if t != -1]
+    gen.close()
+    if mode != "stream":  # stream ignores the mask: every token is a target
+        # The epoch's last batch may go on with the next epoch's first ones.
+        assert got[: len(want)] == want
+    # Counted as conversations enter; the next epoch's first may be in already.
+    split = sum(len(ref.split_turns(c, reference_render, limit)[0]) > 1 for c in data)
+    assert split > 0 and gen.stats["split"] - split in (0, 1)
+
+
+@pytest.mark.parametrize("mode", ["padded", "bestfit", "varlen", "stream"])
+def test_turns_resume_is_exact(tokenizer, mode):
+    rng = random.Random(9)
+    data = [make_long_conversation(rng, giant=i == 2) for i in range(15)]
+    kwargs = dict(batch_size=2, seq_len=48, mode=mode, truncate="turns", buffer_size=4,
+                  rank=1, world_size=2, prefetch=0)
+    for k in (1, 3, 7, 12):
+        a = DataGenerator(data, tokenizer, **kwargs)
+        for _ in range(k):
+            next(a)
+        saved = json.loads(json.dumps(a.state_dict()))
+        continued = [next(a) for _ in range(12)]
+        b = DataGenerator(data, tokenizer, **kwargs)
+        b.load_state_dict(saved)
+        for j in range(12):
+            assert_same(next(b), continued[j], f"{mode} k={k} batch {j}")
+        assert a.stats == b.stats and a.progress == b.progress
+    tail = DataGenerator(data, tokenizer, **{**kwargs, "truncate": "tail"})
+    with pytest.raises(ValueError, match="truncate"):
+        tail.load_state_dict(saved)
+
+
+# ---------------------------------------------------------------- render cache
+
+
+class CountingDataset:
+    def __init__(self, data):
+        self.data, self.reads = data, 0
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.data[i]
+
+
+@pytest.mark.parametrize("mode,overflow", MODES)
+@pytest.mark.parametrize("truncate", ["tail", "turns"])
+def test_cache_gives_identical_batches_and_skips_reads(tokenizer, mode, overflow, truncate):
+    data = make_dataset(30, seed=21, bad=(6,)) + [make_long_conversation(random.Random(i))
+                                                   for i in range(6)]
+    kwargs = dict(batch_size=2, seq_len=56, mode=mode, overflow=overflow, buffer_size=5,
+                  truncate=truncate, on_error="skip", prefetch=0)
+    plain = DataGenerator(data, tokenizer, **kwargs)
+    counting = CountingDataset(data)
+    cached = DataGenerator(counting, tokenizer, cache=True, **kwargs)
+    for k in range(200):
+        assert_same(next(cached), next(plain), f"{mode} {truncate} batch {k}")
+        if cached.epoch == 2 and "reads" not in locals():
+            reads = counting.reads
+        if cached.epoch == 4:
+            break
+    assert cached.epoch == 4
+    # After the first epoch only the bad conversation (never cached) is read.
+    assert counting.reads - reads <= 3 * 2
+    stats = cached.stats["cache"]
+    assert stats["conversations"] == len(data) - 1 and stats["hits"] > 0 and not stats["full"]
+    assert {k: v for k, v in cached.stats.items() if k != "cache"} == plain.stats
+
+
+@pytest.mark.parametrize("mode", ["stream", "bestfit", "varlen"])
+def test_cache_resume_is_exact_and_a_full_cache_changes_nothing(tokenizer, mode):
+    data = make_dataset(40, seed=4)
+    kwargs = dict(batch_size=2, seq_len=40, mode=mode, buffer_size=6, prefetch=0)
+    a = DataGenerator(data, tokenizer, cache=True, **kwargs)
+    for _ in range(25):
+        next(a)
+    saved = json.loads(json.dumps(a.state_dict()))
+    continued = [next(a) for _ in range(25)]
+    for cache, cache_bytes in ((False, 2**31), (True, 2**31), (True, 1000)):
+        b = DataGenerator(data, tokenizer, cache=cache, cache_bytes=cache_bytes, **kwargs)
+        b.load_state_dict(saved)
+        for j in range(25):
+            assert_same(next(b), continued[j], f"{mode} cache={cache} {cache_bytes} batch {j}")
+        if cache:
+            assert b.stats["cache"]["bytes"] <= cache_bytes
+            assert b.stats["cache"]["full"] == (cache_bytes == 1000)

@@ -253,14 +253,15 @@ class _Failure:
 
 
 class _Batch:
-    __slots__ = ("slot", "arrays", "views", "state", "progress")
+    __slots__ = ("slot", "arrays", "views", "state", "progress", "cache")
 
-    def __init__(self, slot, arrays, views, state, progress) -> None:
+    def __init__(self, slot, arrays, views, state, progress, cache) -> None:
         self.slot = slot
         self.arrays = arrays
         self.views = views
         self.state = state
         self.progress = progress
+        self.cache = cache
 
 
 class _Producer:
@@ -268,11 +269,13 @@ class _Producer:
     packed. Shared with the prefetch thread, which never holds the
     DataGenerator itself (so dropping the generator stops the thread)."""
 
-    def __init__(self, dataset, packer, chunk: int, ring: Optional[PinnedRing]) -> None:
+    def __init__(self, dataset, packer, chunk: int, ring: Optional[PinnedRing],
+                 cache: bool = False) -> None:
         self.dataset = dataset
         self.packer = packer
         self.chunk = chunk
         self.ring = ring
+        self.cache = cache
 
     def produce(self, stop: Optional[threading.Event] = None) -> Optional[_Batch]:
         p = self.packer
@@ -283,7 +286,13 @@ class _Producer:
             # Bounded chunks: a large best-fit buffer fills over several
             # pushes instead of one huge one.
             indices = p.wanted(max(self.chunk, min(need, 16 * self.chunk)))
-            p.push([self.dataset[i] for i in indices])
+            dataset = self.dataset
+            if self.cache:
+                # Cached conversations are not read again (None stands in).
+                p.push([None if hit else dataset[i]
+                        for i, hit in zip(indices, p.cached(indices))])
+            else:
+                p.push([dataset[i] for i in indices])
         rows, cols, nseq, wide = p.shape()
         in_dtype = np.int64 if wide else np.int32
         shapes = [((rows, cols), in_dtype), ((rows, cols), np.int64)]
@@ -306,7 +315,7 @@ class _Producer:
             if slot >= 0:
                 self.ring.release(slot)
             raise
-        return _Batch(slot, arrays, views, p.state(), p.progress())
+        return _Batch(slot, arrays, views, p.state(), p.progress(), p.cache_stats())
 
 
 # Prefetch threads alive now, with their stop events.
@@ -377,6 +386,12 @@ class DataGenerator:
             system message if there is one, and holding whole
             user-assistant exchanges; only a single exchange longer than the
             row is cut. Each piece is packed as a conversation of its own.
+        cache: keep each conversation's rendering (ids as uint16 when the
+            vocabulary allows, else uint32; the mask as run lengths) so later
+            epochs neither read nor render it again, only pack. Batches are
+            identical with and without the cache.
+        cache_bytes: the cache's memory bound (default 2 GiB); once full,
+            caching stops (nothing fails) and the rest is rendered as usual.
         device: where batches go (``None``: CPU). ``"cuda[:n]"``: batches are
             built in a ring of pinned buffers and copied with
             ``non_blocking=True``. Another torch device (e.g. ``"meta"``) must
@@ -428,7 +443,10 @@ class DataGenerator:
             once when the first is seen); with ``truncate="turns"``:
             ``split`` (conversations split into pieces), ``exchanges_cut``
             (single exchanges longer than a row, cut) and
-            ``supervised_dropped`` (supervised tokens those cuts lost).
+            ``supervised_dropped`` (supervised tokens those cuts lost); with
+            ``cache=True``: ``cache``, a dict of ``bytes`` used,
+            ``conversations`` cached, ``hits`` (conversations served from
+            it) and ``full``.
         skipped (int): bad conversations dropped with ``on_error="skip"``.
 
     Raises:
@@ -453,6 +471,8 @@ class DataGenerator:
         buffer_size: int = 100,
         max_tokens: int = 2048,
         truncate: str = "tail",
+        cache: bool = False,
+        cache_bytes: int = 2**31,
         device: Any = None,
         output: str = "torch",
         rank: Optional[int] = None,
@@ -488,6 +508,9 @@ class DataGenerator:
             seq_len = _check_int("seq_len", seq_len, 1, MAX_BATCH_TOKENS)
         if num_threads is not None:
             num_threads = _check_int("num_threads", num_threads, 1, 4096)
+        if not isinstance(cache, bool):
+            raise TypeError(f"cache must be a bool, got {type(cache).__name__}")
+        cache_bytes = _check_int("cache_bytes", cache_bytes, 0, 2**63 - 1)
         # The widest row: padded rows are the longest conversation minus one.
         if mode == "padded":
             max_cols = min(max_tokens, (seq_len or max_tokens) + 1) - 1
@@ -543,9 +566,11 @@ class DataGenerator:
             max_tokens=max_tokens, max_seqs=max_seqs,
             num_threads=num_threads or 0, skip_errors=on_error == "skip", truncate=truncate,
         )
+        self.cache = cache
         self._core_tok = core_tok
         try:
-            packer = _core.Packer(core_tok, mode, **self._packer_args)
+            packer = _core.Packer(core_tok, mode, **self._packer_args,
+                                  cache_bytes=cache_bytes if cache else None)
         except ValueError as e:
             raise ValueError(str(e)) from None
         threads = num_threads or _core.max_threads()
@@ -556,7 +581,7 @@ class DataGenerator:
         if self.device is not None and self.device.type == "cuda":
             self._transfer = _make_transfer(self.device)
             ring = self._new_ring(max(1, max_cols))
-        self._producer = _Producer(dataset, packer, self._chunk, ring)
+        self._producer = _Producer(dataset, packer, self._chunk, ring, cache)
         self.max_seqs = max_seqs
         self._state: dict = packer.state()
         self._thread: Optional[threading.Thread] = None
@@ -567,7 +592,7 @@ class DataGenerator:
         self._lock = threading.RLock()
         self._warned_unsupervised = False
         self._finalizer = weakref.finalize(self, self._stop.set)
-        self._set_progress(packer.state(), packer.progress())
+        self._set_progress(packer.state(), packer.progress(), packer.cache_stats())
 
     # ------------------------------------------------------------ buffers
 
@@ -633,7 +658,7 @@ class DataGenerator:
             if self.device.type != "cpu":
                 tensors = tuple(t.to(self.device) for t in tensors)
         self._state = item.state
-        self._set_progress(item.state, item.progress)
+        self._set_progress(item.state, item.progress, item.cache)
         return tuple(tensors)
 
     def _start(self) -> None:
@@ -677,7 +702,7 @@ class DataGenerator:
 
     # ------------------------------------------------------------ progress
 
-    def _set_progress(self, state: dict, progress: tuple) -> None:
+    def _set_progress(self, state: dict, progress: tuple, cache: Optional[tuple] = None) -> None:
         epoch, fraction, epoch_done = progress
         batches = state["batches"]
         self.epoch: int = epoch
@@ -699,6 +724,10 @@ class DataGenerator:
             "exchanges_cut": state["cut"],
             "supervised_dropped": state["lost"],
         }
+        if cache is not None:
+            used, cached, hits, full = cache
+            self.stats["cache"] = {"bytes": used, "conversations": cached, "hits": hits,
+                                   "full": full}
 
     # ------------------------------------------------------------ resume
 
@@ -762,4 +791,4 @@ class DataGenerator:
             packer = self._producer.packer
             packer.load_state(dict(packer_state))
             self._state = packer.state()
-            self._set_progress(self._state, packer.progress())
+            self._set_progress(self._state, packer.progress(), packer.cache_stats())

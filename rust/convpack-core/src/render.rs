@@ -148,7 +148,8 @@ impl<'t> Renderer<'t> {
     /// message, repeats it (merged into the piece's first user message, as
     /// rendering always does). Only an exchange that alone exceeds `limit`
     /// is cut (to `limit` tokens); `cut` and `lost` count those and the
-    /// supervised tokens they lose.
+    /// supervised tokens they lose. A final user message with no reply that
+    /// would be a piece on its own is left out (it has nothing to train on).
     pub fn render_turns<S: AsRef<str>>(
         &self,
         conv: &Conversation<S>,
@@ -191,6 +192,11 @@ impl<'t> Renderer<'t> {
             while j < exchanges.len() && len + alone[j] <= limit {
                 len += alone[j];
                 j += 1;
+            }
+            if j == i + 1 && exchanges[i].len() == 1 && !out.pieces.is_empty() {
+                // A final user message without a reply that fits no earlier
+                // piece: alone it has nothing to train on.
+                break;
             }
             // Exchanges i..j are contiguous messages of `rest`.
             let start = 2 * i;
@@ -405,5 +411,84 @@ mod tests {
             prompt,
             vec![s(0), s(1), b('s'), b('\n'), b('\n'), b('u'), s(2), s(3)]
         );
+    }
+
+    #[test]
+    fn turns_split_at_exchanges_and_repeat_the_system_message() {
+        let tok = toy();
+        let r = Renderer::new(&tok).unwrap();
+        let text = |t: &'static str| Content::Text(t);
+        let mut messages = vec![msg(Role::System, text("sys"))];
+        let answers = [
+            "first answer",
+            "b",
+            "third one here",
+            "x",
+            "a very long answer indeed",
+        ];
+        for a in answers {
+            messages.push(msg(Role::User, text("q?")));
+            messages.push(msg(Role::Assistant, text(a)));
+        }
+        let conv = Conversation {
+            messages: messages.clone(),
+        };
+        let whole = r.render(&conv, usize::MAX).unwrap();
+        // Fits: one piece, as `render` gives it.
+        let one = r.render_turns(&conv, whole.len()).unwrap();
+        assert_eq!(one, Turns::from(whole.clone()));
+        for limit in [12, 20, 30, 40] {
+            let t = r.render_turns(&conv, limit).unwrap();
+            assert!(t.pieces.len() > 1, "limit {limit}");
+            let mut e = 0; // next exchange
+            let mut kept = Vec::new();
+            for piece in &t.pieces {
+                assert!(piece.len() <= limit);
+                // The piece is exchanges e..f rendered alone, system first.
+                let alone = |f: usize| {
+                    let mut m = vec![messages[0].clone()];
+                    m.extend_from_slice(&messages[1 + 2 * e..1 + 2 * f]);
+                    r.render(&Conversation { messages: m }, usize::MAX).unwrap()
+                };
+                let f = (e + 1..=answers.len())
+                    .find(|&f| {
+                        let a = alone(f);
+                        let cut = f == e + 1 && a.len() > limit;
+                        let n = piece.len();
+                        (a == *piece || (cut && a.ids[..n] == piece.ids[..] && a.mask[..n] == piece.mask[..]))
+                            // As many whole exchanges as fit.
+                            && (f == answers.len() || alone(f + 1).len() > limit)
+                    })
+                    .expect("a piece that is not a greedy run of exchanges");
+                e = f;
+                kept.extend(
+                    piece
+                        .ids
+                        .iter()
+                        .zip(&piece.mask)
+                        .filter(|(_, &m)| m == 1)
+                        .map(|(&i, _)| i),
+                );
+            }
+            assert_eq!(e, answers.len(), "limit {limit}: exchanges missing");
+            let all: Vec<Rank> = whole
+                .ids
+                .iter()
+                .zip(&whole.mask)
+                .filter(|(_, &m)| m == 1)
+                .map(|(&i, _)| i)
+                .collect();
+            if t.cut == 0 {
+                assert_eq!(kept, all, "limit {limit}");
+            } else {
+                assert_eq!(
+                    kept.len() as u64 + t.lost,
+                    all.len() as u64,
+                    "limit {limit}"
+                );
+            }
+        }
+        // The longest exchange alone (system merged in) exceeds 30 tokens.
+        assert!(r.render_turns(&conv, 30).unwrap().cut >= 1);
     }
 }

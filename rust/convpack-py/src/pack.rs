@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use convpack_core::pack::{
-    Inputs, Mode, Outputs, Overflow, PackConfig, PackState, Packer, Schedule,
+    Inputs, Mode, Outputs, Overflow, PackConfig, PackState, Packer, RenderCache, Schedule,
 };
 use convpack_core::{
     ChatTokens, Conversation, ConversationError, CoreError, Renderer, Tokenizer, Turns,
@@ -35,6 +35,7 @@ pub struct PyPacker {
     tok: Arc<Tokenizer>,
     max_tokens: usize,
     num_threads: usize,
+    cache: Option<RenderCache>,
 }
 
 #[pymethods]
@@ -43,7 +44,7 @@ impl PyPacker {
     #[pyo3(signature = (
         tokenizer, mode, *, batch_size, seq_len, dataset_len, rank, world_size,
         overflow = "pad", buffer_size = 100, max_tokens = 2048, max_seqs = None,
-        num_threads = 0, skip_errors = false, truncate = "tail"
+        num_threads = 0, skip_errors = false, truncate = "tail", cache_bytes = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -61,6 +62,7 @@ impl PyPacker {
         num_threads: usize,
         skip_errors: bool,
         truncate: &str,
+        cache_bytes: Option<u64>,
     ) -> PyResult<Self> {
         let split_turns = match truncate {
             "tail" => false,
@@ -111,11 +113,14 @@ impl PyPacker {
         let order = cfg.order();
         let err = |e: CoreError| PyValueError::new_err(e.to_string());
         let sched = Schedule::new(dataset_len, rank, world_size, order).map_err(err)?;
+        let cache =
+            cache_bytes.map(|b| RenderCache::new(dataset_len, tokenizer.inner.vocab_size(), b));
         Ok(PyPacker {
             inner: Packer::new(cfg, sched).map_err(err)?,
             tok: Arc::clone(&tokenizer.inner),
             max_tokens,
             num_threads,
+            cache,
         })
     }
 
@@ -136,20 +141,46 @@ impl PyPacker {
         self.inner.wanted(n)
     }
 
-    /// Renders the conversations fetched for `wanted` (in that order).
+    /// Which of `indices` the render cache holds (all False without one):
+    /// those may be pushed as None instead of being read.
+    fn cached(&self, indices: Vec<usize>) -> Vec<bool> {
+        match &self.cache {
+            Some(c) => indices.iter().map(|&i| c.contains(i)).collect(),
+            None => vec![false; indices.len()],
+        }
+    }
+
+    /// Renders the conversations fetched for `wanted` (in that order); None
+    /// stands for one the cache holds.
     fn push(&mut self, py: Python<'_>, conversations: Bound<'_, PyAny>) -> PyResult<()> {
+        enum Slot {
+            Cached(Turns),
+            Failed(ConversationError),
+            Render,
+        }
         let items: Vec<Bound<'_, PyAny>> = conversations.try_iter()?.collect::<PyResult<_>>()?;
         let indices = self.inner.wanted(items.len());
         let mut arena = Arena::default();
         let mut specs = Vec::with_capacity(items.len());
-        let mut failed: Vec<Option<ConversationError>> = Vec::with_capacity(items.len());
+        let mut slots: Vec<Slot> = Vec::with_capacity(items.len());
         for (item, &index) in items.iter().zip(&indices) {
+            if item.is_none() {
+                match self.cache.as_mut().and_then(|c| c.get(index)) {
+                    Some(t) => slots.push(Slot::Cached(t)),
+                    None => {
+                        return Err(PyValueError::new_err(format!(
+                            "conversation {index} was pushed as None but is not cached"
+                        )))
+                    }
+                }
+                continue;
+            }
             match arena.add(item) {
                 Ok(s) => {
                     specs.push(s);
-                    failed.push(None);
+                    slots.push(Slot::Render);
                 }
-                Err(ExtractError::Rule(e)) => failed.push(Some(e.with_conversation(index))),
+                Err(ExtractError::Rule(e)) => slots.push(Slot::Failed(e.with_conversation(index))),
                 Err(ExtractError::Python(e)) => return Err(e),
             }
         }
@@ -160,7 +191,9 @@ impl PyPacker {
         let split = self.inner.config().split_turns;
         let limit = self.inner.piece_limit();
         let rendered = detached(py, "rendering", || {
-            if split {
+            if convs.is_empty() {
+                Vec::new()
+            } else if split {
                 renderer.render_turns_batch(&convs, limit, threads)
             } else {
                 renderer
@@ -170,22 +203,40 @@ impl PyPacker {
                     .collect()
             }
         })?;
-        let mut rendered = rendered.into_iter();
-        let mut docs: Vec<Result<Turns, ConversationError>> = Vec::with_capacity(failed.len());
-        for (f, &index) in failed.into_iter().zip(&indices) {
-            docs.push(match f {
-                Some(e) => Err(e),
-                None => rendered
-                    .next()
-                    .unwrap_or_else(|| {
-                        Err(ConversationError::new(None, "internal: missing rendering"))
-                    })
-                    .map_err(|e| e.with_conversation(index)),
-            });
-        }
-        let inner = &mut self.inner;
-        let r = detached(py, "packing", || inner.push_turns(docs))?;
+        let (inner, cache) = (&mut self.inner, &mut self.cache);
+        let r = detached(py, "packing", move || {
+            let mut rendered = rendered.into_iter();
+            let mut docs: Vec<Result<Turns, ConversationError>> = Vec::with_capacity(slots.len());
+            for (slot, &index) in slots.into_iter().zip(&indices) {
+                docs.push(match slot {
+                    Slot::Cached(t) => Ok(t),
+                    Slot::Failed(e) => Err(e),
+                    Slot::Render => {
+                        let r = rendered
+                            .next()
+                            .unwrap_or_else(|| {
+                                Err(ConversationError::new(None, "internal: missing rendering"))
+                            })
+                            .map_err(|e| e.with_conversation(index));
+                        if let (Ok(t), Some(c)) = (&r, cache.as_mut()) {
+                            c.insert(index, t);
+                        }
+                        r
+                    }
+                });
+            }
+            inner.push_turns(docs)
+        })?;
         core(py, r)
+    }
+
+    /// `(bytes used, conversations cached, served from the cache, full)`,
+    /// or None without a cache.
+    fn cache_stats(&self) -> Option<(u64, u64, u64, bool)> {
+        self.cache.as_ref().map(|c| {
+            let s = c.stats();
+            (s.bytes, s.conversations, s.hits, s.full)
+        })
     }
 
     /// `(rows, cols, len(cu_seqlens) or 0, inputs are int64)` of the planned
@@ -364,9 +415,8 @@ fn state_from_dict(d: &Bound<'_, PyDict>) -> PyResult<PackState> {
         }
     }
     let field = |k: &str| -> PyResult<Bound<'_, PyAny>> {
-        d.get_item(k)?.ok_or_else(|| {
-            PyValueError::new_err(format!("the packer state has no {k:?} field"))
-        })
+        d.get_item(k)?
+            .ok_or_else(|| PyValueError::new_err(format!("the packer state has no {k:?} field")))
     };
     let get = |k: &str| -> PyResult<u64> { count(&field(k)?, k) };
     let list = |k: &str| -> PyResult<Vec<usize>> {

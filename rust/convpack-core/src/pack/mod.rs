@@ -25,6 +25,7 @@
 //!   a row are truncated to the row when they enter the buffer.
 //! * [`Mode::Varlen`]: padding-free rows; see [`Mode::Varlen`] for the layout.
 
+mod cache;
 mod schedule;
 mod state;
 mod write;
@@ -35,6 +36,7 @@ mod tests;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+pub use cache::{CacheStats, RenderCache};
 pub use schedule::{Order, Progress, Schedule};
 pub use state::{Counters, PackState, MAX_BATCH_TOKENS, MAX_BUFFER_SIZE, MAX_COUNT};
 pub use write::{write_segments, write_shifted, OutId, Piece};
@@ -337,8 +339,7 @@ impl Packer {
         let indices = std::mem::take(&mut self.restore);
         let mut held = Vec::with_capacity(docs.len());
         for ((index, doc), &piece) in indices.into_iter().zip(docs).zip(&self.st.held_pieces) {
-            let mut turns =
-                doc.map_err(|e| CoreError::Conversation(e.with_conversation(index)))?;
+            let mut turns = doc.map_err(|e| CoreError::Conversation(e.with_conversation(index)))?;
             let n = turns.pieces.len();
             if piece >= n {
                 return Err(CoreError::Invalid(format!(

@@ -146,7 +146,12 @@ pub(super) fn check(st: &PackState, cfg: &PackConfig, sched: &Schedule) -> Resul
             "pieces of split conversations, but this generator does not split them".into(),
         );
     }
-    if let Some(&p) = st.held_pieces.iter().chain([&st.next_piece]).find(|&&p| p > cfg.max_tokens) {
+    if let Some(&p) = st
+        .held_pieces
+        .iter()
+        .chain([&st.next_piece])
+        .find(|&&p| p > cfg.max_tokens)
+    {
         return bad("held_pieces", format!("piece {p} of a conversation"));
     }
     let step = gcd(sched.world as u64, len);
@@ -163,7 +168,7 @@ pub(super) fn check(st: &PackState, cfg: &PackConfig, sched: &Schedule) -> Resul
         // Rank r reads (r + k * world) mod len: reachable only if i - r is a
         // multiple of gcd(world, len).
         let diff = (i as u64 + len - sched.rank as u64 % len) % len;
-        if diff % step != 0 {
+        if !diff.is_multiple_of(step) {
             return bad(
                 "held",
                 format!("conversation {i}, which rank {} never reads", sched.rank),
@@ -203,7 +208,11 @@ pub(super) fn check(st: &PackState, cfg: &PackConfig, sched: &Schedule) -> Resul
     if let (Mode::Stream | Mode::Varlen { .. }, [i]) = (cfg.mode, st.held.as_slice()) {
         // The held one is the last pulled: the one at `next` when it is
         // partly pulled, else the one before.
-        let last = if st.next_piece > 0 { st.next + 1 } else { st.next };
+        let last = if st.next_piece > 0 {
+            st.next + 1
+        } else {
+            st.next
+        };
         let want = sched.index(last.saturating_sub(1));
         if last == 0 || *i != want {
             return bad(
@@ -227,10 +236,7 @@ pub(super) fn check(st: &PackState, cfg: &PackConfig, sched: &Schedule) -> Resul
     if st.offset >= cfg.max_tokens {
         return bad(
             "offset",
-            format!(
-                "{}, not below max_tokens {}",
-                st.offset, cfg.max_tokens
-            ),
+            format!("{}, not below max_tokens {}", st.offset, cfg.max_tokens),
         );
     }
     if st.batch_start > st.consumed {
@@ -288,7 +294,7 @@ pub(super) fn check(st: &PackState, cfg: &PackConfig, sched: &Schedule) -> Resul
                 None => cfg.max_tokens as u128,
             };
             let widest = longest.saturating_sub(1);
-            if tokens % b != 0 || tokens > batches * b * widest {
+            if !tokens.is_multiple_of(b) || tokens > batches * b * widest {
                 return bad(
                     "tokens",
                     format!("{} after {} batches", c.tokens, st.batches),
@@ -325,10 +331,7 @@ pub(super) fn check(st: &PackState, cfg: &PackConfig, sched: &Schedule) -> Resul
     // Conversations fetched whole or in part, bad ones aside.
     let convs = (st.next + 1 - st.skipped.min(st.next + 1)) as u128;
     if c.split as u128 > convs {
-        return bad(
-            "split",
-            format!("{} of {convs} conversations", c.split),
-        );
+        return bad("split", format!("{} of {convs} conversations", c.split));
     }
     if c.cut > c.entered {
         return bad("cut", format!("{}, above entered {}", c.cut, c.entered));
@@ -347,7 +350,10 @@ pub(super) fn check(st: &PackState, cfg: &PackConfig, sched: &Schedule) -> Resul
         if c.unsupervised as u128 > convs {
             return bad(
                 "unsupervised",
-                format!("{}, above the {convs} conversations fetched", c.unsupervised),
+                format!(
+                    "{}, above the {convs} conversations fetched",
+                    c.unsupervised
+                ),
             );
         }
         if c.cut > 0 || c.lost > 0 {

@@ -600,7 +600,12 @@ fn oversized_configurations_are_refused_before_allocating() {
     let big = [
         cfg(Mode::Stream, 2, Some(1 << 40), false),
         cfg(Mode::Stream, 1_000_000_000, Some(16), false),
-        cfg(Mode::Varlen { max_seqs: 1 << 20 }, 1 << 16, Some(1 << 16), false),
+        cfg(
+            Mode::Varlen { max_seqs: 1 << 20 },
+            1 << 16,
+            Some(1 << 16),
+            false,
+        ),
         cfg(
             Mode::BestFit {
                 overflow: Overflow::Pad,
