@@ -277,6 +277,19 @@ class _Producer:
         self.ring = ring
         self.cache = cache
 
+    def _read(self, n: int) -> None:
+        """Reads the next ``n`` conversations the packer wants and submits
+        them: rendering runs in the background while this thread (holding
+        the GIL) reads on."""
+        p = self.packer
+        indices = p.wanted(n)
+        dataset = self.dataset
+        if self.cache:
+            # Cached conversations are not read again (None stands in).
+            p.submit([None if hit else dataset[i] for i, hit in zip(indices, p.cached(indices))])
+        else:
+            p.submit([dataset[i] for i in indices])
+
     def produce(self, stop: Optional[threading.Event] = None) -> Optional[_Batch]:
         p = self.packer
         while True:
@@ -284,15 +297,14 @@ class _Producer:
             if need == 0:
                 break
             # Bounded chunks: a large best-fit buffer fills over several
-            # pushes instead of one huge one.
-            indices = p.wanted(max(self.chunk, min(need, 16 * self.chunk)))
-            dataset = self.dataset
-            if self.cache:
-                # Cached conversations are not read again (None stands in).
-                p.push([None if hit else dataset[i]
-                        for i, hit in zip(indices, p.cached(indices))])
-            else:
-                p.push([dataset[i] for i in indices])
+            # reads instead of one huge one.
+            self._read(max(self.chunk, min(need, 16 * self.chunk)))
+            if p.in_flight() < 2:
+                # Read the next chunk while that one renders.
+                self._read(self.chunk)
+        if p.in_flight() == 0:
+            # Renders while this batch is written and used.
+            self._read(self.chunk)
         rows, cols, nseq, wide = p.shape()
         in_dtype = np.int64 if wide else np.int32
         shapes = [((rows, cols), in_dtype), ((rows, cols), np.int64)]

@@ -7,20 +7,22 @@
 //! (`plan`, `shape`, `write`).
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use convpack_core::pack::{
     Inputs, Mode, Outputs, Overflow, PackConfig, PackState, Packer, RenderCache, Schedule,
 };
 use convpack_core::{
-    ChatTokens, Conversation, ConversationError, CoreError, Renderer, Tokenizer, Turns,
+    ChatTokens, Content, Conversation, ConversationError, CoreError, Message, Part, Renderer,
+    Tokenizer, Turns,
 };
 use numpy::{PyArrayDyn, PyArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyInt, PyList};
 
-use crate::convert::{Arena, ExtractError};
+use crate::convert::{Arena, ConversationSpec, ExtractError};
 use crate::errors::IntoPyResult;
 use crate::{detached, PyTokenizer};
 
@@ -36,6 +38,185 @@ pub struct PyPacker {
     max_tokens: usize,
     num_threads: usize,
     cache: Option<RenderCache>,
+    /// Chunks rendering in the background (`submit`), in fetch order.
+    pending: VecDeque<Chunk>,
+    /// Conversations in them.
+    pending_len: usize,
+}
+
+type RenderResults = Vec<Result<Turns, ConversationError>>;
+
+/// Where each conversation of a chunk comes from.
+enum Slot {
+    Cached(Turns),
+    Failed(ConversationError),
+    Render,
+}
+
+/// A chunk submitted for rendering in the background.
+struct Chunk {
+    slots: Vec<Slot>,
+    indices: Vec<usize>,
+    rendered: std::thread::JoinHandle<RenderResults>,
+}
+
+/// What rendering a chunk needs, free of Python (it may run on another
+/// thread).
+struct RenderJob {
+    tok: Arc<Tokenizer>,
+    split: bool,
+    limit: usize,
+    max_tokens: usize,
+    threads: usize,
+}
+
+impl RenderJob {
+    fn run<S: AsRef<str> + Sync>(&self, convs: &[Conversation<S>]) -> RenderResults {
+        if convs.is_empty() {
+            return Vec::new();
+        }
+        let renderer = match Renderer::new(&self.tok) {
+            Ok(r) => r,
+            Err(e) => {
+                let e = ConversationError::new(None, e.to_string());
+                return convs.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        if self.split {
+            renderer.render_turns_batch(convs, self.limit, self.threads)
+        } else {
+            renderer
+                .render_batch(convs, self.max_tokens, self.threads)
+                .into_iter()
+                .map(|r| r.map(Turns::from))
+                .collect()
+        }
+    }
+}
+
+/// A conversation with its own copies of the strings.
+fn owned(c: Conversation<Cow<'_, str>>) -> Conversation<String> {
+    Conversation {
+        messages: c
+            .messages
+            .into_iter()
+            .map(|m| Message {
+                role: m.role,
+                content: match m.content {
+                    Content::Text(t) => Content::Text(t.into_owned()),
+                    Content::Parts(ps) => Content::Parts(
+                        ps.into_iter()
+                            .map(|p| Part {
+                                kind: p.kind,
+                                text: p.text.into_owned(),
+                            })
+                            .collect(),
+                    ),
+                },
+            })
+            .collect(),
+    }
+}
+
+impl PyPacker {
+    fn job(&self) -> RenderJob {
+        RenderJob {
+            tok: Arc::clone(&self.tok),
+            split: self.inner.config().split_turns,
+            limit: self.inner.piece_limit(),
+            max_tokens: self.max_tokens,
+            threads: self.num_threads,
+        }
+    }
+
+    /// Reads `items` (for `indices`) out of Python: cached ones from the
+    /// cache, bad ones as their error, the rest into `arena` to render.
+    fn extract<'py>(
+        &mut self,
+        arena: &mut Arena<'py>,
+        items: &[Bound<'py, PyAny>],
+        indices: &[usize],
+    ) -> PyResult<(Vec<Slot>, Vec<ConversationSpec>)> {
+        let mut specs = Vec::with_capacity(items.len());
+        let mut slots: Vec<Slot> = Vec::with_capacity(items.len());
+        for (item, &index) in items.iter().zip(indices) {
+            if item.is_none() {
+                match self.cache.as_mut().and_then(|c| c.get(index)) {
+                    Some(t) => slots.push(Slot::Cached(t)),
+                    None => {
+                        return Err(PyValueError::new_err(format!(
+                            "conversation {index} was pushed as None but is not cached"
+                        )))
+                    }
+                }
+                continue;
+            }
+            match arena.add(item) {
+                Ok(s) => {
+                    specs.push(s);
+                    slots.push(Slot::Render);
+                }
+                Err(ExtractError::Rule(e)) => slots.push(Slot::Failed(e.with_conversation(index))),
+                Err(ExtractError::Python(e)) => return Err(e),
+            }
+        }
+        Ok((slots, specs))
+    }
+
+    /// Puts a chunk's conversations, in order, into the cache and the packer.
+    fn finish(
+        &mut self,
+        py: Python<'_>,
+        slots: Vec<Slot>,
+        indices: Vec<usize>,
+        rendered: RenderResults,
+    ) -> PyResult<()> {
+        let (inner, cache) = (&mut self.inner, &mut self.cache);
+        let r = detached(py, "packing", move || {
+            let mut rendered = rendered.into_iter();
+            let mut docs: RenderResults = Vec::with_capacity(slots.len());
+            for (slot, &index) in slots.into_iter().zip(&indices) {
+                docs.push(match slot {
+                    Slot::Cached(t) => Ok(t),
+                    Slot::Failed(e) => Err(e),
+                    Slot::Render => {
+                        let r = rendered
+                            .next()
+                            .unwrap_or_else(|| {
+                                Err(ConversationError::new(None, "internal: missing rendering"))
+                            })
+                            .map_err(|e| e.with_conversation(index));
+                        if let (Ok(t), Some(c)) = (&r, cache.as_mut()) {
+                            c.insert(index, t);
+                        }
+                        r
+                    }
+                });
+            }
+            inner.push_turns(docs)
+        })?;
+        core(py, r)
+    }
+
+    /// Waits for the oldest chunk in flight and takes it in.
+    fn take_chunk(&mut self, py: Python<'_>) -> PyResult<()> {
+        let Some(chunk) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        self.pending_len -= chunk.indices.len();
+        let handle = chunk.rendered;
+        let rendered = detached(py, "rendering", || handle.join())?
+            .map_err(|_| PyRuntimeError::new_err("a render thread panicked"))?;
+        self.finish(py, chunk.slots, chunk.indices, rendered)
+    }
+
+    /// Takes every chunk in flight in.
+    fn drain(&mut self, py: Python<'_>) -> PyResult<()> {
+        while !self.pending.is_empty() {
+            self.take_chunk(py)?;
+        }
+        Ok(())
+    }
 }
 
 #[pymethods]
@@ -121,6 +302,8 @@ impl PyPacker {
             max_tokens,
             num_threads,
             cache,
+            pending: VecDeque::new(),
+            pending_len: 0,
         })
     }
 
@@ -128,17 +311,28 @@ impl PyPacker {
     /// it needs at least. Raises `ConversationError` for a bad conversation
     /// (unless skipping).
     fn plan(&mut self, py: Python<'_>) -> PyResult<usize> {
-        let inner = &mut self.inner;
-        let fill = detached(py, "packing", || inner.plan())?;
-        Ok(match core(py, fill)? {
-            convpack_core::pack::Fill::Ready => 0,
-            convpack_core::pack::Fill::NeedMore(n) => n.max(1),
-        })
+        loop {
+            let inner = &mut self.inner;
+            let fill = detached(py, "packing", || inner.plan())?;
+            match core(py, fill)? {
+                convpack_core::pack::Fill::Ready => return Ok(0),
+                convpack_core::pack::Fill::NeedMore(n) if self.pending.is_empty() => {
+                    return Ok(n.max(1))
+                }
+                convpack_core::pack::Fill::NeedMore(_) => self.take_chunk(py)?,
+            }
+        }
     }
 
-    /// Dataset indices to fetch and `push` next (at most `n`).
+    /// Dataset indices to fetch and `push` (or `submit`) next, at most `n`:
+    /// after the ones in flight.
     fn wanted(&self, n: usize) -> Vec<usize> {
-        self.inner.wanted(n)
+        if self.pending_len == 0 {
+            return self.inner.wanted(n);
+        }
+        self.inner
+            .wanted(self.pending_len + n)
+            .split_off(self.pending_len)
     }
 
     /// Which of `indices` the render cache holds (all False without one):
@@ -151,83 +345,50 @@ impl PyPacker {
     }
 
     /// Renders the conversations fetched for `wanted` (in that order); None
-    /// stands for one the cache holds.
+    /// stands for one the cache holds. Chunks still rendering from `submit`
+    /// are taken in first.
     fn push(&mut self, py: Python<'_>, conversations: Bound<'_, PyAny>) -> PyResult<()> {
-        enum Slot {
-            Cached(Turns),
-            Failed(ConversationError),
-            Render,
-        }
+        self.drain(py)?;
         let items: Vec<Bound<'_, PyAny>> = conversations.try_iter()?.collect::<PyResult<_>>()?;
         let indices = self.inner.wanted(items.len());
         let mut arena = Arena::default();
-        let mut specs = Vec::with_capacity(items.len());
-        let mut slots: Vec<Slot> = Vec::with_capacity(items.len());
-        for (item, &index) in items.iter().zip(&indices) {
-            if item.is_none() {
-                match self.cache.as_mut().and_then(|c| c.get(index)) {
-                    Some(t) => slots.push(Slot::Cached(t)),
-                    None => {
-                        return Err(PyValueError::new_err(format!(
-                            "conversation {index} was pushed as None but is not cached"
-                        )))
-                    }
-                }
-                continue;
-            }
-            match arena.add(item) {
-                Ok(s) => {
-                    specs.push(s);
-                    slots.push(Slot::Render);
-                }
-                Err(ExtractError::Rule(e)) => slots.push(Slot::Failed(e.with_conversation(index))),
-                Err(ExtractError::Python(e)) => return Err(e),
-            }
-        }
+        let (slots, specs) = self.extract(&mut arena, &items, &indices)?;
         let convs: Vec<Conversation<Cow<'_, str>>> = specs.iter().map(|s| arena.view(s)).collect();
-        let renderer =
-            Renderer::new(&self.tok).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let (max_tokens, threads) = (self.max_tokens, self.num_threads);
-        let split = self.inner.config().split_turns;
-        let limit = self.inner.piece_limit();
-        let rendered = detached(py, "rendering", || {
-            if convs.is_empty() {
-                Vec::new()
-            } else if split {
-                renderer.render_turns_batch(&convs, limit, threads)
-            } else {
-                renderer
-                    .render_batch(&convs, max_tokens, threads)
-                    .into_iter()
-                    .map(|r| r.map(Turns::from))
-                    .collect()
-            }
-        })?;
-        let (inner, cache) = (&mut self.inner, &mut self.cache);
-        let r = detached(py, "packing", move || {
-            let mut rendered = rendered.into_iter();
-            let mut docs: Vec<Result<Turns, ConversationError>> = Vec::with_capacity(slots.len());
-            for (slot, &index) in slots.into_iter().zip(&indices) {
-                docs.push(match slot {
-                    Slot::Cached(t) => Ok(t),
-                    Slot::Failed(e) => Err(e),
-                    Slot::Render => {
-                        let r = rendered
-                            .next()
-                            .unwrap_or_else(|| {
-                                Err(ConversationError::new(None, "internal: missing rendering"))
-                            })
-                            .map_err(|e| e.with_conversation(index));
-                        if let (Ok(t), Some(c)) = (&r, cache.as_mut()) {
-                            c.insert(index, t);
-                        }
-                        r
-                    }
-                });
-            }
-            inner.push_turns(docs)
-        })?;
-        core(py, r)
+        let job = self.job();
+        let rendered = detached(py, "rendering", || job.run(&convs))?;
+        self.finish(py, slots, indices, rendered)
+    }
+
+    /// Like `push`, but renders in the background: returns once the
+    /// conversations are read out of the Python objects, so the caller can
+    /// read the next ones meanwhile. `plan` takes the results in, in order.
+    /// `wanted` accounts for chunks in flight.
+    fn submit(&mut self, py: Python<'_>, conversations: Bound<'_, PyAny>) -> PyResult<()> {
+        if self.inner.restoring() {
+            return self.push(py, conversations);
+        }
+        let items: Vec<Bound<'_, PyAny>> = conversations.try_iter()?.collect::<PyResult<_>>()?;
+        let indices = self.wanted(items.len());
+        let mut arena = Arena::default();
+        let (slots, specs) = self.extract(&mut arena, &items, &indices)?;
+        let convs: Vec<Conversation<String>> = specs.iter().map(|s| owned(arena.view(s))).collect();
+        let job = self.job();
+        let rendered = std::thread::Builder::new()
+            .name("convpack-render".into())
+            .spawn(move || job.run(&convs))
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start a render thread: {e}")))?;
+        self.pending_len += indices.len();
+        self.pending.push_back(Chunk {
+            slots,
+            indices,
+            rendered,
+        });
+        Ok(())
+    }
+
+    /// Chunks submitted and not yet taken in by `plan`.
+    fn in_flight(&self) -> usize {
+        self.pending.len()
     }
 
     /// `(bytes used, conversations cached, served from the cache, full)`,
@@ -323,8 +484,13 @@ impl PyPacker {
 
     /// Resets to a dict from `state`; `wanted`/`push` then re-render the
     /// held conversations.
-    fn load_state(&mut self, state: Bound<'_, PyDict>) -> PyResult<()> {
+    fn load_state(&mut self, py: Python<'_>, state: Bound<'_, PyDict>) -> PyResult<()> {
         let st = state_from_dict(&state)?;
+        // Chunks read ahead belong to the old position.
+        for chunk in std::mem::take(&mut self.pending) {
+            let _ = detached(py, "rendering", || chunk.rendered.join());
+        }
+        self.pending_len = 0;
         self.inner
             .load_state(st)
             .map_err(|e| PyValueError::new_err(format!("cannot load this state: {e}")))

@@ -278,6 +278,12 @@ impl Packer {
         &self.sched
     }
 
+    /// Whether held conversations must be pushed again after `load_state`
+    /// (`wanted` lists them) before anything else.
+    pub fn restoring(&self) -> bool {
+        !self.restore.is_empty()
+    }
+
     /// Dataset indices to fetch next, at most `n` (after `load_state`, first
     /// exactly the held conversations to re-render). Push them in this order.
     pub fn wanted(&self, n: usize) -> Vec<usize> {
