@@ -94,6 +94,9 @@ MODES = [("padded", "pad"), ("stream", "pad"), ("bestfit", "pad"), ("bestfit", "
 SHAPES = [(1, 24, 3), (3, 64, 8), (4, 200, 100)]
 
 
+# Rows of 24 tokens cut some conversations before their reply: batches of one
+# such row have no supervised target, which is what the warning is for.
+@pytest.mark.filterwarnings("ignore::convpack.datagen.NoSupervisedTokensWarning")
 @pytest.mark.parametrize("mode,overflow", MODES)
 @pytest.mark.parametrize("b,t,buffer_size", SHAPES)
 def test_first_50_batches_match_reference(tokenizer, reference_render, mode, overflow, b, t, buffer_size):
@@ -632,12 +635,18 @@ def test_conversations_without_supervised_tokens_are_counted_and_warned_once(tok
     prompts = [{"messages": [{"role": "user", "content": f"question {i}"}]} for i in range(6)]
     data = DATASET[:6] + prompts
     gen = DataGenerator(data, tokenizer, batch_size=2, seq_len=32, mode="padded", prefetch=0)
-    with pytest.warns(NoSupervisedTokensWarning, match="no supervised token") as record:
+    with pytest.warns(NoSupervisedTokensWarning, match="no supervised target") as record:
         while not gen.last_step:
             next(gen)
         next(gen)
     assert len([w for w in record if w.category is NoSupervisedTokensWarning]) == 1
     # One epoch, then a batch of the next epoch's first (supervised) two.
+    assert gen.stats["unsupervised"] == 6
+    # Every batch holds a supervised conversation: counted, no warning.
+    mixed = [c for pair in zip(DATASET[:6], prompts) for c in pair]
+    gen = DataGenerator(mixed, tokenizer, batch_size=2, mode="padded", prefetch=0)
+    while not gen.last_step:
+        next(gen)
     assert gen.stats["unsupervised"] == 6
     for mode in ("bestfit", "varlen"):
         gen = DataGenerator(prompts, tokenizer, batch_size=1, seq_len=32, mode=mode, prefetch=0)
@@ -891,3 +900,15 @@ def test_cache_resume_is_exact_and_a_full_cache_changes_nothing(tokenizer, mode)
         if cache:
             assert b.stats["cache"]["bytes"] <= cache_bytes
             assert b.stats["cache"]["full"] == (cache_bytes == 1000)
+
+
+def test_help_documents_attributes_dtypes_and_the_epoch_end():
+    doc = DataGenerator.__doc__
+    for attribute in ("last_step", "progress", "epoch", "stats", "skipped"):
+        assert f"{attribute} (" in doc, attribute
+    assert "num_iterations=-1" in doc and "after one epoch" in doc
+    padded_row = next(line for line in doc.splitlines() if line.strip().startswith("padded "))
+    assert "int64" in padded_row
+    for mode in ("stream", "bestfit", "varlen"):
+        row = next(line for line in doc.splitlines() if line.strip().startswith(mode + " "))
+        assert "int32" in row, mode

@@ -76,9 +76,10 @@ MAX_PREFETCH = 1024
 
 
 class NoSupervisedTokensWarning(UserWarning):
-    """Conversations with no supervised token (every target -1) entered the
-    batches: a loss averaged over them is NaN. Counted in
-    ``DataGenerator.stats["unsupervised"]``; warned once per generator."""
+    """A batch came out with no supervised target (every target -1): a loss
+    averaged over it is NaN. Warned once per generator; the conversations
+    with no supervised token are counted in
+    ``DataGenerator.stats["unsupervised"]``."""
 
 
 def _import_torch() -> Any:
@@ -451,8 +452,8 @@ class DataGenerator:
             ``crop`` (share of entered tokens dropped by cropping or
             truncation to a row), ``supervised`` (share of targets not -1),
             ``batches``, ``tokens``, ``unsupervised`` (conversations that had
-            no supervised token; a ``NoSupervisedTokensWarning`` is issued
-            once when the first is seen); with ``truncate="turns"``:
+            no supervised token; the first batch with no supervised target
+            at all issues a ``NoSupervisedTokensWarning``, once); with ``truncate="turns"``:
             ``split`` (conversations split into pieces), ``exchanges_cut``
             (single exchanges longer than a row, cut) and
             ``supervised_dropped`` (supervised tokens those cuts lost); with
@@ -633,13 +634,16 @@ class DataGenerator:
 
     def __next__(self) -> tuple:
         with self._lock:
+            before = self._state["supervised"]
             batch = self._next_locked()
-        if self.stats["unsupervised"] and not self._warned_unsupervised:
+            empty = self._state["supervised"] == before and self.mode != "stream"
+        if empty and not self._warned_unsupervised:
             self._warned_unsupervised = True
             warnings.warn(
-                f"{self.stats['unsupervised']} conversation(s) so far have no supervised token "
-                "(every target is -1; a mean loss over such a batch is NaN): check the "
-                "dataset's assistant messages and max_tokens",
+                f"batch {self.stats['batches']} has no supervised target (every target is -1, "
+                "so a mean loss over it is NaN); "
+                f"{self.stats['unsupervised']} conversation(s) so far have no supervised token: "
+                "check the dataset's assistant messages and max_tokens",
                 NoSupervisedTokensWarning, stacklevel=2)
         return batch
 
