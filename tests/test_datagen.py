@@ -912,3 +912,34 @@ def test_help_documents_attributes_dtypes_and_the_epoch_end():
     for mode in ("stream", "bestfit", "varlen"):
         row = next(line for line in doc.splitlines() if line.strip().startswith(mode + " "))
         assert "int32" in row, mode
+
+
+def test_a_forked_child_goes_on_with_chunks_read_ahead(cl100k_path):
+    # The parent's generator has chunks rendering on threads the child does
+    # not have; the child renders them itself (one rendering thread, so no
+    # thread pool is involved).
+    code = textwrap.dedent(f"""
+        import os, sys
+        import convpack
+        from convpack.datagen import DataGenerator
+        tok = convpack.Tokenizer.from_tiktoken_file({cl100k_path!r})
+        data = [{{"messages": [{{"role": "user", "content": "hi " * (i % 7)}},
+                               {{"role": "assistant", "content": "hello " * i}}]}}
+                for i in range(300)]
+        kwargs = dict(batch_size=2, seq_len=64, num_threads=1, prefetch=0, output="numpy")
+        gen = DataGenerator(data, tok, **kwargs)
+        next(gen)
+        assert gen._producer.packer.in_flight() > 0
+        twin = DataGenerator(data, tok, **kwargs)
+        want = [next(twin) for _ in range(6)][1:]
+        pid = os.fork()
+        if pid == 0:
+            got = [next(gen) for _ in range(5)]
+            same = all((a == b).all() for g, w in zip(got, want) for a, b in zip(g, w))
+            os._exit(0 if same else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"

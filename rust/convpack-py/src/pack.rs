@@ -57,7 +57,51 @@ enum Slot {
 struct Chunk {
     slots: Vec<Slot>,
     indices: Vec<usize>,
+    /// The conversations, shared with the render thread: a process forked
+    /// while the thread ran has no such thread and renders them itself.
+    convs: Arc<Vec<Conversation<String>>>,
+    /// The process that started the thread.
+    pid: u32,
     rendered: std::thread::JoinHandle<RenderResults>,
+}
+
+impl Chunk {
+    /// The rendered conversations: the thread's, or (in a forked child,
+    /// where the thread does not exist) rendered here.
+    fn results(
+        self,
+        py: Python<'_>,
+        job: &RenderJob,
+    ) -> PyResult<(Vec<Slot>, Vec<usize>, RenderResults)> {
+        let Chunk {
+            slots,
+            indices,
+            convs,
+            pid,
+            rendered,
+        } = self;
+        let results = if pid == std::process::id() {
+            detached(py, "rendering", || rendered.join())?
+                .map_err(|_| PyRuntimeError::new_err("a render thread panicked"))?
+        } else {
+            // Joining or detaching a thread of the parent would touch a
+            // thread this process does not have.
+            std::mem::forget(rendered);
+            detached(py, "rendering", || job.run(&convs))?
+        };
+        Ok((slots, indices, results))
+    }
+}
+
+impl Drop for PyPacker {
+    fn drop(&mut self) {
+        let pid = std::process::id();
+        for chunk in self.pending.drain(..) {
+            if chunk.pid != pid {
+                std::mem::forget(chunk.rendered);
+            }
+        }
+    }
 }
 
 /// What rendering a chunk needs, free of Python (it may run on another
@@ -204,10 +248,9 @@ impl PyPacker {
             return Ok(());
         };
         self.pending_len -= chunk.indices.len();
-        let handle = chunk.rendered;
-        let rendered = detached(py, "rendering", || handle.join())?
-            .map_err(|_| PyRuntimeError::new_err("a render thread panicked"))?;
-        self.finish(py, chunk.slots, chunk.indices, rendered)
+        let job = self.job();
+        let (slots, indices, rendered) = chunk.results(py, &job)?;
+        self.finish(py, slots, indices, rendered)
     }
 
     /// Takes every chunk in flight in.
@@ -371,16 +414,20 @@ impl PyPacker {
         let indices = self.wanted(items.len());
         let mut arena = Arena::default();
         let (slots, specs) = self.extract(&mut arena, &items, &indices)?;
-        let convs: Vec<Conversation<String>> = specs.iter().map(|s| owned(arena.view(s))).collect();
+        let convs: Arc<Vec<Conversation<String>>> =
+            Arc::new(specs.iter().map(|s| owned(arena.view(s))).collect());
         let job = self.job();
+        let shared = Arc::clone(&convs);
         let rendered = std::thread::Builder::new()
             .name("convpack-render".into())
-            .spawn(move || job.run(&convs))
+            .spawn(move || job.run(&shared))
             .map_err(|e| PyRuntimeError::new_err(format!("cannot start a render thread: {e}")))?;
         self.pending_len += indices.len();
         self.pending.push_back(Chunk {
             slots,
             indices,
+            convs,
+            pid: std::process::id(),
             rendered,
         });
         Ok(())
@@ -487,8 +534,9 @@ impl PyPacker {
     fn load_state(&mut self, py: Python<'_>, state: Bound<'_, PyDict>) -> PyResult<()> {
         let st = state_from_dict(&state)?;
         // Chunks read ahead belong to the old position.
+        let job = self.job();
         for chunk in std::mem::take(&mut self.pending) {
-            let _ = detached(py, "rendering", || chunk.rendered.join());
+            let _ = chunk.results(py, &job);
         }
         self.pending_len = 0;
         self.inner
