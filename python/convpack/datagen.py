@@ -418,6 +418,9 @@ class DataGenerator:
             ``last_step`` turns True at batch ``n`` (or after an epoch, if
             that comes first) and ``progress`` is ``batches / n``.
         prefetch: batches produced ahead on a background thread (0: none).
+            Either way, conversations are rendered on a background thread
+            while the next ones are read from the dataset (reads hold the
+            GIL), one chunk ahead.
         num_threads: rendering threads (``None``: all).
         on_error: ``"raise"`` (``ConversationError`` naming the dataset index)
             or ``"skip"`` (dropped and counted in ``skipped``).
