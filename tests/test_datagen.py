@@ -20,7 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convpack import ConversationError, Tokenizer, datagen
-from convpack.datagen import DataGenerator, PinnedRing, resolve_distributed
+from convpack.datagen import (
+    DataGenerator,
+    NoSupervisedTokensWarning,
+    PinnedRing,
+    resolve_distributed,
+)
 
 WORDS = ("the cat sat on a mat while seven dogs ran far away from home and then "
          "came back to eat 42 apples with 3.14 spoons quickly").split()
@@ -89,6 +94,9 @@ MODES = [("padded", "pad"), ("stream", "pad"), ("bestfit", "pad"), ("bestfit", "
 SHAPES = [(1, 24, 3), (3, 64, 8), (4, 200, 100)]
 
 
+# Rows of 24 tokens cut some conversations before their reply: batches of one
+# such row have no supervised target, which is what the warning is for.
+@pytest.mark.filterwarnings("ignore::convpack.datagen.NoSupervisedTokensWarning")
 @pytest.mark.parametrize("mode,overflow", MODES)
 @pytest.mark.parametrize("b,t,buffer_size", SHAPES)
 def test_first_50_batches_match_reference(tokenizer, reference_render, mode, overflow, b, t, buffer_size):
@@ -122,6 +130,8 @@ def test_varlen_with_a_tight_segment_budget(tokenizer, reference_render):
     assert saw_filler, "the budget should have forced filler segments"
 
 
+# max_tokens=3 leaves some conversations without a supervised token.
+@pytest.mark.filterwarnings("ignore::convpack.datagen.NoSupervisedTokensWarning")
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     seed=st.integers(0, 10_000),
@@ -462,3 +472,474 @@ def test_nanochat_shaped_training_loop_learns():
     assert len(losses) == 24
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4
     loader.close()
+
+
+# ---------------------------------------------------------------- torch optional
+
+
+def test_numpy_output_needs_no_torch(cl100k_path, tokenizer, reference_render, tmp_path):
+    """In a process where ``import torch`` fails: convpack.datagen imports,
+    output="numpy" yields the reference's batches as numpy arrays, and
+    output="torch" raises an ImportError that says what to install."""
+    data_path = tmp_path / "data.json"
+    data_path.write_text(json.dumps(DATASET))
+    out_path = tmp_path / "batches.npz"
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["torch"] = None  # any import of torch now raises ImportError
+        import numpy as np
+        import convpack
+        from convpack.datagen import DataGenerator
+        tok = convpack.Tokenizer.from_tiktoken_file({cl100k_path!r})
+        data = json.load(open({str(data_path)!r}))
+        arrays = {{}}
+        for mode, overflow in [("padded", "pad"), ("stream", "pad"), ("bestfit", "crop"),
+                               ("varlen", "pad")]:
+            gen = DataGenerator(data, tok, batch_size=3, seq_len=40, mode=mode,
+                                overflow=overflow, buffer_size=8, output="numpy", prefetch=1)
+            for k in range(6):
+                for j, a in enumerate(next(gen)):
+                    assert isinstance(a, np.ndarray), type(a)
+                    arrays[f"{{mode}}_{{overflow}}_{{k}}_{{j}}"] = a
+            gen.close()
+        np.savez({str(out_path)!r}, **arrays)
+        try:
+            DataGenerator(data, tok, batch_size=2, seq_len=16)
+        except ImportError as e:
+            assert "pip install torch" in str(e), e
+            print("import error ok")
+        assert sys.modules["torch"] is None
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "import error ok"
+    import numpy as np
+
+    got = np.load(out_path)
+    for mode, overflow in [("padded", "pad"), ("stream", "pad"), ("bestfit", "crop"), ("varlen", "pad")]:
+        max_seqs = 3 * max(4, 40 // 16) if mode == "varlen" else None
+        want = reference(mode, overflow, DATASET, reference_render, 3, 40, 0, 1, 8, max_seqs=max_seqs)
+        for k in range(6):
+            batch, _ = next(want)
+            mine = tuple(torch.from_numpy(got[f"{mode}_{overflow}_{k}_{j}"]) for j in range(len(batch)))
+            assert_same(mine, batch, f"numpy {mode}/{overflow} batch {k}")
+
+
+def test_devices_work_through_torch_or_raise(tokenizer):
+    gen = DataGenerator(DATASET, tokenizer, batch_size=2, seq_len=16, device="meta", prefetch=0)
+    inputs, targets = next(gen)
+    assert inputs.device.type == "meta" and targets.device.type == "meta"
+    assert (inputs.dtype, targets.dtype, tuple(inputs.shape)) == (torch.int32, torch.int64, (2, 16))
+    for name in ("mps", "xpu", "nonsense"):
+        with pytest.raises(ValueError, match=name):
+            DataGenerator(DATASET, tokenizer, batch_size=2, seq_len=16, device=name)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            DataGenerator(DATASET, tokenizer, batch_size=2, seq_len=16, device="cuda")
+    with pytest.raises(ValueError, match="device"):
+        DataGenerator(DATASET, tokenizer, batch_size=2, seq_len=16, device="cuda", output="numpy")
+    with pytest.raises(ValueError, match="output"):
+        DataGenerator(DATASET, tokenizer, batch_size=2, seq_len=16, output="jax")
+
+
+# ---------------------------------------------------------------- hardening
+
+
+def test_oversized_arguments_raise_before_allocating(cl100k_path):
+    # In a child under a 4 GiB address-space limit: an allocation attempt
+    # would abort it instead of raising.
+    code = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+        import convpack
+        from convpack.datagen import DataGenerator
+        tok = convpack.Tokenizer.from_tiktoken_file({cl100k_path!r})
+        data = [{{"messages": [{{"role": "user", "content": "hi"}},
+                               {{"role": "assistant", "content": "hello there"}}]}}] * 50
+        cases = [
+            (dict(seq_len=2**40), ValueError, "seq_len"),
+            (dict(batch_size=10**9), ValueError, "batch_size"),
+            (dict(buffer_size=10**7), ValueError, "buffer_size"),
+            (dict(batch_size=2**16, seq_len=2**16, mode="varlen"), ValueError, "batch_size"),
+            (dict(batch_size=2**16, seq_len=2**16, mode="stream"), ValueError, "batch_size"),
+            (dict(batch_size=2**15, seq_len=2**16, mode="padded", max_tokens=2**17), ValueError,
+             "batch_size"),
+            (dict(batch_size=2**14, seq_len=2**16, prefetch=8), (ValueError, MemoryError),
+             "batch_size"),
+            (dict(max_tokens=2**64), ValueError, "max_tokens"),
+            (dict(rank=1.5, world_size=2), TypeError, "rank"),
+            (dict(num_iterations=2.5), TypeError, "num_iterations"),
+            (dict(batch_size=True), TypeError, "batch_size"),
+            (dict(prefetch=10**6), ValueError, "prefetch"),
+        ]
+        for extra, kind, name in cases:
+            kwargs = {{"batch_size": 2, "seq_len": 16, "prefetch": 0, **extra}}
+            try:
+                next(DataGenerator(data, tok, **kwargs))
+            except kind as e:
+                assert name in str(e), (extra, e)
+            else:
+                raise AssertionError(f"{{extra}} was accepted")
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"
+
+
+def test_batches_larger_than_memory_raise_memory_error(tokenizer, monkeypatch):
+    monkeypatch.setattr(datagen, "_physical_memory", lambda: 1 << 30)
+    with pytest.raises(MemoryError, match="batch_size=4096"):
+        DataGenerator(DATASET, tokenizer, batch_size=4096, seq_len=8192)
+    with pytest.raises(MemoryError, match="buffer_size"):
+        DataGenerator(DATASET, tokenizer, batch_size=1, seq_len=8192, buffer_size=2**20,
+                      max_tokens=8192)
+    DataGenerator(DATASET, tokenizer, batch_size=8, seq_len=1024).close()
+
+
+def test_crop_with_a_mode_other_than_bestfit_is_an_error(tokenizer):
+    for mode in ("padded", "stream", "varlen"):
+        with pytest.raises(ValueError, match="crop"):
+            DataGenerator(DATASET, tokenizer, batch_size=2, seq_len=16, mode=mode, overflow="crop")
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_two_threads_share_one_generator(tokenizer, prefetch):
+    kwargs = dict(batch_size=2, seq_len=24, mode="bestfit", buffer_size=4)
+    serial = DataGenerator(DATASET, tokenizer, prefetch=0, **kwargs)
+    want = sorted(tuple(next(serial)[0].reshape(-1).tolist()) for _ in range(60))
+    shared = DataGenerator(DATASET, tokenizer, prefetch=prefetch, **kwargs)
+    got, errors = [], []
+    start = threading.Barrier(2)
+
+    def consume():
+        start.wait()
+        try:
+            for _ in range(30):
+                got.append(tuple(next(shared)[0].reshape(-1).tolist()))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=consume) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert sorted(got) == want
+    assert shared.stats["batches"] == 60
+    shared.close()
+
+
+def test_conversations_without_supervised_tokens_are_counted_and_warned_once(tokenizer):
+    prompts = [{"messages": [{"role": "user", "content": f"question {i}"}]} for i in range(6)]
+    data = DATASET[:6] + prompts
+    gen = DataGenerator(data, tokenizer, batch_size=2, seq_len=32, mode="padded", prefetch=0)
+    with pytest.warns(NoSupervisedTokensWarning, match="no supervised target") as record:
+        while not gen.last_step:
+            next(gen)
+        next(gen)
+    assert len([w for w in record if w.category is NoSupervisedTokensWarning]) == 1
+    # One epoch, then a batch of the next epoch's first (supervised) two.
+    assert gen.stats["unsupervised"] == 6
+    # Every batch holds a supervised conversation: counted, no warning.
+    mixed = [c for pair in zip(DATASET[:6], prompts) for c in pair]
+    gen = DataGenerator(mixed, tokenizer, batch_size=2, mode="padded", prefetch=0)
+    while not gen.last_step:
+        next(gen)
+    assert gen.stats["unsupervised"] == 6
+    for mode in ("bestfit", "varlen"):
+        gen = DataGenerator(prompts, tokenizer, batch_size=1, seq_len=32, mode=mode, prefetch=0)
+        with pytest.warns(NoSupervisedTokensWarning):
+            _, targets = next(gen)[:2]
+        assert bool((targets == -1).all()) and gen.stats["unsupervised"] >= 1
+
+
+# ---------------------------------------------------------------- load_state_dict
+
+
+def _saved(tokenizer, mode="bestfit", overflow="pad", batches=5, **extra):
+    kwargs = dict(batch_size=2, seq_len=40, mode=mode, overflow=overflow, buffer_size=6,
+                  prefetch=0, **extra)
+    gen = DataGenerator(DATASET, tokenizer, **kwargs)
+    for _ in range(batches):
+        next(gen)
+    return kwargs, json.loads(json.dumps(gen.state_dict())), [next(gen) for _ in range(3)]
+
+
+def test_load_state_dict_names_the_bad_field(tokenizer):
+    kwargs, good, _ = _saved(tokenizer)
+    fresh = DataGenerator(DATASET, tokenizer, **kwargs)
+
+    def expect(kind, field, edit):
+        state = json.loads(json.dumps(good))
+        edit(state)
+        with pytest.raises(kind, match=field):
+            fresh.load_state_dict(state)
+
+    expect(ValueError, "consumed", lambda s: s["packer"].update(consumed=2**62))
+    expect(ValueError, "consumed", lambda s: s["packer"].update(consumed=2**63 - 1))
+    expect(ValueError, "batches", lambda s: s["packer"].update(batches=2**64 - 1))
+    expect(ValueError, "held", lambda s: s["packer"].update(held=[-1]))
+    expect(ValueError, "held", lambda s: s["packer"].update(held=[10**6]))
+    expect(ValueError, "held", lambda s: s["packer"].update(held=s["packer"]["held"] * 5))
+    expect(ValueError, "next", lambda s: s["packer"].update(next=s["packer"]["next"] + 1))
+    expect(ValueError, "tokens", lambda s: s["packer"].update(tokens=7))
+    expect(TypeError, "skipped", lambda s: s["packer"].update(skipped=True))
+    expect(TypeError, "offset", lambda s: s["packer"].update(offset=0.0))
+    expect(ValueError, "supervised", lambda s: s["packer"].pop("supervised"))
+    expect(ValueError, "surprise", lambda s: s["packer"].update(surprise=1))
+    expect(ValueError, "packer", lambda s: s.pop("packer"))
+    expect(ValueError, "mode", lambda s: s.update(mode="stream"))
+    expect(ValueError, "seq_len", lambda s: s.pop("seq_len"))
+    with pytest.raises(TypeError):
+        fresh.load_state_dict([("format", "convpack.DataGenerator")])
+    # Another mode's state, loaded into this one.
+    _, stream_state, _ = _saved(tokenizer, mode="stream")
+    stream_state["mode"] = "bestfit"
+    stream_state["overflow"], stream_state["buffer_size"] = "pad", 6
+    with pytest.raises(ValueError):
+        fresh.load_state_dict(stream_state)
+    # Nothing was changed by the refused states: the good one still resumes exactly.
+    fresh.load_state_dict(good)
+
+
+_FUZZ_VALUES = st.one_of(
+    st.integers(-(2**70), 2**70), st.integers(0, 60), st.booleans(), st.none(),
+    st.floats(allow_nan=True), st.text(max_size=3),
+    st.lists(st.integers(-3, 2**40), max_size=8), st.lists(st.integers(0, 40), max_size=8),
+)
+
+
+@pytest.mark.parametrize("mode,overflow", MODES)
+def test_load_state_dict_fuzz(tokenizer, mode, overflow):
+    kwargs, good, continued = _saved(tokenizer, mode, overflow, batches=4)
+    top = [k for k in good if k != "packer"]
+    inner = list(good["packer"])
+    batch_fields = ("next", "consumed", "held", "offset")
+
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(edits=st.lists(st.tuples(st.sampled_from(top + inner + ["-" + k for k in inner]),
+                                    _FUZZ_VALUES), min_size=1, max_size=3))
+    def check(edits):
+        state = json.loads(json.dumps(good))
+        for key, value in edits:
+            target = state if key in top else state["packer"]
+            if key.startswith("-"):
+                target.pop(key[1:], None)
+            else:
+                target[key] = value
+        gen = DataGenerator(DATASET, tokenizer, **kwargs)
+        try:
+            gen.load_state_dict(state)
+            batches = [next(gen) for _ in range(3)]
+        except (ValueError, TypeError):
+            return
+        same_point = all(state["packer"].get(k) == good["packer"][k] for k in batch_fields)
+        for got, want in zip(batches, continued):
+            if same_point:
+                assert_same(got, want, f"accepted {edits}")
+            else:  # another valid point: batches of the same kind
+                assert [(g.dtype, g.shape[0]) for g in got] == [(w.dtype, w.shape[0]) for w in want]
+                assert bool((got[1] >= -1).all())
+
+    check()
+
+
+# ---------------------------------------------------------------- truncate="turns"
+
+
+def make_long_conversation(rng: random.Random, giant: bool = False) -> dict:
+    conv = make_conversation(rng)
+    messages = conv["messages"]
+    for _ in range(rng.randint(2, 9)):
+        messages.append({"role": "user", "content": " ".join(rng.choice(WORDS) for _ in range(8))})
+        messages.append({"role": "assistant",
+                         "content": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40)))})
+    if giant:
+        messages.insert(len(messages) - 2, {"role": "user", "content": "tell me everything"})
+        messages.insert(len(messages) - 2, {"role": "assistant", "content": " ".join(WORDS * 12)})
+    if rng.random() < 0.3:
+        messages.pop()  # ends with a user message
+    return conv
+
+
+@pytest.mark.parametrize("seq_len", [63, 150])
+def test_turns_pieces_match_the_reference_and_keep_every_supervised_token(
+        tokenizer, reference_render, seq_len):
+    rng = random.Random(seq_len)
+    data = [make_long_conversation(rng, giant=i == 3) for i in range(14)]
+    limit = seq_len + 1
+    expected, cuts, dropped = [], 0, 0
+    for conv in data:
+        pieces, c, d = ref.split_turns(conv, reference_render, limit)
+        expected += pieces
+        cuts, dropped = cuts + c, dropped + d
+        original, mask = reference_render.render(conv, 10**12)
+        kept = [t for ids, m in pieces for t, k in zip(ids, m) if k]
+        if not c:  # every supervised token of the original, once, in order
+            assert kept == [t for t, k in zip(original, mask) if k]
+    assert cuts >= 1 and dropped > 0
+    # padded rows hold one piece each, in order: compare row by row.
+    gen = DataGenerator(data, tokenizer, batch_size=1, seq_len=seq_len, mode="padded",
+                        truncate="turns", prefetch=0)
+    for k, (ids, mask) in enumerate(expected):
+        inputs, targets = next(gen)
+        n = len(ids)
+        assert inputs.shape == (1, n - 1), k
+        assert inputs[0].tolist() == ids[:-1], f"piece {k}"
+        assert targets[0].tolist() == [t if m else -1 for t, m in zip(ids[1:], mask[1:])], k
+    assert gen.last_step
+    split = sum(len(ref.split_turns(c, reference_render, limit)[0]) > 1 for c in data)
+    assert (gen.stats["split"], gen.stats["exchanges_cut"], gen.stats["supervised_dropped"]) == (
+        split, cuts, dropped)
+
+
+@pytest.mark.parametrize("mode", ["bestfit", "varlen", "stream"])
+def test_turns_every_supervised_target_once_per_epoch(tokenizer, reference_render, mode):
+    rng = random.Random(5)
+    data = [make_long_conversation(rng) for _ in range(12)]
+    seq_len = 80
+    # Rows cut bestfit's pieces; max_tokens the others'.
+    max_tokens = 2048 if mode == "bestfit" else 96
+    limit = min(max_tokens, seq_len + 1) if mode == "bestfit" else max_tokens
+    want = []
+    for conv in data:
+        for ids, mask in ref.split_turns(conv, reference_render, limit)[0]:
+            want += [t for t, m in zip(ids[1:], mask[1:]) if m]
+    # A best-fit buffer of one keeps the pieces in order (each fits a row).
+    gen = DataGenerator(data, tokenizer, batch_size=2, seq_len=seq_len, mode=mode,
+                        truncate="turns", buffer_size=1, max_tokens=max_tokens, prefetch=1)
+    got = []
+    while not gen.last_step:
+        got += [t for t in next(gen)[1].reshape(-1).tolist() if t != -1]
+    gen.close()
+    if mode != "stream":  # stream ignores the mask: every token is a target
+        # The epoch's last batch may go on with the next epoch's first ones.
+        assert got[: len(want)] == want
+    # Counted as conversations enter; the next epoch's first may be in already.
+    split = sum(len(ref.split_turns(c, reference_render, limit)[0]) > 1 for c in data)
+    assert split > 0 and gen.stats["split"] - split in (0, 1)
+
+
+@pytest.mark.parametrize("mode", ["padded", "bestfit", "varlen", "stream"])
+def test_turns_resume_is_exact(tokenizer, mode):
+    rng = random.Random(9)
+    data = [make_long_conversation(rng, giant=i == 2) for i in range(15)]
+    kwargs = dict(batch_size=2, seq_len=48, mode=mode, truncate="turns", buffer_size=4,
+                  rank=1, world_size=2, prefetch=0)
+    for k in (1, 3, 7, 12):
+        a = DataGenerator(data, tokenizer, **kwargs)
+        for _ in range(k):
+            next(a)
+        saved = json.loads(json.dumps(a.state_dict()))
+        continued = [next(a) for _ in range(12)]
+        b = DataGenerator(data, tokenizer, **kwargs)
+        b.load_state_dict(saved)
+        for j in range(12):
+            assert_same(next(b), continued[j], f"{mode} k={k} batch {j}")
+        assert a.stats == b.stats and a.progress == b.progress
+    tail = DataGenerator(data, tokenizer, **{**kwargs, "truncate": "tail"})
+    with pytest.raises(ValueError, match="truncate"):
+        tail.load_state_dict(saved)
+
+
+# ---------------------------------------------------------------- render cache
+
+
+class CountingDataset:
+    def __init__(self, data):
+        self.data, self.reads = data, 0
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.data[i]
+
+
+@pytest.mark.parametrize("mode,overflow", MODES)
+@pytest.mark.parametrize("truncate", ["tail", "turns"])
+def test_cache_gives_identical_batches_and_skips_reads(tokenizer, mode, overflow, truncate):
+    data = make_dataset(30, seed=21, bad=(6,)) + [make_long_conversation(random.Random(i))
+                                                   for i in range(6)]
+    kwargs = dict(batch_size=2, seq_len=56, mode=mode, overflow=overflow, buffer_size=5,
+                  truncate=truncate, on_error="skip", prefetch=0)
+    plain = DataGenerator(data, tokenizer, **kwargs)
+    counting = CountingDataset(data)
+    cached = DataGenerator(counting, tokenizer, cache=True, **kwargs)
+    for k in range(200):
+        assert_same(next(cached), next(plain), f"{mode} {truncate} batch {k}")
+        if cached.epoch == 2 and "reads" not in locals():
+            reads = counting.reads
+        if cached.epoch == 4:
+            break
+    assert cached.epoch == 4
+    # After the first epoch only the bad conversation (never cached) is read.
+    assert counting.reads - reads <= 3 * 2
+    stats = cached.stats["cache"]
+    assert stats["conversations"] == len(data) - 1 and stats["hits"] > 0 and not stats["full"]
+    assert {k: v for k, v in cached.stats.items() if k != "cache"} == plain.stats
+
+
+@pytest.mark.parametrize("mode", ["stream", "bestfit", "varlen"])
+def test_cache_resume_is_exact_and_a_full_cache_changes_nothing(tokenizer, mode):
+    data = make_dataset(40, seed=4)
+    kwargs = dict(batch_size=2, seq_len=40, mode=mode, buffer_size=6, prefetch=0)
+    a = DataGenerator(data, tokenizer, cache=True, **kwargs)
+    for _ in range(25):
+        next(a)
+    saved = json.loads(json.dumps(a.state_dict()))
+    continued = [next(a) for _ in range(25)]
+    for cache, cache_bytes in ((False, 2**31), (True, 2**31), (True, 1000)):
+        b = DataGenerator(data, tokenizer, cache=cache, cache_bytes=cache_bytes, **kwargs)
+        b.load_state_dict(saved)
+        for j in range(25):
+            assert_same(next(b), continued[j], f"{mode} cache={cache} {cache_bytes} batch {j}")
+        if cache:
+            assert b.stats["cache"]["bytes"] <= cache_bytes
+            assert b.stats["cache"]["full"] == (cache_bytes == 1000)
+
+
+def test_help_documents_attributes_dtypes_and_the_epoch_end():
+    doc = DataGenerator.__doc__
+    for attribute in ("last_step", "progress", "epoch", "stats", "skipped"):
+        assert f"{attribute} (" in doc, attribute
+    assert "num_iterations=-1" in doc and "after one epoch" in doc
+    padded_row = next(line for line in doc.splitlines() if line.strip().startswith("padded "))
+    assert "int64" in padded_row
+    for mode in ("stream", "bestfit", "varlen"):
+        row = next(line for line in doc.splitlines() if line.strip().startswith(mode + " "))
+        assert "int32" in row, mode
+
+
+def test_a_forked_child_goes_on_with_chunks_read_ahead(cl100k_path):
+    # The parent's generator has chunks rendering on threads the child does
+    # not have; the child renders them itself (one rendering thread, so no
+    # thread pool is involved).
+    code = textwrap.dedent(f"""
+        import os, sys
+        import convpack
+        from convpack.datagen import DataGenerator
+        tok = convpack.Tokenizer.from_tiktoken_file({cl100k_path!r})
+        data = [{{"messages": [{{"role": "user", "content": "hi " * (i % 7)}},
+                               {{"role": "assistant", "content": "hello " * i}}]}}
+                for i in range(300)]
+        kwargs = dict(batch_size=2, seq_len=64, num_threads=1, prefetch=0, output="numpy")
+        gen = DataGenerator(data, tok, **kwargs)
+        next(gen)
+        assert gen._producer.packer.in_flight() > 0
+        twin = DataGenerator(data, tok, **kwargs)
+        want = [next(twin) for _ in range(6)][1:]
+        pid = os.fork()
+        if pid == 0:
+            got = [next(gen) for _ in range(5)]
+            same = all((a == b).all() for g, w in zip(got, want) for a, b in zip(g, w))
+            os._exit(0 if same else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"

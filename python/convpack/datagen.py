@@ -36,6 +36,9 @@ Modes (see SPEC "Packing: DataGenerator"):
 
 Iteration never ends on its own (like nanochat's generators): stop on
 ``last_step``.
+
+PyTorch is optional: ``output="numpy"`` yields numpy arrays and needs only
+numpy; ``output="torch"`` (the default) needs ``pip install torch``.
 """
 
 from __future__ import annotations
@@ -43,21 +46,71 @@ from __future__ import annotations
 import atexit
 import os
 import queue
+import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Sequence
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 import numpy as np
-import torch
 
 from . import _core
 
-__all__ = ["DataGenerator", "PinnedRing", "resolve_distributed"]
+__all__ = [
+    "DataGenerator",
+    "NoSupervisedTokensWarning",
+    "PinnedRing",
+    "resolve_distributed",
+]
 
 MODES = ("padded", "stream", "bestfit", "varlen")
+OUTPUTS = ("torch", "numpy")
 _STATE_FORMAT = "convpack.DataGenerator"
 _STATE_VERSION = 1
+# Tokens per batch (batch_size * (seq_len + 1)) and buffered conversations
+# are bounded before anything is allocated (the packer checks the same).
+MAX_BATCH_TOKENS = 2**31 - 1
+MAX_BUFFER_SIZE = 2**20
+MAX_PREFETCH = 1024
+
+
+class NoSupervisedTokensWarning(UserWarning):
+    """A batch came out with no supervised target (every target -1): a loss
+    averaged over it is NaN. Warned once per generator; the conversations
+    with no supervised token are counted in
+    ``DataGenerator.stats["unsupervised"]``."""
+
+
+def _import_torch() -> Any:
+    """torch, or an ``ImportError`` that says how to get it."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            "DataGenerator(output='torch') needs PyTorch: pip install torch "
+            "(or pip install 'convpack[torch]'); output='numpy' needs only numpy"
+        ) from None
+    return torch
+
+
+def _check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
+    """``value`` as an int in ``[low, high]``: ``TypeError`` for a non-int
+    (bools and floats included), ``ValueError`` out of range."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _physical_memory() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def resolve_distributed(rank: Optional[int] = None, world_size: Optional[int] = None) -> tuple:
@@ -65,10 +118,17 @@ def resolve_distributed(rank: Optional[int] = None, world_size: Optional[int] = 
     ``torch.distributed`` when it is initialised, else the ``RANK`` /
     ``WORLD_SIZE`` environment variables, else ``(0, 1)``.
 
-    Raises ``ValueError`` for an out-of-range rank or a malformed variable.
+    Raises ``TypeError`` for a non-int argument and ``ValueError`` for an
+    out-of-range rank or a malformed variable.
     """
+    if rank is not None:
+        _check_int("rank", rank, 0)
+    if world_size is not None:
+        _check_int("world_size", world_size, 1)
     if rank is None or world_size is None:
         detected_rank, detected_world = 0, 1
+        # torch.distributed can only be initialised if torch was imported.
+        torch = sys.modules.get("torch")
         dist = getattr(torch, "distributed", None)
         if dist is not None and dist.is_available() and dist.is_initialized():
             detected_rank, detected_world = dist.get_rank(), dist.get_world_size()
@@ -136,10 +196,19 @@ class _CudaTransfer:
 
     pin_memory = True
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, device: Any) -> None:
+        torch = _import_torch()
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: CUDA is not available here")
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r}: there are {torch.cuda.device_count()} CUDA devices")
+        self.torch = torch
+        self.device = torch.device("cuda", index)
 
-    def send(self, tensors: Sequence[torch.Tensor]) -> tuple:
+    def send(self, tensors: Sequence[Any]) -> tuple:
+        torch = self.torch
         out = tuple(t.to(self.device, non_blocking=True) for t in tensors)
         # The copies run on the target device's current stream; record there
         # (not on whatever device is current) so the event covers them.
@@ -148,7 +217,33 @@ class _CudaTransfer:
         return out, event
 
 
-def _make_transfer(device: torch.device) -> Any:
+def _resolve_device(device: Any, output: str) -> Any:
+    """The torch device batches go to (``None`` for numpy output).
+
+    ``cpu`` and ``cuda[:n]`` have their own paths; any other torch device
+    must accept a tensor through ``.to(device)`` here and now, else
+    ``ValueError`` naming it (never CPU tensors in its place).
+    """
+    if output == "numpy":
+        if device is None or str(device) == "cpu":
+            return None
+        raise ValueError(f"output='numpy' yields host arrays: device must be 'cpu', got {device!r}")
+    torch = _import_torch()
+    try:
+        dev = torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"device {device!r} is not a torch device: {e}") from None
+    if dev.type not in ("cpu", "cuda"):
+        try:
+            torch.zeros(1, dtype=torch.int32).to(dev)
+        except Exception as e:  # each backend raises its own kind
+            raise ValueError(
+                f"device {str(dev)!r} cannot take tensors here ({type(e).__name__}: {e}); "
+                "use 'cpu' or 'cuda[:n]'") from None
+    return dev
+
+
+def _make_transfer(device: Any) -> Any:
     """The transfer for a device (tests replace this to fake CUDA on CPU)."""
     return _CudaTransfer(device)
 
@@ -159,14 +254,15 @@ class _Failure:
 
 
 class _Batch:
-    __slots__ = ("slot", "arrays", "views", "state", "progress")
+    __slots__ = ("slot", "arrays", "views", "state", "progress", "cache")
 
-    def __init__(self, slot, arrays, views, state, progress) -> None:
+    def __init__(self, slot, arrays, views, state, progress, cache) -> None:
         self.slot = slot
         self.arrays = arrays
         self.views = views
         self.state = state
         self.progress = progress
+        self.cache = cache
 
 
 class _Producer:
@@ -174,11 +270,26 @@ class _Producer:
     packed. Shared with the prefetch thread, which never holds the
     DataGenerator itself (so dropping the generator stops the thread)."""
 
-    def __init__(self, dataset, packer, chunk: int, ring: Optional[PinnedRing]) -> None:
+    def __init__(self, dataset, packer, chunk: int, ring: Optional[PinnedRing],
+                 cache: bool = False) -> None:
         self.dataset = dataset
         self.packer = packer
         self.chunk = chunk
         self.ring = ring
+        self.cache = cache
+
+    def _read(self, n: int) -> None:
+        """Reads the next ``n`` conversations the packer wants and submits
+        them: rendering runs in the background while this thread (holding
+        the GIL) reads on."""
+        p = self.packer
+        indices = p.wanted(n)
+        dataset = self.dataset
+        if self.cache:
+            # Cached conversations are not read again (None stands in).
+            p.submit([None if hit else dataset[i] for i, hit in zip(indices, p.cached(indices))])
+        else:
+            p.submit([dataset[i] for i in indices])
 
     def produce(self, stop: Optional[threading.Event] = None) -> Optional[_Batch]:
         p = self.packer
@@ -186,8 +297,15 @@ class _Producer:
             need = p.plan()
             if need == 0:
                 break
-            indices = p.wanted(max(need, self.chunk))
-            p.push([self.dataset[i] for i in indices])
+            # Bounded chunks: a large best-fit buffer fills over several
+            # reads instead of one huge one.
+            self._read(max(self.chunk, min(need, 16 * self.chunk)))
+            if p.in_flight() < 2:
+                # Read the next chunk while that one renders.
+                self._read(self.chunk)
+        if p.in_flight() == 0:
+            # Renders while this batch is written and used.
+            self._read(self.chunk)
         rows, cols, nseq, wide = p.shape()
         in_dtype = np.int64 if wide else np.int32
         shapes = [((rows, cols), in_dtype), ((rows, cols), np.int64)]
@@ -201,7 +319,8 @@ class _Producer:
             if slot < 0:
                 return None
             flats = self.ring.slots[slot]
-            views = [flat[: int(np.prod(shape))].view(*shape) for flat, (shape, _) in zip(flats, shapes)]
+            views = [flat[: int(np.prod(shape))].view(*shape)
+                     for flat, (shape, _) in zip(flats, shapes)]
             arrays = [v.numpy() for v in views]
         try:
             p.write(*arrays)
@@ -209,7 +328,7 @@ class _Producer:
             if slot >= 0:
                 self.ring.release(slot)
             raise
-        return _Batch(slot, arrays, views, p.state(), p.progress())
+        return _Batch(slot, arrays, views, p.state(), p.progress(), p.cache_stats())
 
 
 # Prefetch threads alive now, with their stop events.
@@ -265,26 +384,95 @@ class DataGenerator:
         batch_size: rows per batch (``B``).
         seq_len: columns per row (``T``); required except in ``padded``, where
             it optionally truncates conversations to ``T + 1`` tokens.
+            ``batch_size * (seq_len + 1)`` is at most ``2**31 - 1``.
         mode: ``"padded"``, ``"stream"``, ``"bestfit"`` or ``"varlen"``.
-        overflow: ``bestfit`` only: ``"pad"`` or ``"crop"``.
-        buffer_size: ``bestfit`` only: conversations to choose from.
+        overflow: ``bestfit`` only: ``"pad"`` or ``"crop"`` (``"crop"`` with
+            another mode is a ``ValueError``).
+        buffer_size: ``bestfit`` only: conversations to choose from (at most
+            ``2**20``).
         max_tokens: conversations are rendered truncated to this many tokens.
-        device: where batches go (``None``: CPU). On CUDA, batches are built in
-            a ring of pinned buffers and copied with ``non_blocking=True``.
+        truncate: what happens to a conversation longer than a row
+            (``min(max_tokens, seq_len + 1)``; ``max_tokens`` in ``stream``
+            and ``varlen``): ``"tail"`` (nanochat's) cuts its end off;
+            ``"turns"`` splits it at exchange boundaries into several
+            training conversations, each starting with BOS, repeating the
+            system message if there is one, and holding whole
+            user-assistant exchanges; only a single exchange longer than the
+            row is cut. Each piece is packed as a conversation of its own.
+        cache: keep each conversation's rendering (ids as uint16 when the
+            vocabulary allows, else uint32; the mask as run lengths) so later
+            epochs neither read nor render it again, only pack. Batches are
+            identical with and without the cache.
+        cache_bytes: the cache's memory bound (default 2 GiB); once full,
+            caching stops (nothing fails) and the rest is rendered as usual.
+        device: where batches go (``None``: CPU). ``"cuda[:n]"``: batches are
+            built in a ring of pinned buffers and copied with
+            ``non_blocking=True``. Another torch device (e.g. ``"meta"``) must
+            accept tensors through ``.to(device)``, else ``ValueError``.
+        output: ``"torch"`` (tensors; needs PyTorch) or ``"numpy"`` (numpy
+            arrays on the host; needs only numpy; ``device`` must be CPU).
         rank, world_size: default from ``torch.distributed``, then the
             ``RANK``/``WORLD_SIZE`` variables, then 0/1.
-        num_iterations: if > 0, ``last_step`` turns True at that batch and
-            ``progress`` is ``batches / num_iterations``.
+        num_iterations: ``-1`` (the default): ``last_step`` turns True once an
+            epoch's worth of conversations has been consumed. ``n > 0``:
+            ``last_step`` turns True at batch ``n`` (or after an epoch, if
+            that comes first) and ``progress`` is ``batches / n``.
         prefetch: batches produced ahead on a background thread (0: none).
+            Either way, conversations are rendered on a background thread
+            while the next ones are read from the dataset (reads hold the
+            GIL), one chunk ahead.
         num_threads: rendering threads (``None``: all).
         on_error: ``"raise"`` (``ConversationError`` naming the dataset index)
             or ``"skip"`` (dropped and counted in ``skipped``).
         max_seqs: ``varlen`` only: segments per batch (``cu_seqlens`` has
             ``max_seqs + 1`` entries).
 
-    Iterating yields ``(inputs, targets)`` (``varlen``: also ``cu_seqlens``
-    and ``position_ids``) forever; stop on ``last_step``. Raises
-    ``ValueError`` for invalid arguments.
+    Yields (iterating never ends; stop on ``last_step``), per mode:
+
+    ========== ============================== ==================================
+    mode       inputs                         other outputs
+    ========== ============================== ==================================
+    padded     int64 ``(B, max(len) - 1)``    targets int64, same shape
+    stream     int32 ``(B, T)``               targets int64 ``(B, T)``
+    bestfit    int32 ``(B, T)``               targets int64 ``(B, T)``
+    varlen     int32 ``(B, T)``               targets int64 ``(B, T)``,
+                                              cu_seqlens int32 ``(max_seqs+1,)``,
+                                              position_ids int64 ``(B, T)``
+    ========== ============================== ==================================
+
+    ``padded`` inputs are int64 because nanochat's SFT collate builds them so;
+    the other modes follow nanochat's int32 inputs. Targets are -1 where the
+    loss mask is 0 (``stream`` ignores the mask).
+
+    Attributes (updated after every ``next()``):
+        last_step (bool): True once an epoch's worth has been consumed (with
+            ``num_iterations=-1``, after one epoch), or at batch
+            ``num_iterations``.
+        progress (float): 0..1 of the current epoch, from what was consumed
+            (``batches / num_iterations`` when ``num_iterations > 0``).
+        epoch (int): the 1-based epoch the last batch began in.
+        stats (dict): ``pad`` (share of target positions that are padding),
+            ``crop`` (share of entered tokens dropped by cropping or
+            truncation to a row), ``supervised`` (share of targets not -1),
+            ``batches``, ``tokens``, ``unsupervised`` (conversations that had
+            no supervised token; the first batch with no supervised target
+            at all issues a ``NoSupervisedTokensWarning``, once); with ``truncate="turns"``:
+            ``split`` (conversations split into pieces), ``exchanges_cut``
+            (single exchanges longer than a row, cut) and
+            ``supervised_dropped`` (supervised tokens those cuts lost); with
+            ``cache=True``: ``cache``, a dict of ``bytes`` used,
+            ``conversations`` cached, ``hits`` (conversations served from
+            it) and ``full``.
+        skipped (int): bad conversations dropped with ``on_error="skip"``.
+
+    Raises:
+        TypeError: an argument of the wrong type (e.g. ``rank=1.5``), or a
+            tokenizer that is not a ``convpack.Tokenizer``.
+        ValueError: an invalid or oversized argument (named in the message).
+        MemoryError: batches larger than this machine's memory.
+        ImportError: ``output="torch"`` without PyTorch installed.
+
+    ``next()`` may be called from several threads: calls are serialised.
     """
 
     def __init__(
@@ -298,7 +486,11 @@ class DataGenerator:
         overflow: str = "pad",
         buffer_size: int = 100,
         max_tokens: int = 2048,
-        device: Union[str, torch.device, None] = None,
+        truncate: str = "tail",
+        cache: bool = False,
+        cache_bytes: int = 2**31,
+        device: Any = None,
+        output: str = "torch",
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
         num_iterations: int = -1,
@@ -311,30 +503,64 @@ class DataGenerator:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if overflow not in ("pad", "crop"):
             raise ValueError(f"overflow must be 'pad' or 'crop', got {overflow!r}")
+        if overflow == "crop" and mode != "bestfit":
+            raise ValueError(f"overflow='crop' applies to mode='bestfit' only, not {mode!r}")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        for name, value, low in (("batch_size", batch_size, 1), ("buffer_size", buffer_size, 1),
-                                 ("max_tokens", max_tokens, 1), ("prefetch", prefetch, 0)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if truncate not in ("tail", "turns"):
+            raise ValueError(f"truncate must be 'tail' or 'turns', got {truncate!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH_TOKENS)
+        buffer_size = _check_int("buffer_size", buffer_size, 1, MAX_BUFFER_SIZE)
+        max_tokens = _check_int("max_tokens", max_tokens, 1, MAX_BATCH_TOKENS)
+        prefetch = _check_int("prefetch", prefetch, 0, MAX_PREFETCH)
+        num_iterations = _check_int("num_iterations", num_iterations, -1)
+        if num_iterations == 0:
+            raise ValueError("num_iterations must be -1 (one epoch) or >= 1, got 0")
         if seq_len is None and mode != "padded":
             raise ValueError(f"mode {mode!r} needs seq_len")
-        if seq_len is not None and (not isinstance(seq_len, int) or seq_len < 1):
-            raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-            raise ValueError(f"num_threads must be an int >= 1 or None, got {num_threads!r}")
+        if seq_len is not None:
+            seq_len = _check_int("seq_len", seq_len, 1, MAX_BATCH_TOKENS)
+        if num_threads is not None:
+            num_threads = _check_int("num_threads", num_threads, 1, 4096)
+        if not isinstance(cache, bool):
+            raise TypeError(f"cache must be a bool, got {type(cache).__name__}")
+        cache_bytes = _check_int("cache_bytes", cache_bytes, 0, 2**63 - 1)
+        # The widest row: padded rows are the longest conversation minus one.
+        if mode == "padded":
+            max_cols = min(max_tokens, (seq_len or max_tokens) + 1) - 1
+        else:
+            max_cols = seq_len
+        if batch_size * (max_cols + 1) > MAX_BATCH_TOKENS:
+            raise ValueError(
+                f"batch_size * (seq_len + 1) = {batch_size} * {max_cols + 1} is above "
+                f"{MAX_BATCH_TOKENS} tokens per batch")
         n = len(dataset)
         if n < 1:
             raise ValueError("the dataset is empty")
         if mode == "varlen":
             if max_seqs is None:
                 max_seqs = batch_size * max(4, seq_len // 16)
-            if not isinstance(max_seqs, int) or max_seqs <= batch_size:
-                raise ValueError(f"max_seqs must be an int > batch_size, got {max_seqs!r}")
+            max_seqs = _check_int("max_seqs", max_seqs, batch_size + 1, MAX_BATCH_TOKENS)
         else:
             max_seqs = None
         rank, world_size = resolve_distributed(rank, world_size)
         core_tok = _core_tokenizer(tokenizer)
+        self.device = _resolve_device(device, output)
+        # Memory taken before the first batch: the batches in flight (ring
+        # slots or queued batches) and the best-fit buffer at its longest.
+        cell_bytes = (8 if mode == "padded" else 4) + 8 + (8 if mode == "varlen" else 0)
+        in_flight = prefetch + 2
+        needed = in_flight * batch_size * max(max_cols, 1) * cell_bytes
+        if mode == "bestfit":
+            needed += buffer_size * min(max_tokens, seq_len + 1) * 5
+        memory = _physical_memory()
+        if memory is not None and needed > memory:
+            raise MemoryError(
+                f"batch_size={batch_size}, seq_len={seq_len}, prefetch={prefetch}"
+                + (f", buffer_size={buffer_size}" if mode == "bestfit" else "")
+                + f" need about {needed / 2**30:.1f} GiB; this machine has {memory / 2**30:.1f} GiB")
 
         self.dataset = dataset
         self.batch_size = batch_size
@@ -348,16 +574,19 @@ class DataGenerator:
         self.num_iterations = num_iterations
         self.prefetch = prefetch
         self.on_error = on_error
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.output = output
+        self.truncate = truncate
         self._packer_args = dict(
             batch_size=batch_size, seq_len=seq_len, dataset_len=n, rank=rank,
             world_size=world_size, overflow=overflow, buffer_size=buffer_size,
             max_tokens=max_tokens, max_seqs=max_seqs,
-            num_threads=num_threads or 0, skip_errors=on_error == "skip",
+            num_threads=num_threads or 0, skip_errors=on_error == "skip", truncate=truncate,
         )
+        self.cache = cache
         self._core_tok = core_tok
         try:
-            packer = _core.Packer(core_tok, mode, **self._packer_args)
+            packer = _core.Packer(core_tok, mode, **self._packer_args,
+                                  cache_bytes=cache_bytes if cache else None)
         except ValueError as e:
             raise ValueError(str(e)) from None
         threads = num_threads or _core.max_threads()
@@ -365,23 +594,26 @@ class DataGenerator:
 
         self._transfer = None
         ring = None
-        max_cols = seq_len if mode != "padded" else min(max_tokens, (seq_len or max_tokens) + 1) - 1
-        if self.device.type == "cuda":
+        if self.device is not None and self.device.type == "cuda":
             self._transfer = _make_transfer(self.device)
             ring = self._new_ring(max(1, max_cols))
-        self._producer = _Producer(dataset, packer, self._chunk, ring)
+        self._producer = _Producer(dataset, packer, self._chunk, ring, cache)
         self.max_seqs = max_seqs
         self._state: dict = packer.state()
         self._thread: Optional[threading.Thread] = None
         self._queue: Optional[queue.Queue] = None
         self._stop = threading.Event()
         self._failure: Optional[BaseException] = None
+        # Serialises next(), close() and load_state_dict() across threads.
+        self._lock = threading.RLock()
+        self._warned_unsupervised = False
         self._finalizer = weakref.finalize(self, self._stop.set)
-        self._set_progress(packer.state(), packer.progress())
+        self._set_progress(packer.state(), packer.progress(), packer.cache_stats())
 
     # ------------------------------------------------------------ buffers
 
     def _new_ring(self, max_cols: int) -> PinnedRing:
+        torch = _import_torch()
         b = self.batch_size
         pin = getattr(self._transfer, "pin_memory", False)
         in_dtype = torch.int64 if self.mode == "padded" else torch.int32
@@ -404,6 +636,21 @@ class DataGenerator:
         return self
 
     def __next__(self) -> tuple:
+        with self._lock:
+            before = self._state["supervised"]
+            batch = self._next_locked()
+            empty = self._state["supervised"] == before and self.mode != "stream"
+        if empty and not self._warned_unsupervised:
+            self._warned_unsupervised = True
+            warnings.warn(
+                f"batch {self.stats['batches']} has no supervised target (every target is -1, "
+                "so a mean loss over it is NaN); "
+                f"{self.stats['unsupervised']} conversation(s) so far have no supervised token: "
+                "check the dataset's assistant messages and max_tokens",
+                NoSupervisedTokensWarning, stacklevel=2)
+        return batch
+
+    def _next_locked(self) -> tuple:
         if self._failure is not None:
             raise self._failure
         if self.prefetch > 0:
@@ -422,10 +669,15 @@ class DataGenerator:
         if self._producer.ring is not None:
             tensors, event = self._transfer.send(item.views)
             self._producer.ring.release(item.slot, event)
+        elif self.output == "numpy":
+            tensors = tuple(item.arrays)
         else:
+            torch = _import_torch()
             tensors = tuple(torch.from_numpy(a) for a in item.arrays)
+            if self.device.type != "cpu":
+                tensors = tuple(t.to(self.device) for t in tensors)
         self._state = item.state
-        self._set_progress(item.state, item.progress)
+        self._set_progress(item.state, item.progress, item.cache)
         return tuple(tensors)
 
     def _start(self) -> None:
@@ -459,12 +711,17 @@ class DataGenerator:
                 ring.release(item.slot)
 
     def close(self) -> None:
-        """Stops the prefetch thread. Iterating afterwards starts it again."""
-        self._shutdown()
+        """Stops the prefetch thread (waiting for a ``next()`` in progress in
+        another thread). Iterating afterwards starts it again.
+
+        Raises ``RuntimeError`` if the thread does not stop within 30 s.
+        """
+        with self._lock:
+            self._shutdown()
 
     # ------------------------------------------------------------ progress
 
-    def _set_progress(self, state: dict, progress: tuple) -> None:
+    def _set_progress(self, state: dict, progress: tuple, cache: Optional[tuple] = None) -> None:
         epoch, fraction, epoch_done = progress
         batches = state["batches"]
         self.epoch: int = epoch
@@ -481,7 +738,15 @@ class DataGenerator:
             "supervised": state["supervised"] / tokens if tokens else 0.0,
             "batches": batches,
             "tokens": tokens,
+            "unsupervised": state["unsupervised"],
+            "split": state["split"],
+            "exchanges_cut": state["cut"],
+            "supervised_dropped": state["lost"],
         }
+        if cache is not None:
+            used, cached, hits, full = cache
+            self.stats["cache"] = {"bytes": used, "conversations": cached, "hits": hits,
+                                   "full": full}
 
     # ------------------------------------------------------------ resume
 
@@ -491,6 +756,7 @@ class DataGenerator:
             "overflow": self.overflow if self.mode == "bestfit" else None,
             "buffer_size": self.buffer_size if self.mode == "bestfit" else None,
             "max_tokens": self.max_tokens, "max_seqs": self.max_seqs,
+            "truncate": self.truncate,
             "rank": self.rank, "world_size": self.world_size,
             "dataset_len": self._packer_args["dataset_len"],
         }
@@ -506,19 +772,42 @@ class DataGenerator:
     def load_state_dict(self, state: dict) -> None:
         """Continues exactly where ``state`` (from ``state_dict``) left off.
 
-        The generator must have the same dataset length, mode, shapes, rank
-        and world size; raises ``ValueError`` otherwise.
+        Every field is checked against this generator (same dataset length,
+        mode, shapes, rank and world size; counters and held conversations
+        that a generator like this one could have reached).
+
+        Raises:
+            ValueError: naming the field that is missing, unknown, or cannot
+                come from this generator (nothing is changed then).
+            TypeError: a field of the wrong type, or ``state`` not a dict.
         """
-        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
-            raise ValueError("not a convpack.DataGenerator state dict")
+        if not isinstance(state, dict):
+            raise TypeError(f"a DataGenerator state is a dict, got {type(state).__name__}")
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError("not a convpack.DataGenerator state dict (field 'format')")
         if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported state version {state.get('version')!r}")
-        for key, mine in self._config().items():
-            if state.get(key) != mine:
-                raise ValueError(f"state was saved with {key}={state.get(key)!r}, this generator has {mine!r}")
-        self._shutdown()
-        self._failure = None
-        packer = self._producer.packer
-        packer.load_state(dict(state["packer"]))
-        self._state = packer.state()
-        self._set_progress(self._state, packer.progress())
+            raise ValueError(f"unsupported state version {state.get('version')!r} (field 'version')")
+        config = self._config()
+        for key in state:
+            if key not in config and key not in ("format", "version", "packer"):
+                raise ValueError(f"the state has an unknown field {key!r}")
+        for key, mine in config.items():
+            if key not in state:
+                raise ValueError(f"the state has no field {key!r}")
+            theirs = state[key]
+            if type(theirs) is not type(mine) or theirs != mine:
+                raise ValueError(
+                    f"state was saved with {key}={theirs!r}, this generator has {mine!r}")
+        packer_state = state.get("packer")
+        if not isinstance(packer_state, dict):
+            raise ValueError("the state has no 'packer' dict (field 'packer')")
+        with self._lock:
+            # Check on a scratch packer first, so a bad state changes nothing.
+            scratch = _core.Packer(self._core_tok, self.mode, **self._packer_args)
+            scratch.load_state(dict(packer_state))
+            self._shutdown()
+            self._failure = None
+            packer = self._producer.packer
+            packer.load_state(dict(packer_state))
+            self._state = packer.state()
+            self._set_progress(self._state, packer.progress(), packer.cache_stats())

@@ -3,16 +3,26 @@ writes it: tiktoken ``encode_ordinary`` per message, Python lists, Python
 collation into torch tensors.
 
 These are the baselines the benchmarks and ``convpack demo`` time convpack
-against; the benchmarks first check that both give the same output.
+against (the benchmarks first check that both give the same output), and
+the tests' oracle for ``DataGenerator`` (``tests/reference_generators.py``
+runs them over a reference renderer on tiktoken): one restatement of
+nanochat's semantics, with no convpack code in it.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Optional
 
-__all__ = ["PythonRenderer", "padded_batches", "stream_batches", "bestfit_batches"]
+__all__ = [
+    "PythonRenderer",
+    "bestfit_batches",
+    "padded_batches",
+    "split_turns",
+    "stream_batches",
+    "varlen_batches",
+]
 
 
 class PythonRenderer:
@@ -94,12 +104,43 @@ class PythonRenderer:
 
 Render = Callable[[dict], tuple]
 
+# A conversation ``render`` refuses (it raises one of these) is bad: skipped
+# with ``skip=True`` (still counted as consumed), else the error propagates.
+_BAD = (ValueError, KeyError, TypeError)
+
+
+def _fetch(dataset: Sequence, render: Render, i: int, skip: bool) -> Any:
+    """``render(dataset[i])``, or ``None`` for a bad one when skipping."""
+    try:
+        return render(dataset[i])
+    except _BAD:
+        if not skip:
+            raise
+        return None
+
 
 def padded_batches(
-    dataset: Sequence, render: Render, batch_size: int, pad_id: int
+    dataset: Sequence,
+    render: Render,
+    batch_size: int,
+    pad_id: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    seq_len: Optional[int] = None,
+    skip: bool = False,
+    info: bool = False,
 ) -> Iterator[tuple]:
-    """nanochat's SFT loop: ``batch_size`` conversations per batch, padded
-    to the longest; targets -1 where the mask is 0 and on padding."""
+    """nanochat's SFT loop: this rank's conversations ``rank, rank +
+    world_size, ...`` each epoch, ``batch_size`` per batch (a batch may span
+    epochs), padded to the longest (``ids`` cut to ``seq_len + 1`` when
+    given); inputs ``ids[:-1]`` padded with ``pad_id``, targets ``ids[1:]``
+    with -1 where the mask is 0 and on padding; both int64.
+
+    With ``info``, yields ``(batch, {"consumed": c})``, ``c`` being
+    nanochat's consumption position (starts at the rank, grows by the world
+    size per conversation used up).
+    """
     import torch
 
     def collate(batch: list) -> tuple:
@@ -116,34 +157,59 @@ def padded_batches(
         return inputs, targets
 
     batch: list = []
+    epoch = 0
     while True:
-        for i in range(len(dataset)):
-            batch.append(render(dataset[i]))
+        for i in range(rank, len(dataset), world_size):
+            r = _fetch(dataset, render, i, skip)
+            if r is None:
+                continue
+            ids, mask = r
+            if seq_len is not None:
+                ids, mask = ids[: seq_len + 1], mask[: seq_len + 1]
+            batch.append((ids, mask))
             if len(batch) == batch_size:
-                yield collate(batch)
+                out = collate(batch)
+                yield (out, {"consumed": epoch * len(dataset) + i + world_size}) if info else out
                 batch = []
+        epoch += 1
 
 
 def stream_batches(
-    dataset: Sequence, render: Render, batch_size: int, seq_len: int
+    dataset: Sequence,
+    render: Render,
+    batch_size: int,
+    seq_len: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    skip: bool = False,
+    info: bool = False,
 ) -> Iterator[tuple]:
-    """nanochat's mid-training loop: rendered ids concatenated; each batch
-    takes the next ``B*T+1`` tokens (mask ignored)."""
+    """nanochat's mid-training loop: rendered ids concatenated (mask
+    ignored); each batch takes the next ``B*T+1`` tokens, inputs int32 and
+    targets int64 viewed ``(B, T)``. The cursor starts at ``rank``, steps by
+    ``world_size`` and wraps by subtracting the length. ``info`` as in
+    ``padded_batches``."""
     import torch
 
     needed = batch_size * seq_len + 1
     buffer: deque = deque()
-    cursor = 0
+    cursor, fetched = rank, 0
     while True:
         while len(buffer) < needed:
-            ids, _ = render(dataset[cursor])
-            buffer.extend(ids)
-            cursor = (cursor + 1) % len(dataset)
+            r = _fetch(dataset, render, cursor, skip)
+            if r is not None:
+                buffer.extend(r[0])
+            fetched += 1
+            cursor += world_size
+            if cursor >= len(dataset):
+                cursor -= len(dataset)
         scratch = torch.tensor([buffer.popleft() for _ in range(needed)], dtype=torch.int64)
-        yield (
+        out = (
             scratch[:-1].to(torch.int32).view(batch_size, seq_len),
             scratch[1:].view(batch_size, seq_len),
         )
+        yield (out, {"consumed": rank + fetched * world_size}) if info else out
 
 
 def bestfit_batches(
@@ -153,8 +219,13 @@ def bestfit_batches(
     seq_len: int,
     bos_id: int,
     buffer_size: int = 100,
-    counts: dict | None = None,
+    counts: Optional[dict] = None,
     overflow: str = "pad",
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    skip: bool = False,
+    info: bool = False,
 ) -> Iterator[tuple]:
     """Best-fit packing in Python: every row starts at a BOS; the largest
     buffered conversation that fits goes in next (the first of equals);
@@ -162,16 +233,17 @@ def bestfit_batches(
     (BOS, target -1) and ``overflow="crop"`` fills it with the start of the
     shortest buffered conversation (the first of equals), whose remainder
     is dropped. A conversation longer than a row is cut to the row as it
-    enters the buffer (so it fills an empty row). ``counts`` (if given)
-    accumulates ``"tokens"`` and ``"pad"``, the row positions filled and
-    those that are padding."""
+    enters the buffer (so it fills an empty row). The buffer refills from a
+    cursor that starts at ``rank`` and steps by ``world_size``. ``counts``
+    (if given) accumulates ``"tokens"`` and ``"pad"``, the row positions
+    filled and those that are padding. ``info`` as in ``padded_batches``."""
     if overflow not in ("pad", "crop"):
         raise ValueError(f"overflow must be 'pad' or 'crop', got {overflow!r}")
     import torch
 
     capacity = seq_len + 1
     pool: list = []
-    cursor = 0
+    cursor, consumed = rank, rank
     while True:
         rows_ids, rows_mask = [], []
         for _ in range(batch_size):
@@ -179,9 +251,13 @@ def bestfit_batches(
             mask_row: list = []
             while len(ids_row) < capacity:
                 while len(pool) < buffer_size:
-                    ids, mask = render(dataset[cursor])
-                    pool.append((ids[:capacity], mask[:capacity]))
-                    cursor = (cursor + 1) % len(dataset)
+                    r = _fetch(dataset, render, cursor, skip)
+                    if r is None:
+                        consumed += world_size
+                    else:
+                        ids, mask = r
+                        pool.append((ids[:capacity], mask[:capacity]))
+                    cursor = (cursor + world_size) % len(dataset)
                 room = capacity - len(ids_row)
                 best = -1
                 for j, (ids, _) in enumerate(pool):
@@ -189,10 +265,12 @@ def bestfit_batches(
                         best = j
                 if best >= 0:
                     ids, mask = pool.pop(best)
+                    consumed += world_size
                 elif overflow == "crop":
                     shortest = min(range(len(pool)), key=lambda j: len(pool[j][0]))
                     ids, mask = pool.pop(shortest)
                     ids, mask = ids[:room], mask[:room]
+                    consumed += world_size
                 else:
                     ids, mask = [bos_id] * room, [0] * room
                     if counts is not None:
@@ -207,4 +285,121 @@ def bestfit_batches(
         mask_t = torch.tensor(rows_mask, dtype=torch.int64)
         targets = ids_t[:, 1:].clone()
         targets[mask_t[:, 1:] == 0] = -1
-        yield ids_t[:, :-1].to(torch.int32), targets
+        out = (ids_t[:, :-1].to(torch.int32), targets)
+        yield (out, {"consumed": consumed}) if info else out
+
+
+def varlen_batches(
+    dataset: Sequence,
+    render: Render,
+    batch_size: int,
+    seq_len: int,
+    max_seqs: int,
+    bos_id: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    skip: bool = False,
+    info: bool = False,
+) -> Iterator[tuple]:
+    """convpack's padding-free layout (no nanochat equivalent), as
+    ``convpack.datagen`` documents it: rows filled end to end with segments
+    of one conversation's inputs whose targets are its own next tokens
+    (continued across rows and batches), at most ``max_seqs`` segments per
+    batch (else the rest of a row is one filler segment); yields
+    ``(inputs, targets, cu_seqlens, position_ids)``. The cursor is
+    ``bestfit_batches``'; conversations of fewer than two tokens are
+    dropped. ``info`` as in ``padded_batches``."""
+    import torch
+
+    cursor, consumed = rank, rank
+    head = None  # (ids, mask, offset)
+
+    def next_doc() -> tuple:
+        nonlocal cursor, consumed
+        while True:
+            r = _fetch(dataset, render, cursor, skip)
+            cursor = (cursor + world_size) % len(dataset)
+            if r is None or len(r[0]) < 2:
+                consumed += world_size
+                continue
+            return (r[0], r[1], 0)
+
+    while True:
+        inputs = torch.full((batch_size, seq_len), bos_id, dtype=torch.int32)
+        targets = torch.full((batch_size, seq_len), -1, dtype=torch.long)
+        positions = torch.zeros((batch_size, seq_len), dtype=torch.long)
+        bounds, used = [0], 0
+        for row in range(batch_size):
+            pos = 0
+            while pos < seq_len:
+                if head is None:
+                    head = next_doc()
+                ids, mask, off = head
+                take = min(len(ids) - 1 - off, seq_len - pos)
+                ends_row = pos + take == seq_len
+                later_rows = batch_size - row - 1
+                if used + 1 + (0 if ends_row else 1) + later_rows <= max_seqs:
+                    for j in range(take):
+                        inputs[row, pos + j] = ids[off + j]
+                        targets[row, pos + j] = ids[off + j + 1] if mask[off + j + 1] else -1
+                        positions[row, pos + j] = j
+                    pos += take
+                    if off + take == len(ids) - 1:
+                        head = None
+                        consumed += world_size
+                    else:
+                        head = (ids, mask, off + take)
+                else:
+                    take = seq_len - pos
+                    positions[row, pos:] = torch.arange(take)
+                    pos = seq_len
+                used += 1
+                bounds.append(row * seq_len + pos)
+        cu = torch.full((max_seqs + 1,), batch_size * seq_len, dtype=torch.int32)
+        cu[: len(bounds)] = torch.tensor(bounds, dtype=torch.int32)
+        out = (inputs, targets, cu, positions)
+        yield (out, {"consumed": consumed}) if info else out
+
+
+def split_turns(conversation: dict, render: Callable, limit: int) -> tuple:
+    """``DataGenerator(truncate="turns")`` written plainly: ``(pieces,
+    exchanges_cut, supervised_dropped)`` with ``pieces`` a list of ``(ids,
+    mask)``; ``render(conversation, max_tokens)`` renders.
+
+    A conversation that renders within ``limit`` tokens is one piece. A
+    longer one is split into runs of whole exchanges (a user message and the
+    reply after it), each run as long as still renders within ``limit`` when
+    rendered alone as a conversation (with the system message, if any, in
+    front again); a single exchange that does not fit is cut to ``limit``; a
+    final user message without a reply that would stand alone is left out.
+    Lengths come from rendering the candidate runs, not from arithmetic.
+    """
+    big = 10**12
+    messages = conversation["messages"]
+    whole = render(conversation, big)
+    if len(whole[0]) <= limit:
+        return [whole], 0, 0
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    rest = messages[len(system):]
+    exchanges = [rest[i : i + 2] for i in range(0, len(rest), 2)]
+
+    def run(i: int, j: int) -> tuple:
+        return render({"messages": system + [m for ex in exchanges[i:j] for m in ex]}, big)
+
+    pieces, cut, dropped = [], 0, 0
+    i = 0
+    while i < len(exchanges):
+        j = i + 1
+        while j < len(exchanges) and len(run(i, j + 1)[0]) <= limit:
+            j += 1
+        if j == i + 1 and len(exchanges[i]) == 1 and pieces:
+            break  # a last user message with no reply, alone: nothing to train on
+        ids, mask = run(i, j)
+        if len(ids) > limit:
+            cut += 1
+            dropped += sum(mask[limit:])
+            ids, mask = ids[:limit], mask[:limit]
+        pieces.append((ids, mask))
+        i = j
+    return pieces, cut, dropped

@@ -23,6 +23,12 @@ sides), with ``prefetch=0`` so the batches are made in the timed call:
 ``varlen`` has no nanochat equivalent: its tokens/s are reported alone (no
 baseline, no ratio).
 
+"Render cache" rows: ``bestfit`` on 1 thread with ``cache=True``; the
+first epoch reads and renders every conversation (and caches it), later
+epochs only pack. Tokens/s of epoch 2 against epoch 1 of the same
+generator (the ratio is epoch 2 / epoch 1); epoch 2's batches are first
+checked identical to those of a generator without the cache.
+
 "Packer alone" rows exclude rendering: the Rust packer is handed already
 rendered conversations (``Packer.push`` outside the timing) and only its
 ``plan`` + ``write`` calls, which lay out each batch and write it into numpy
@@ -38,6 +44,7 @@ tokenizer (an empty piece cache); construction is outside the timing.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator
 
 from .baseline import PythonRenderer, bestfit_batches, padded_batches, stream_batches
@@ -246,6 +253,56 @@ def _varlen(convs, tokenizer, s, threads) -> list:
     return rows
 
 
+# ----------------------------------------------------------- render cache
+
+
+def _cache_epochs(convs, tokenizer, s) -> list:
+    """Epoch 2 (packing from the cache) against epoch 1 (reading and
+    rendering), ``bestfit`` on one thread."""
+    import convpack
+
+    def make(cache):
+        return convpack.DataGenerator(
+            convs, fresh_copy(tokenizer), batch_size=s["batch_size"], seq_len=s["seq_len"],
+            mode="bestfit", buffer_size=BUFFER_SIZE, device="cpu", rank=0, world_size=1,
+            prefetch=0, num_threads=1, cache=cache)
+
+    # Batches of one epoch (the same with and without the cache).
+    probe = make(False)
+    per_epoch = 0
+    while not probe.last_step:
+        next(probe)
+        per_epoch += 1
+    check = [next(probe) for _ in range(per_epoch)]
+    best = {1: float("inf"), 2: float("inf")}
+    tokens = {1: 0, 2: 0}
+    for _ in range(s["repeats"]):
+        gen = make(True)
+        for epoch in (1, 2):
+            start = time.perf_counter()
+            batches = [next(gen) for _ in range(per_epoch)]
+            best[epoch] = min(best[epoch], time.perf_counter() - start)
+            tokens[epoch] = sum(b[0].numel() for b in batches)
+        _check("DataGenerator bestfit, cache, epoch 2", batches, check)
+    return [
+        row(
+            SECTION,
+            "render cache: bestfit/pad, 1 thread, epoch 2 (cached) vs epoch 1",
+            "tokens/s",
+            tokens[2] / best[2],
+            tokens[1] / best[1],
+            "epoch 1 (read + render)",
+            mode="bestfit",
+            threads=1,
+            prefetch=0,
+            batch_size=s["batch_size"],
+            seq_len=s["seq_len"],
+            batches=per_epoch,
+            cache=True,
+        )
+    ]
+
+
 # ----------------------------------------------------------- packer alone
 
 
@@ -378,7 +435,16 @@ def run(quick: bool = False, **sizes: int) -> list[dict]:
     """
 
     import convpack
+    from convpack.datagen import NoSupervisedTokensWarning
 
+    with warnings.catch_warnings():
+        # A generated conversation whose reply starts past max_tokens is
+        # real data for a loader, not news for a benchmark.
+        warnings.simplefilter("ignore", NoSupervisedTokensWarning)
+        return _run(convpack, quick, sizes)
+
+
+def _run(convpack, quick: bool, sizes: dict) -> list[dict]:
     s = settings(quick, **sizes)
     tokenizer = convpack.Tokenizer.from_tiktoken_file(cl100k_path())
     enc = tiktoken_twin(tokenizer, "bench-nanochat")
@@ -387,5 +453,6 @@ def run(quick: bool = False, **sizes: int) -> list[dict]:
     threads = cpu_count()
     rows = _end_to_end(convs, tokenizer, python, s, threads)
     rows += _varlen(convs, tokenizer, s, threads)
+    rows += _cache_epochs(convs, tokenizer, s)
     rows += _packer_alone(convs, tokenizer, s, threads)
     return rows

@@ -22,4 +22,4 @@ pub use bpe::{Rank, Tokenizer, CHAT_SPECIAL_TOKENS};
 pub use conversation::{Content, Conversation, Message, Part, PartKind, Role};
 pub use error::{ConversationError, CoreError};
 pub use pretokenize::{Splitter, CL100K_PATTERN, SPLIT_PATTERN};
-pub use render::{ChatTokens, Rendered, Renderer};
+pub use render::{ChatTokens, Rendered, Renderer, Turns};

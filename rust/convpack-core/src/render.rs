@@ -91,6 +91,26 @@ impl Rendered {
     }
 }
 
+/// A conversation rendered in one or more pieces (`Renderer::render_turns`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Turns {
+    pub pieces: Vec<Rendered>,
+    /// Exchanges longer than the limit on their own, cut to it.
+    pub cut: u64,
+    /// Supervised tokens those cuts dropped.
+    pub lost: u64,
+}
+
+impl From<Rendered> for Turns {
+    fn from(r: Rendered) -> Self {
+        Turns {
+            pieces: vec![r],
+            cut: 0,
+            lost: 0,
+        }
+    }
+}
+
 /// Renders with a tokenizer and its chat token ids (looked up once).
 #[derive(Clone, Debug)]
 pub struct Renderer<'t> {
@@ -114,7 +134,83 @@ impl<'t> Renderer<'t> {
     ) -> Result<Rendered, ConversationError> {
         conv.validate()?;
         let mut out = Rendered::default();
-        self.render_valid(&conv.messages, max_tokens, &mut out);
+        self.render_valid(None, &conv.messages, max_tokens, &mut out);
+        Ok(out)
+    }
+
+    /// Validates and renders one conversation in pieces of at most `limit`
+    /// tokens, split at exchange boundaries (`truncate="turns"`).
+    ///
+    /// A conversation that fits is one piece, identical to `render`. A longer
+    /// one is cut into runs of whole exchanges (a user message and the
+    /// assistant reply after it), as many as fit, each rendered on its own:
+    /// it starts with `<|bos|>` and, when the conversation has a system
+    /// message, repeats it (merged into the piece's first user message, as
+    /// rendering always does). Only an exchange that alone exceeds `limit`
+    /// is cut (to `limit` tokens); `cut` and `lost` count those and the
+    /// supervised tokens they lose. A final user message with no reply that
+    /// would be a piece on its own is left out (it has nothing to train on).
+    pub fn render_turns<S: AsRef<str>>(
+        &self,
+        conv: &Conversation<S>,
+        limit: usize,
+    ) -> Result<Turns, ConversationError> {
+        conv.validate()?;
+        let limit = limit.max(1);
+        let mut whole = Rendered::default();
+        // One token past the limit tells whether it fits.
+        self.render_valid(None, &conv.messages, limit.saturating_add(1), &mut whole);
+        if whole.len() <= limit {
+            return Ok(Turns::from(whole));
+        }
+        let msgs = &conv.messages;
+        let (system, rest) = match msgs.first() {
+            Some(m) if m.role == Role::System => (Some(&msgs[0]), &msgs[1..]),
+            _ => (None, &msgs[..]),
+        };
+        // Exchanges: each user message with the assistant reply after it
+        // (the last may have no reply). Roles alternate, so pairs of two.
+        let exchanges: Vec<&[Message<S>]> = rest.chunks(2).collect();
+        // Token counts add up message by message (each is encoded on its
+        // own), so an exchange's length alone, and first in a piece (where
+        // the system message joins its user message), are all it takes.
+        let measure = |system: Option<&Message<S>>, ex: &[Message<S>]| {
+            let mut r = Rendered::default();
+            self.render_valid(system, ex, usize::MAX, &mut r);
+            r.len() - 1
+        };
+        let alone: Vec<usize> = exchanges.iter().map(|ex| measure(None, ex)).collect();
+        let mut out = Turns::default();
+        let mut i = 0;
+        while i < exchanges.len() {
+            let first = match system {
+                Some(_) => measure(system, exchanges[i]),
+                None => alone[i],
+            };
+            let mut len = 1 + first;
+            let mut j = i + 1;
+            while j < exchanges.len() && len + alone[j] <= limit {
+                len += alone[j];
+                j += 1;
+            }
+            if j == i + 1 && exchanges[i].len() == 1 && !out.pieces.is_empty() {
+                // A final user message without a reply that fits no earlier
+                // piece: alone it has nothing to train on.
+                break;
+            }
+            // Exchanges i..j are contiguous messages of `rest`.
+            let start = 2 * i;
+            let end = (2 * j).min(rest.len());
+            let mut piece = Rendered::default();
+            self.render_valid(system, &rest[start..end], usize::MAX, &mut piece);
+            if piece.len() > limit {
+                out.cut += 1;
+                out.lost += piece.mask[limit..].iter().filter(|&&m| m != 0).count() as u64;
+                piece.truncate(limit);
+            }
+            out.pieces.push(piece);
+            i = j;
+        }
         Ok(out)
     }
 
@@ -138,22 +234,27 @@ impl<'t> Renderer<'t> {
             ));
         }
         let mut out = Rendered::default();
-        self.render_valid(&conv.messages[..last], max_tokens, &mut out);
+        self.render_valid(None, &conv.messages[..last], max_tokens, &mut out);
         out.ids.push(self.chat.assistant_start);
         Ok(out.ids)
     }
 
+    /// Renders `system` (if given) then `messages`, which were validated as
+    /// one conversation (or are a run of its exchanges).
     fn render_valid<S: AsRef<str>>(
         &self,
+        system: Option<&Message<S>>,
         messages: &[Message<S>],
         max_tokens: usize,
         out: &mut Rendered,
     ) {
         let c = &self.chat;
         let tok = self.tok;
+        let messages = system.into_iter().chain(messages);
         // About one token per four bytes of text, plus the special tokens.
-        let text_bytes: usize = messages.iter().map(Message::text_len).sum();
-        let estimate = (text_bytes / 4 + 4 * messages.len() + 8).min(max_tokens + 8);
+        let text_bytes: usize = messages.clone().map(Message::text_len).sum();
+        let count = messages.clone().count();
+        let estimate = (text_bytes / 4 + 4 * count + 8).min(max_tokens.saturating_add(8));
         out.ids.reserve(estimate);
         out.mask.reserve(estimate);
         out.push(c.bos, 0);
@@ -216,6 +317,16 @@ impl<'t> Renderer<'t> {
         num_threads: usize,
     ) -> Vec<Result<Rendered, ConversationError>> {
         crate::parallel::map_chunked(convs, num_threads, |c| self.render(c, max_tokens))
+    }
+
+    /// `render_turns` over many conversations, like `render_batch`.
+    pub fn render_turns_batch<S: AsRef<str> + Sync>(
+        &self,
+        convs: &[Conversation<S>],
+        limit: usize,
+        num_threads: usize,
+    ) -> Vec<Result<Turns, ConversationError>> {
+        crate::parallel::map_chunked(convs, num_threads, |c| self.render_turns(c, limit))
     }
 }
 
@@ -300,5 +411,84 @@ mod tests {
             prompt,
             vec![s(0), s(1), b('s'), b('\n'), b('\n'), b('u'), s(2), s(3)]
         );
+    }
+
+    #[test]
+    fn turns_split_at_exchanges_and_repeat_the_system_message() {
+        let tok = toy();
+        let r = Renderer::new(&tok).unwrap();
+        let text = |t: &'static str| Content::Text(t);
+        let mut messages = vec![msg(Role::System, text("sys"))];
+        let answers = [
+            "first answer",
+            "b",
+            "third one here",
+            "x",
+            "a very long answer indeed",
+        ];
+        for a in answers {
+            messages.push(msg(Role::User, text("q?")));
+            messages.push(msg(Role::Assistant, text(a)));
+        }
+        let conv = Conversation {
+            messages: messages.clone(),
+        };
+        let whole = r.render(&conv, usize::MAX).unwrap();
+        // Fits: one piece, as `render` gives it.
+        let one = r.render_turns(&conv, whole.len()).unwrap();
+        assert_eq!(one, Turns::from(whole.clone()));
+        for limit in [12, 20, 30, 40] {
+            let t = r.render_turns(&conv, limit).unwrap();
+            assert!(t.pieces.len() > 1, "limit {limit}");
+            let mut e = 0; // next exchange
+            let mut kept = Vec::new();
+            for piece in &t.pieces {
+                assert!(piece.len() <= limit);
+                // The piece is exchanges e..f rendered alone, system first.
+                let alone = |f: usize| {
+                    let mut m = vec![messages[0].clone()];
+                    m.extend_from_slice(&messages[1 + 2 * e..1 + 2 * f]);
+                    r.render(&Conversation { messages: m }, usize::MAX).unwrap()
+                };
+                let f = (e + 1..=answers.len())
+                    .find(|&f| {
+                        let a = alone(f);
+                        let cut = f == e + 1 && a.len() > limit;
+                        let n = piece.len();
+                        (a == *piece || (cut && a.ids[..n] == piece.ids[..] && a.mask[..n] == piece.mask[..]))
+                            // As many whole exchanges as fit.
+                            && (f == answers.len() || alone(f + 1).len() > limit)
+                    })
+                    .expect("a piece that is not a greedy run of exchanges");
+                e = f;
+                kept.extend(
+                    piece
+                        .ids
+                        .iter()
+                        .zip(&piece.mask)
+                        .filter(|(_, &m)| m == 1)
+                        .map(|(&i, _)| i),
+                );
+            }
+            assert_eq!(e, answers.len(), "limit {limit}: exchanges missing");
+            let all: Vec<Rank> = whole
+                .ids
+                .iter()
+                .zip(&whole.mask)
+                .filter(|(_, &m)| m == 1)
+                .map(|(&i, _)| i)
+                .collect();
+            if t.cut == 0 {
+                assert_eq!(kept, all, "limit {limit}");
+            } else {
+                assert_eq!(
+                    kept.len() as u64 + t.lost,
+                    all.len() as u64,
+                    "limit {limit}"
+                );
+            }
+        }
+        // The longest exchange alone (system merged in) exceeds 30 tokens.
+        assert!(r.render_turns(&conv, 30).unwrap().cut >= 1);
     }
 }

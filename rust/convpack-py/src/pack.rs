@@ -7,20 +7,22 @@
 //! (`plan`, `shape`, `write`).
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use convpack_core::pack::{
-    Inputs, Mode, Outputs, Overflow, PackConfig, PackState, Packer, Schedule,
+    Inputs, Mode, Outputs, Overflow, PackConfig, PackState, Packer, RenderCache, Schedule,
 };
 use convpack_core::{
-    ChatTokens, Conversation, ConversationError, CoreError, Rendered, Renderer, Tokenizer,
+    ChatTokens, Content, Conversation, ConversationError, CoreError, Message, Part, Renderer,
+    Tokenizer, Turns,
 };
 use numpy::{PyArrayDyn, PyArrayMethods};
-use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBool, PyDict, PyInt, PyList};
 
-use crate::convert::{Arena, ExtractError};
+use crate::convert::{Arena, ConversationSpec, ExtractError};
 use crate::errors::IntoPyResult;
 use crate::{detached, PyTokenizer};
 
@@ -35,6 +37,229 @@ pub struct PyPacker {
     tok: Arc<Tokenizer>,
     max_tokens: usize,
     num_threads: usize,
+    cache: Option<RenderCache>,
+    /// Chunks rendering in the background (`submit`), in fetch order.
+    pending: VecDeque<Chunk>,
+    /// Conversations in them.
+    pending_len: usize,
+}
+
+type RenderResults = Vec<Result<Turns, ConversationError>>;
+
+/// Where each conversation of a chunk comes from.
+enum Slot {
+    Cached(Turns),
+    Failed(ConversationError),
+    Render,
+}
+
+/// A chunk submitted for rendering in the background.
+struct Chunk {
+    slots: Vec<Slot>,
+    indices: Vec<usize>,
+    /// The conversations, shared with the render thread: a process forked
+    /// while the thread ran has no such thread and renders them itself.
+    convs: Arc<Vec<Conversation<String>>>,
+    /// The process that started the thread.
+    pid: u32,
+    rendered: std::thread::JoinHandle<RenderResults>,
+}
+
+impl Chunk {
+    /// The rendered conversations: the thread's, or (in a forked child,
+    /// where the thread does not exist) rendered here.
+    fn results(
+        self,
+        py: Python<'_>,
+        job: &RenderJob,
+    ) -> PyResult<(Vec<Slot>, Vec<usize>, RenderResults)> {
+        let Chunk {
+            slots,
+            indices,
+            convs,
+            pid,
+            rendered,
+        } = self;
+        let results = if pid == std::process::id() {
+            detached(py, "rendering", || rendered.join())?
+                .map_err(|_| PyRuntimeError::new_err("a render thread panicked"))?
+        } else {
+            // Joining or detaching a thread of the parent would touch a
+            // thread this process does not have.
+            std::mem::forget(rendered);
+            detached(py, "rendering", || job.run(&convs))?
+        };
+        Ok((slots, indices, results))
+    }
+}
+
+impl Drop for PyPacker {
+    fn drop(&mut self) {
+        let pid = std::process::id();
+        for chunk in self.pending.drain(..) {
+            if chunk.pid != pid {
+                std::mem::forget(chunk.rendered);
+            }
+        }
+    }
+}
+
+/// What rendering a chunk needs, free of Python (it may run on another
+/// thread).
+struct RenderJob {
+    tok: Arc<Tokenizer>,
+    split: bool,
+    limit: usize,
+    max_tokens: usize,
+    threads: usize,
+}
+
+impl RenderJob {
+    fn run<S: AsRef<str> + Sync>(&self, convs: &[Conversation<S>]) -> RenderResults {
+        if convs.is_empty() {
+            return Vec::new();
+        }
+        let renderer = match Renderer::new(&self.tok) {
+            Ok(r) => r,
+            Err(e) => {
+                let e = ConversationError::new(None, e.to_string());
+                return convs.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        if self.split {
+            renderer.render_turns_batch(convs, self.limit, self.threads)
+        } else {
+            renderer
+                .render_batch(convs, self.max_tokens, self.threads)
+                .into_iter()
+                .map(|r| r.map(Turns::from))
+                .collect()
+        }
+    }
+}
+
+/// A conversation with its own copies of the strings.
+fn owned(c: Conversation<Cow<'_, str>>) -> Conversation<String> {
+    Conversation {
+        messages: c
+            .messages
+            .into_iter()
+            .map(|m| Message {
+                role: m.role,
+                content: match m.content {
+                    Content::Text(t) => Content::Text(t.into_owned()),
+                    Content::Parts(ps) => Content::Parts(
+                        ps.into_iter()
+                            .map(|p| Part {
+                                kind: p.kind,
+                                text: p.text.into_owned(),
+                            })
+                            .collect(),
+                    ),
+                },
+            })
+            .collect(),
+    }
+}
+
+impl PyPacker {
+    fn job(&self) -> RenderJob {
+        RenderJob {
+            tok: Arc::clone(&self.tok),
+            split: self.inner.config().split_turns,
+            limit: self.inner.piece_limit(),
+            max_tokens: self.max_tokens,
+            threads: self.num_threads,
+        }
+    }
+
+    /// Reads `items` (for `indices`) out of Python: cached ones from the
+    /// cache, bad ones as their error, the rest into `arena` to render.
+    fn extract<'py>(
+        &mut self,
+        arena: &mut Arena<'py>,
+        items: &[Bound<'py, PyAny>],
+        indices: &[usize],
+    ) -> PyResult<(Vec<Slot>, Vec<ConversationSpec>)> {
+        let mut specs = Vec::with_capacity(items.len());
+        let mut slots: Vec<Slot> = Vec::with_capacity(items.len());
+        for (item, &index) in items.iter().zip(indices) {
+            if item.is_none() {
+                match self.cache.as_mut().and_then(|c| c.get(index)) {
+                    Some(t) => slots.push(Slot::Cached(t)),
+                    None => {
+                        return Err(PyValueError::new_err(format!(
+                            "conversation {index} was pushed as None but is not cached"
+                        )))
+                    }
+                }
+                continue;
+            }
+            match arena.add(item) {
+                Ok(s) => {
+                    specs.push(s);
+                    slots.push(Slot::Render);
+                }
+                Err(ExtractError::Rule(e)) => slots.push(Slot::Failed(e.with_conversation(index))),
+                Err(ExtractError::Python(e)) => return Err(e),
+            }
+        }
+        Ok((slots, specs))
+    }
+
+    /// Puts a chunk's conversations, in order, into the cache and the packer.
+    fn finish(
+        &mut self,
+        py: Python<'_>,
+        slots: Vec<Slot>,
+        indices: Vec<usize>,
+        rendered: RenderResults,
+    ) -> PyResult<()> {
+        let (inner, cache) = (&mut self.inner, &mut self.cache);
+        let r = detached(py, "packing", move || {
+            let mut rendered = rendered.into_iter();
+            let mut docs: RenderResults = Vec::with_capacity(slots.len());
+            for (slot, &index) in slots.into_iter().zip(&indices) {
+                docs.push(match slot {
+                    Slot::Cached(t) => Ok(t),
+                    Slot::Failed(e) => Err(e),
+                    Slot::Render => {
+                        let r = rendered
+                            .next()
+                            .unwrap_or_else(|| {
+                                Err(ConversationError::new(None, "internal: missing rendering"))
+                            })
+                            .map_err(|e| e.with_conversation(index));
+                        if let (Ok(t), Some(c)) = (&r, cache.as_mut()) {
+                            c.insert(index, t);
+                        }
+                        r
+                    }
+                });
+            }
+            inner.push_turns(docs)
+        })?;
+        core(py, r)
+    }
+
+    /// Waits for the oldest chunk in flight and takes it in.
+    fn take_chunk(&mut self, py: Python<'_>) -> PyResult<()> {
+        let Some(chunk) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        self.pending_len -= chunk.indices.len();
+        let job = self.job();
+        let (slots, indices, rendered) = chunk.results(py, &job)?;
+        self.finish(py, slots, indices, rendered)
+    }
+
+    /// Takes every chunk in flight in.
+    fn drain(&mut self, py: Python<'_>) -> PyResult<()> {
+        while !self.pending.is_empty() {
+            self.take_chunk(py)?;
+        }
+        Ok(())
+    }
 }
 
 #[pymethods]
@@ -43,7 +268,7 @@ impl PyPacker {
     #[pyo3(signature = (
         tokenizer, mode, *, batch_size, seq_len, dataset_len, rank, world_size,
         overflow = "pad", buffer_size = 100, max_tokens = 2048, max_seqs = None,
-        num_threads = 0, skip_errors = false
+        num_threads = 0, skip_errors = false, truncate = "tail", cache_bytes = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -60,7 +285,18 @@ impl PyPacker {
         max_seqs: Option<usize>,
         num_threads: usize,
         skip_errors: bool,
+        truncate: &str,
+        cache_bytes: Option<u64>,
     ) -> PyResult<Self> {
+        let split_turns = match truncate {
+            "tail" => false,
+            "turns" => true,
+            t => {
+                return Err(PyValueError::new_err(format!(
+                    "truncate must be 'tail' or 'turns', got {t:?}"
+                )))
+            }
+        };
         let overflow = match overflow {
             "pad" => Overflow::Pad,
             "crop" => Overflow::Crop,
@@ -86,9 +322,6 @@ impl PyPacker {
                 )))
             }
         };
-        if max_tokens == 0 {
-            return Err(PyValueError::new_err("max_tokens must be at least 1"));
-        }
         let chat =
             ChatTokens::of(&tokenizer.inner).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let cfg = PackConfig {
@@ -98,15 +331,22 @@ impl PyPacker {
             bos: chat.bos,
             pad: chat.assistant_end,
             skip_errors,
+            max_tokens,
+            split_turns,
         };
         let order = cfg.order();
         let err = |e: CoreError| PyValueError::new_err(e.to_string());
         let sched = Schedule::new(dataset_len, rank, world_size, order).map_err(err)?;
+        let cache =
+            cache_bytes.map(|b| RenderCache::new(dataset_len, tokenizer.inner.vocab_size(), b));
         Ok(PyPacker {
             inner: Packer::new(cfg, sched).map_err(err)?,
             tok: Arc::clone(&tokenizer.inner),
             max_tokens,
             num_threads,
+            cache,
+            pending: VecDeque::new(),
+            pending_len: 0,
         })
     }
 
@@ -114,59 +354,97 @@ impl PyPacker {
     /// it needs at least. Raises `ConversationError` for a bad conversation
     /// (unless skipping).
     fn plan(&mut self, py: Python<'_>) -> PyResult<usize> {
-        let inner = &mut self.inner;
-        let fill = detached(py, "packing", || inner.plan())?;
-        Ok(match core(py, fill)? {
-            convpack_core::pack::Fill::Ready => 0,
-            convpack_core::pack::Fill::NeedMore(n) => n.max(1),
-        })
+        loop {
+            let inner = &mut self.inner;
+            let fill = detached(py, "packing", || inner.plan())?;
+            match core(py, fill)? {
+                convpack_core::pack::Fill::Ready => return Ok(0),
+                convpack_core::pack::Fill::NeedMore(n) if self.pending.is_empty() => {
+                    return Ok(n.max(1))
+                }
+                convpack_core::pack::Fill::NeedMore(_) => self.take_chunk(py)?,
+            }
+        }
     }
 
-    /// Dataset indices to fetch and `push` next (at most `n`).
+    /// Dataset indices to fetch and `push` (or `submit`) next, at most `n`:
+    /// after the ones in flight.
     fn wanted(&self, n: usize) -> Vec<usize> {
-        self.inner.wanted(n)
+        if self.pending_len == 0 {
+            return self.inner.wanted(n);
+        }
+        self.inner
+            .wanted(self.pending_len + n)
+            .split_off(self.pending_len)
     }
 
-    /// Renders the conversations fetched for `wanted` (in that order).
+    /// Which of `indices` the render cache holds (all False without one):
+    /// those may be pushed as None instead of being read.
+    fn cached(&self, indices: Vec<usize>) -> Vec<bool> {
+        match &self.cache {
+            Some(c) => indices.iter().map(|&i| c.contains(i)).collect(),
+            None => vec![false; indices.len()],
+        }
+    }
+
+    /// Renders the conversations fetched for `wanted` (in that order); None
+    /// stands for one the cache holds. Chunks still rendering from `submit`
+    /// are taken in first.
     fn push(&mut self, py: Python<'_>, conversations: Bound<'_, PyAny>) -> PyResult<()> {
+        self.drain(py)?;
         let items: Vec<Bound<'_, PyAny>> = conversations.try_iter()?.collect::<PyResult<_>>()?;
         let indices = self.inner.wanted(items.len());
         let mut arena = Arena::default();
-        let mut specs = Vec::with_capacity(items.len());
-        let mut failed: Vec<Option<ConversationError>> = Vec::with_capacity(items.len());
-        for (item, &index) in items.iter().zip(&indices) {
-            match arena.add(item) {
-                Ok(s) => {
-                    specs.push(s);
-                    failed.push(None);
-                }
-                Err(ExtractError::Rule(e)) => failed.push(Some(e.with_conversation(index))),
-                Err(ExtractError::Python(e)) => return Err(e),
-            }
-        }
+        let (slots, specs) = self.extract(&mut arena, &items, &indices)?;
         let convs: Vec<Conversation<Cow<'_, str>>> = specs.iter().map(|s| arena.view(s)).collect();
-        let renderer =
-            Renderer::new(&self.tok).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let (max_tokens, threads) = (self.max_tokens, self.num_threads);
-        let rendered = detached(py, "rendering", || {
-            renderer.render_batch(&convs, max_tokens, threads)
-        })?;
-        let mut rendered = rendered.into_iter();
-        let mut docs: Vec<Result<Rendered, ConversationError>> = Vec::with_capacity(failed.len());
-        for (f, &index) in failed.into_iter().zip(&indices) {
-            docs.push(match f {
-                Some(e) => Err(e),
-                None => rendered
-                    .next()
-                    .unwrap_or_else(|| {
-                        Err(ConversationError::new(None, "internal: missing rendering"))
-                    })
-                    .map_err(|e| e.with_conversation(index)),
-            });
+        let job = self.job();
+        let rendered = detached(py, "rendering", || job.run(&convs))?;
+        self.finish(py, slots, indices, rendered)
+    }
+
+    /// Like `push`, but renders in the background: returns once the
+    /// conversations are read out of the Python objects, so the caller can
+    /// read the next ones meanwhile. `plan` takes the results in, in order.
+    /// `wanted` accounts for chunks in flight.
+    fn submit(&mut self, py: Python<'_>, conversations: Bound<'_, PyAny>) -> PyResult<()> {
+        if self.inner.restoring() {
+            return self.push(py, conversations);
         }
-        let inner = &mut self.inner;
-        let r = detached(py, "packing", || inner.push(docs))?;
-        core(py, r)
+        let items: Vec<Bound<'_, PyAny>> = conversations.try_iter()?.collect::<PyResult<_>>()?;
+        let indices = self.wanted(items.len());
+        let mut arena = Arena::default();
+        let (slots, specs) = self.extract(&mut arena, &items, &indices)?;
+        let convs: Arc<Vec<Conversation<String>>> =
+            Arc::new(specs.iter().map(|s| owned(arena.view(s))).collect());
+        let job = self.job();
+        let shared = Arc::clone(&convs);
+        let rendered = std::thread::Builder::new()
+            .name("convpack-render".into())
+            .spawn(move || job.run(&shared))
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start a render thread: {e}")))?;
+        self.pending_len += indices.len();
+        self.pending.push_back(Chunk {
+            slots,
+            indices,
+            convs,
+            pid: std::process::id(),
+            rendered,
+        });
+        Ok(())
+    }
+
+    /// Chunks submitted and not yet taken in by `plan`.
+    fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// `(bytes used, conversations cached, served from the cache, full)`,
+    /// or None without a cache.
+    fn cache_stats(&self) -> Option<(u64, u64, u64, bool)> {
+        self.cache.as_ref().map(|c| {
+            let s = c.stats();
+            (s.bytes, s.conversations, s.hits, s.full)
+        })
     }
 
     /// `(rows, cols, len(cu_seqlens) or 0, inputs are int64)` of the planned
@@ -253,8 +531,14 @@ impl PyPacker {
 
     /// Resets to a dict from `state`; `wanted`/`push` then re-render the
     /// held conversations.
-    fn load_state(&mut self, state: Bound<'_, PyDict>) -> PyResult<()> {
+    fn load_state(&mut self, py: Python<'_>, state: Bound<'_, PyDict>) -> PyResult<()> {
         let st = state_from_dict(&state)?;
+        // Chunks read ahead belong to the old position.
+        let job = self.job();
+        for chunk in std::mem::take(&mut self.pending) {
+            let _ = chunk.results(py, &job);
+        }
+        self.pending_len = 0;
         self.inner
             .load_state(st)
             .map_err(|e| PyValueError::new_err(format!("cannot load this state: {e}")))
@@ -267,7 +551,7 @@ impl PyPacker {
     }
 }
 
-const STATE_KEYS: [&str; 13] = [
+const STATE_KEYS: [&str; 19] = [
     "next",
     "consumed",
     "batch_start",
@@ -281,6 +565,12 @@ const STATE_KEYS: [&str; 13] = [
     "supervised",
     "entered",
     "dropped",
+    "unsupervised",
+    "held_pieces",
+    "next_piece",
+    "split",
+    "cut",
+    "lost",
 ];
 
 fn state_to_dict<'py>(py: Python<'py>, st: &PackState) -> PyResult<Bound<'py, PyDict>> {
@@ -299,34 +589,64 @@ fn state_to_dict<'py>(py: Python<'py>, st: &PackState) -> PyResult<Bound<'py, Py
     d.set_item("supervised", c.supervised)?;
     d.set_item("entered", c.entered)?;
     d.set_item("dropped", c.dropped)?;
+    d.set_item("unsupervised", c.unsupervised)?;
+    d.set_item("held_pieces", st.held_pieces.clone())?;
+    d.set_item("next_piece", st.next_piece)?;
+    d.set_item("split", c.split)?;
+    d.set_item("cut", c.cut)?;
+    d.set_item("lost", c.lost)?;
     Ok(d)
 }
 
+/// A non-negative int (not a bool, not a float) up to 2**53.
+fn count(v: &Bound<'_, PyAny>, field: &str) -> PyResult<u64> {
+    if v.is_instance_of::<PyBool>() || !v.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "the packer state's {field:?} must be an int, got {}",
+            v.get_type().name()?
+        )));
+    }
+    match v.extract::<u64>() {
+        Ok(n) if n <= convpack_core::pack::MAX_COUNT => Ok(n),
+        _ => Err(PyValueError::new_err(format!(
+            "the packer state's {field:?} must be an int in [0, 2**53], got {v}"
+        ))),
+    }
+}
+
+/// Reads a dict from `state`: every key present, nothing else, every value
+/// of the right type; errors name the field. The packer then checks the
+/// values against its configuration.
 fn state_from_dict(d: &Bound<'_, PyDict>) -> PyResult<PackState> {
-    for k in STATE_KEYS {
-        if !d.contains(k)? {
-            return Err(PyKeyError::new_err(format!(
-                "the packer state has no {k:?}"
+    for k in d.keys() {
+        let known = k
+            .extract::<String>()
+            .is_ok_and(|k| STATE_KEYS.contains(&k.as_str()));
+        if !known {
+            return Err(PyValueError::new_err(format!(
+                "the packer state has an unknown field {k}"
             )));
         }
     }
-    let get = |k: &str| -> PyResult<u64> {
+    let field = |k: &str| -> PyResult<Bound<'_, PyAny>> {
         d.get_item(k)?
-            .ok_or_else(|| PyKeyError::new_err(k.to_string()))?
-            .extract::<u64>()
-            .map_err(|_| {
-                PyValueError::new_err(format!(
-                    "the packer state's {k:?} must be a non-negative int"
-                ))
-            })
+            .ok_or_else(|| PyValueError::new_err(format!("the packer state has no {k:?} field")))
     };
-    let held: Vec<usize> = d
-        .get_item("held")?
-        .ok_or_else(|| PyKeyError::new_err("held"))?
-        .extract()
-        .map_err(|_| {
-            PyValueError::new_err("the packer state's \"held\" must be a list of non-negative ints")
+    let get = |k: &str| -> PyResult<u64> { count(&field(k)?, k) };
+    let list = |k: &str| -> PyResult<Vec<usize>> {
+        let obj = field(k)?;
+        let items = obj.cast::<PyList>().map_err(|_| {
+            PyTypeError::new_err(format!("the packer state's {k:?} must be a list of ints"))
         })?;
+        if items.len() > convpack_core::pack::MAX_BUFFER_SIZE {
+            return Err(PyValueError::new_err(format!(
+                "the packer state's {k:?} holds more conversations than any buffer"
+            )));
+        }
+        items.iter().map(|v| Ok(count(&v, k)? as usize)).collect()
+    };
+    let held = list("held")?;
+    let held_pieces = list("held_pieces")?;
     let mut st = PackState {
         next: get("next")?,
         consumed: get("consumed")?,
@@ -334,6 +654,8 @@ fn state_from_dict(d: &Bound<'_, PyDict>) -> PyResult<PackState> {
         skipped: get("skipped")?,
         batches: get("batches")?,
         held,
+        held_pieces,
+        next_piece: get("next_piece")? as usize,
         offset: get("offset")? as usize,
         unusable_run: get("unusable_run")?,
         ..PackState::default()
@@ -343,6 +665,10 @@ fn state_from_dict(d: &Bound<'_, PyDict>) -> PyResult<PackState> {
     st.counters.supervised = get("supervised")?;
     st.counters.entered = get("entered")?;
     st.counters.dropped = get("dropped")?;
+    st.counters.unsupervised = get("unsupervised")?;
+    st.counters.split = get("split")?;
+    st.counters.cut = get("cut")?;
+    st.counters.lost = get("lost")?;
     Ok(st)
 }
 

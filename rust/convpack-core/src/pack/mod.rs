@@ -25,7 +25,9 @@
 //!   a row are truncated to the row when they enter the buffer.
 //! * [`Mode::Varlen`]: padding-free rows; see [`Mode::Varlen`] for the layout.
 
+mod cache;
 mod schedule;
+mod state;
 mod write;
 
 #[cfg(test)]
@@ -34,12 +36,14 @@ mod tests;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+pub use cache::{CacheStats, RenderCache};
 pub use schedule::{Order, Progress, Schedule};
+pub use state::{Counters, PackState, MAX_BATCH_TOKENS, MAX_BUFFER_SIZE, MAX_COUNT};
 pub use write::{write_segments, write_shifted, OutId, Piece};
 
 use crate::bpe::Rank;
 use crate::error::{ConversationError, CoreError};
-use crate::render::Rendered;
+use crate::render::{Rendered, Turns};
 
 /// What `bestfit` does when no buffered conversation fits the rest of a row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +103,12 @@ pub struct PackConfig {
     /// Drop conversations that failed to render (and count them) instead of
     /// returning their error.
     pub skip_errors: bool,
+    /// Conversations were rendered truncated to this many tokens (a bound
+    /// the state checks use).
+    pub max_tokens: usize,
+    /// Conversations longer than a row are pushed in pieces split at
+    /// exchanges (`truncate="turns"`, see `push_turns`).
+    pub split_turns: bool,
 }
 
 impl PackConfig {
@@ -107,6 +117,27 @@ impl PackConfig {
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1".into());
         }
+        if self.max_tokens == 0 {
+            return bad("max_tokens must be at least 1".into());
+        }
+        // Checked before anything is allocated: a row holds T + 1 tokens.
+        let row = match (self.mode, self.seq_len) {
+            (Mode::Padded, None) => self.max_tokens,
+            (_, t) => t.unwrap_or(0).saturating_add(1),
+        };
+        if (self.batch_size as u128) * (row as u128) > MAX_BATCH_TOKENS as u128 {
+            return bad(format!(
+                "batch_size * (seq_len + 1) = {} * {row} is above {MAX_BATCH_TOKENS} tokens per batch",
+                self.batch_size
+            ));
+        }
+        if let Mode::BestFit { buffer_size, .. } = self.mode {
+            if buffer_size > MAX_BUFFER_SIZE {
+                return bad(format!(
+                    "buffer_size must be at most {MAX_BUFFER_SIZE}, got {buffer_size}"
+                ));
+            }
+        }
         match (self.mode, self.seq_len) {
             (Mode::Padded, Some(0)) => bad("seq_len must be at least 1".into()),
             (Mode::Padded, _) => Ok(()),
@@ -114,11 +145,6 @@ impl PackConfig {
             (_, Some(0)) => bad("seq_len must be at least 1".into()),
             (Mode::BestFit { buffer_size: 0, .. }, _) => {
                 bad("buffer_size must be at least 1".into())
-            }
-            (Mode::Varlen { .. }, Some(t))
-                if self.batch_size.saturating_mul(t) > i32::MAX as usize =>
-            {
-                bad("varlen batches are limited to 2**31 - 1 tokens (cu_seqlens are int32)".into())
             }
             (Mode::Varlen { max_seqs }, _) if max_seqs <= self.batch_size => bad(format!(
                 "max_seqs must exceed batch_size ({}), got {max_seqs}",
@@ -173,51 +199,19 @@ pub struct Outputs<'a> {
     pub position_ids: Option<&'a mut [i64]>,
 }
 
-/// Token counters, for `stats`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Target positions written.
-    pub tokens: u64,
-    /// Target positions that are padding.
-    pub pad: u64,
-    /// Targets that are not -1.
-    pub supervised: u64,
-    /// Tokens of the conversations that entered the packer.
-    pub entered: u64,
-    /// Of those, tokens dropped by cropping or truncation to a row.
-    pub dropped: u64,
-}
-
-/// Everything needed to resume exactly after a batch.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PackState {
-    /// Fetch ordinal of the first conversation not held by the packer.
-    pub next: u64,
-    /// Conversations used up (skipped ones included).
-    pub consumed: u64,
-    /// `consumed` when the last batch began (for its progress).
-    pub batch_start: u64,
-    pub skipped: u64,
-    pub batches: u64,
-    /// Dataset indices of the held conversations: the best-fit buffer in
-    /// order, or the partially used one in `stream` / `varlen`.
-    pub held: Vec<usize>,
-    /// Tokens already used of the partially used conversation.
-    pub offset: usize,
-    /// Consecutive conversations that could not be used (to detect a rank
-    /// whose every conversation is bad).
-    pub unusable_run: u64,
-    pub counters: Counters,
-}
-
 struct Fetched {
     index: usize,
-    doc: Result<Rendered, ConversationError>,
+    doc: Result<Turns, ConversationError>,
+    /// Pieces already pulled (`truncate="turns"`; 0 or 1 otherwise).
+    taken: usize,
 }
 
 struct Held {
     index: usize,
     doc: Arc<Rendered>,
+    /// Which piece of its conversation this is, and whether the last one.
+    piece: usize,
+    last: bool,
 }
 
 #[derive(Default)]
@@ -240,6 +234,9 @@ pub struct Packer {
     fetch: u64,
     /// Held conversations to re-render after `load_state`, in order.
     restore: Vec<usize>,
+    /// Pieces of the first conversation fetched after `load_state` that
+    /// were already pulled before the state was saved.
+    restore_taken: usize,
     buffer: Vec<Held>,
     head: Option<(Held, usize)>,
     plan: Plan,
@@ -263,6 +260,7 @@ impl Packer {
             queue: VecDeque::new(),
             fetch: 0,
             restore: Vec::new(),
+            restore_taken: 0,
             buffer: Vec::new(),
             head: None,
             plan: Plan::default(),
@@ -278,6 +276,12 @@ impl Packer {
 
     pub fn schedule(&self) -> &Schedule {
         &self.sched
+    }
+
+    /// Whether held conversations must be pushed again after `load_state`
+    /// (`wanted` lists them) before anything else.
+    pub fn restoring(&self) -> bool {
+        !self.restore.is_empty()
     }
 
     /// Dataset indices to fetch next, at most `n` (after `load_state`, first
@@ -297,20 +301,39 @@ impl Packer {
         &mut self,
         docs: Vec<Result<Rendered, ConversationError>>,
     ) -> Result<(), CoreError> {
+        self.push_turns(docs.into_iter().map(|d| d.map(Turns::from)).collect())
+    }
+
+    /// `push` for conversations rendered in pieces (`truncate="turns"`):
+    /// each piece is packed as a conversation of its own.
+    pub fn push_turns(
+        &mut self,
+        docs: Vec<Result<Turns, ConversationError>>,
+    ) -> Result<(), CoreError> {
         if !self.restore.is_empty() {
             return self.finish_restore(docs);
         }
         for doc in docs {
             let index = self.sched.index(self.fetch);
+            let taken = std::mem::take(&mut self.restore_taken);
+            if let Ok(t) = &doc {
+                if taken >= t.pieces.len() && taken > 0 {
+                    return Err(CoreError::Invalid(format!(
+                        "conversation {index} renders in {} pieces, but the saved state had \
+                         used {taken}; is this the same dataset and tokenizer?",
+                        t.pieces.len()
+                    )));
+                }
+            }
             self.fetch += 1;
-            self.queue.push_back(Fetched { index, doc });
+            self.queue.push_back(Fetched { index, doc, taken });
         }
         Ok(())
     }
 
     fn finish_restore(
         &mut self,
-        docs: Vec<Result<Rendered, ConversationError>>,
+        docs: Vec<Result<Turns, ConversationError>>,
     ) -> Result<(), CoreError> {
         if docs.len() != self.restore.len() {
             return Err(CoreError::Invalid(format!(
@@ -321,14 +344,24 @@ impl Packer {
         }
         let indices = std::mem::take(&mut self.restore);
         let mut held = Vec::with_capacity(docs.len());
-        for (index, doc) in indices.into_iter().zip(docs) {
-            let mut doc = doc.map_err(|e| CoreError::Conversation(e.with_conversation(index)))?;
+        for ((index, doc), &piece) in indices.into_iter().zip(docs).zip(&self.st.held_pieces) {
+            let mut turns = doc.map_err(|e| CoreError::Conversation(e.with_conversation(index)))?;
+            let n = turns.pieces.len();
+            if piece >= n {
+                return Err(CoreError::Invalid(format!(
+                    "conversation {index} renders in {n} pieces, the saved state holds piece \
+                     {piece}; is this the same dataset and tokenizer?"
+                )));
+            }
+            let mut doc = std::mem::take(&mut turns.pieces[piece]);
             if let Some(cap) = self.entry_cap() {
                 doc.truncate(cap);
             }
             held.push(Held {
                 index,
                 doc: Arc::new(doc),
+                piece,
+                last: piece + 1 == n,
             });
         }
         match self.cfg.mode {
@@ -336,7 +369,12 @@ impl Packer {
             Mode::Stream | Mode::Varlen { .. } => {
                 let offset = self.st.offset;
                 if let Some(h) = held.pop() {
-                    if offset >= h.doc.len() {
+                    // A varlen head always has a target left to place.
+                    let usable = match self.cfg.mode {
+                        Mode::Varlen { .. } => h.doc.len().saturating_sub(1),
+                        _ => h.doc.len(),
+                    };
+                    if offset >= usable {
                         return Err(CoreError::Invalid(format!(
                             "conversation {} has {} tokens, fewer than the saved offset {offset}; \
                              is this the same dataset and tokenizer?",
@@ -352,8 +390,19 @@ impl Packer {
         Ok(())
     }
 
+    /// Whether targets are -1 where the mask is 0 (all modes but `stream`).
+    fn uses_mask(&self) -> bool {
+        !matches!(self.cfg.mode, Mode::Stream)
+    }
+
+    /// The longest piece to split conversations into (`truncate="turns"`).
+    pub fn piece_limit(&self) -> usize {
+        self.entry_cap()
+            .map_or(self.cfg.max_tokens, |c| c.min(self.cfg.max_tokens))
+    }
+
     /// Longest conversation kept when it enters the packer.
-    fn entry_cap(&self) -> Option<usize> {
+    pub fn entry_cap(&self) -> Option<usize> {
         match self.cfg.mode {
             Mode::Padded => self.cfg.seq_len.map(|t| t + 1),
             Mode::BestFit { .. } => self.cfg.seq_len.map(|t| t + 1),
@@ -366,14 +415,13 @@ impl Packer {
     /// staying at the front so the state stays valid).
     fn pull(&mut self) -> Result<Option<Held>, CoreError> {
         loop {
-            let Some(front) = self.queue.front() else {
+            let Some(front) = self.queue.front_mut() else {
                 return Ok(None);
             };
-            match &front.doc {
+            let index = front.index;
+            let turns = match &mut front.doc {
                 Err(e) if !self.cfg.skip_errors => {
-                    return Err(CoreError::Conversation(
-                        e.clone().with_conversation(front.index),
-                    ));
+                    return Err(CoreError::Conversation(e.clone().with_conversation(index)));
                 }
                 Err(_) => {
                     self.queue.pop_front();
@@ -381,42 +429,51 @@ impl Packer {
                     self.st.skipped += 1;
                     self.st.consumed += 1;
                     self.unusable()?;
+                    continue;
                 }
-                Ok(doc)
-                    if doc.is_empty()
-                        || (doc.len() < 2 && matches!(self.cfg.mode, Mode::Varlen { .. })) =>
-                {
-                    // Nothing to train on; using it would place no token.
-                    self.st.counters.entered += doc.len() as u64;
-                    self.st.counters.dropped += doc.len() as u64;
-                    self.queue.pop_front();
-                    self.st.next += 1;
-                    self.st.consumed += 1;
-                    self.unusable()?;
-                }
-                Ok(_) => {
-                    let Some(Fetched {
-                        index,
-                        doc: Ok(mut doc),
-                    }) = self.queue.pop_front()
-                    else {
-                        return Ok(None);
-                    };
-                    self.st.next += 1;
-                    self.st.unusable_run = 0;
-                    self.st.counters.entered += doc.len() as u64;
-                    if let Some(cap) = self.entry_cap() {
-                        if doc.len() > cap {
-                            self.st.counters.dropped += (doc.len() - cap) as u64;
-                            doc.truncate(cap);
-                        }
-                    }
-                    return Ok(Some(Held {
-                        index,
-                        doc: Arc::new(doc),
-                    }));
+                Ok(t) => t,
+            };
+            let piece = front.taken;
+            let n = turns.pieces.len();
+            if piece == 0 {
+                let c = &mut self.st.counters;
+                c.split += (n > 1) as u64;
+                c.cut += turns.cut;
+                c.lost += turns.lost;
+            }
+            let mut doc = std::mem::take(&mut turns.pieces[piece]);
+            front.taken += 1;
+            let last = piece + 1 == n;
+            if last {
+                self.queue.pop_front();
+                self.st.next += 1;
+            }
+            self.st.counters.entered += doc.len() as u64;
+            if doc.is_empty() || (doc.len() < 2 && matches!(self.cfg.mode, Mode::Varlen { .. })) {
+                // Nothing to train on; using it would place no token.
+                self.st.counters.dropped += doc.len() as u64;
+                self.st.consumed += last as u64;
+                self.unusable()?;
+                continue;
+            }
+            self.st.unusable_run = 0;
+            // Counted as rendered (before a row cuts it): a conversation
+            // that has nothing to train on at all.
+            if self.uses_mask() && doc.mask.iter().all(|&m| m == 0) {
+                self.st.counters.unsupervised += 1;
+            }
+            if let Some(cap) = self.entry_cap() {
+                if doc.len() > cap {
+                    self.st.counters.dropped += (doc.len() - cap) as u64;
+                    doc.truncate(cap);
                 }
             }
+            return Ok(Some(Held {
+                index,
+                doc: Arc::new(doc),
+                piece,
+                last,
+            }));
         }
     }
 
@@ -457,7 +514,7 @@ impl Packer {
         while self.plan.rows.len() < b {
             match self.pull()? {
                 Some(h) => {
-                    self.st.consumed += 1;
+                    self.st.consumed += h.last as u64;
                     let n = h.doc.len() - 1;
                     self.plan.rows.push(vec![Piece::doc(&h.doc, 0, n)]);
                 }
@@ -479,7 +536,7 @@ impl Packer {
                 None => match self.pull()? {
                     // Counted when fetched, like nanochat's cursor.
                     Some(h) => {
-                        self.st.consumed += 1;
+                        self.st.consumed += h.last as u64;
                         (h, 0)
                     }
                     None => return Ok(Fill::NeedMore(1)),
@@ -526,7 +583,7 @@ impl Packer {
                     let h = self.buffer.remove(i);
                     self.plan.rows[row].push(Piece::doc(&h.doc, 0, n));
                     self.plan.pos += n;
-                    self.st.consumed += 1;
+                    self.st.consumed += h.last as u64;
                 }
                 (None, Overflow::Pad) => {
                     self.plan.rows[row].push(Piece::filler(remaining));
@@ -544,7 +601,7 @@ impl Packer {
                     self.st.counters.dropped += (h.doc.len() - remaining) as u64;
                     self.plan.rows[row].push(Piece::doc(&h.doc, 0, remaining));
                     self.plan.pos = cap;
-                    self.st.consumed += 1;
+                    self.st.consumed += h.last as u64;
                 }
             }
         }
@@ -578,7 +635,7 @@ impl Packer {
                 self.plan.rows[row].push(Piece::doc(&h.doc, off, take));
                 self.plan.pos += take;
                 if take == left {
-                    self.st.consumed += 1;
+                    self.st.consumed += h.last as u64;
                 } else {
                     self.head = Some((h, off + take));
                 }
@@ -778,17 +835,21 @@ impl Packer {
 
     fn sync_state(&mut self) {
         self.st.next = self.fetch - self.queue.len() as u64;
+        self.st.next_piece = self.queue.front().map_or(0, |f| f.taken);
         match (&self.cfg.mode, &self.head) {
             (Mode::BestFit { .. }, _) => {
                 self.st.held = self.buffer.iter().map(|h| h.index).collect();
+                self.st.held_pieces = self.buffer.iter().map(|h| h.piece).collect();
                 self.st.offset = 0;
             }
             (_, Some((h, off))) => {
                 self.st.held = vec![h.index];
+                self.st.held_pieces = vec![h.piece];
                 self.st.offset = *off;
             }
             _ => {
                 self.st.held.clear();
+                self.st.held_pieces.clear();
                 self.st.offset = 0;
             }
         }
@@ -808,23 +869,7 @@ impl Packer {
     /// schedule). The held conversations must then be re-rendered: `wanted`
     /// lists them and `push` takes them back.
     pub fn load_state(&mut self, state: PackState) -> Result<(), CoreError> {
-        let max_held = match self.cfg.mode {
-            Mode::BestFit { buffer_size, .. } => buffer_size,
-            Mode::Stream | Mode::Varlen { .. } => 1,
-            Mode::Padded => 0,
-        };
-        if state.held.len() > max_held {
-            return Err(CoreError::Invalid(format!(
-                "the state holds {} conversations, this mode holds at most {max_held}",
-                state.held.len()
-            )));
-        }
-        if let Some(&i) = state.held.iter().find(|&&i| i >= self.sched.len) {
-            return Err(CoreError::Invalid(format!(
-                "the state holds conversation {i}, beyond the dataset's {} conversations",
-                self.sched.len
-            )));
-        }
+        state::check(&state, &self.cfg, &self.sched)?;
         self.queue.clear();
         self.buffer.clear();
         self.head = None;
@@ -832,6 +877,7 @@ impl Packer {
         self.ready = false;
         self.fetch = state.next;
         self.restore = state.held.clone();
+        self.restore_taken = state.next_piece;
         self.batch_end = state.consumed;
         self.st = state;
         Ok(())

@@ -121,6 +121,8 @@ fn cfg(mode: Mode, b: usize, t: Option<usize>, skip: bool) -> PackConfig {
         bos: BOS,
         pad: PAD,
         skip_errors: skip,
+        max_tokens: 1 << 20,
+        split_turns: false,
     }
 }
 
@@ -555,4 +557,70 @@ fn progress_reaches_one_at_the_epoch_end() {
     );
     run(&mut p, &data, 1, 1).unwrap(); // 1, 4 of epoch 2
     assert_eq!(p.progress().epoch, 2);
+}
+
+#[test]
+fn states_that_no_packer_wrote_are_refused() {
+    let (b, t) = (2, 10);
+    let data = dataset(17, 23, 25, 0);
+    for mode in all_modes(b) {
+        let c = cfg(mode, b, Some(t), false);
+        let sched = Schedule::new(data.len(), 0, 1, c.order()).unwrap();
+        let mut a = Packer::new(c, sched).unwrap();
+        run(&mut a, &data, 5, 2).unwrap();
+        let good = a.state().clone();
+        let mut fresh = Packer::new(c, sched).unwrap();
+        fresh.load_state(good.clone()).unwrap();
+        type Tamper = fn(&mut PackState);
+        let tampers: [(&str, Tamper); 9] = [
+            ("next", |s| s.next += 1),
+            ("consumed", |s| s.consumed = 1 << 60),
+            ("batch_start", |s| s.batch_start = s.consumed + 1),
+            ("skipped", |s| s.skipped = s.consumed + 1),
+            ("tokens", |s| s.counters.tokens += 1),
+            ("pad", |s| s.counters.pad = s.counters.tokens + 1),
+            ("dropped", |s| s.counters.dropped = s.counters.entered + 1),
+            ("held", |s| s.held.push(1 << 30)),
+            ("batches", |s| s.batches = u64::MAX),
+        ];
+        for (field, tamper) in tampers {
+            let mut bad = good.clone();
+            tamper(&mut bad);
+            let mut p = Packer::new(c, sched).unwrap();
+            match p.load_state(bad) {
+                Err(CoreError::Invalid(m)) => assert!(m.contains('"'), "{mode:?} {field}: {m}"),
+                other => panic!("{mode:?}: tampered {field} accepted: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn oversized_configurations_are_refused_before_allocating() {
+    let big = [
+        cfg(Mode::Stream, 2, Some(1 << 40), false),
+        cfg(Mode::Stream, 1_000_000_000, Some(16), false),
+        cfg(
+            Mode::Varlen { max_seqs: 1 << 20 },
+            1 << 16,
+            Some(1 << 16),
+            false,
+        ),
+        cfg(
+            Mode::BestFit {
+                overflow: Overflow::Pad,
+                buffer_size: 10_000_000,
+            },
+            2,
+            Some(16),
+            false,
+        ),
+    ];
+    for c in big {
+        let sched = Schedule::new(10, 0, 1, c.order()).unwrap();
+        assert!(
+            matches!(Packer::new(c, sched), Err(CoreError::Invalid(_))),
+            "{c:?}"
+        );
+    }
 }
