@@ -25,7 +25,7 @@ while (($#)); do
     case "$1" in
         --all) marker=() ;;
         --) shift; pytest_args+=("$@"); break ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
         *) pytest_args+=("$1") ;;
     esac
     shift
