@@ -159,6 +159,17 @@ def conversation_stats(conversations: Any) -> dict:
     ``short`` / ``medium`` / ``long`` (shares of messages under 50, 50-200
     and over 200 characters) and ``system`` (share of conversations opening
     with a system message). Shares are fractions in 0..1.
+
+    Args:
+        conversations: dicts with a ``"messages"`` list; message content is
+            a string or a list of parts with ``"text"``.
+
+    Returns:
+        The dict above; every mean and share is 0.0 for an empty input.
+
+    Raises:
+        KeyError: a conversation without ``"messages"`` or a message
+            without ``"role"`` / ``"content"``.
     """
     n_conv = n_msg = chars = short = medium = long_ = system = 0
     for conversation in conversations:

@@ -103,6 +103,13 @@ def tiktoken_twin(tokenizer: Any, name: str = "convpack-twin") -> Any:
     """A ``tiktoken.Encoding`` with ``tokenizer``'s pattern, ranks and special
     tokens: the oracle and baseline the benchmarks compare against.
 
+    Args:
+        tokenizer: a ``convpack.Tokenizer``.
+        name: the encoding's name.
+
+    Returns:
+        The ``tiktoken.Encoding``.
+
     Raises:
         ModuleNotFoundError: tiktoken is not installed.
     """

@@ -215,7 +215,14 @@ def table(rows: list, quick: bool = False) -> str:
 
 
 def run_label(quick: bool) -> str:
-    """``"full run"``, or the smoke-run warning for a ``--quick`` run."""
+    """How tables and plots name a run.
+
+    Args:
+        quick: whether the run was ``--quick``.
+
+    Returns:
+        ``"full run"``, or ``SMOKE_NOTE`` for a quick run.
+    """
     return SMOKE_NOTE if quick else "full run"
 
 
