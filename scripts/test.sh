@@ -131,6 +131,9 @@ else
     echo "$source_hash" >"$stamp"
 fi
 "$PYTHON" -c 'import convpack; print("testing convpack", convpack.__version__, "from", convpack.__file__)'
+# The console script of this interpreter first on PATH (a venv need not be active).
+PATH="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export PATH
 
 # 3. The Rust core's tests, in the same target directory and profile.
 step "cargo test --release -p convpack-core"
