@@ -123,8 +123,14 @@ if ((installed_ok)); then
 else
     wheels=$(mktemp -d)
     trap 'rm -rf "$wheels"' EXIT
+    # The maturin module may come from a base environment whose script is
+    # not in this interpreter's scripts directory: then the one on PATH.
+    maturin=("$PYTHON" -m maturin)
+    if ! "${maturin[@]}" --version >/dev/null 2>&1 && command -v maturin >/dev/null; then
+        maturin=(maturin)
+    fi
     echo "maturin build --release (cargo's progress below)"
-    "$PYTHON" -m maturin build --release --interpreter "$PYTHON" --out "$wheels"
+    "${maturin[@]}" build --release --interpreter "$PYTHON" --out "$wheels"
     echo "installing the wheel (dependencies already checked above)"
     "$PYTHON" -m pip install --no-deps --force-reinstall "$wheels"/*.whl
     mkdir -p "$(dirname "$stamp")"
