@@ -130,7 +130,10 @@ else
         maturin=(maturin)
     fi
     echo "maturin build --release (cargo's progress below)"
-    "${maturin[@]}" build --release --interpreter "$PYTHON" --out "$wheels"
+    # The interpreter as pip names it to maturin (sys.executable): another
+    # spelling of it would make pyo3 rebuild instead of reusing pip's build.
+    "${maturin[@]}" build --release --out "$wheels" \
+        --interpreter "$("$PYTHON" -c 'import sys; print(sys.executable)')"
     echo "installing the wheel (dependencies already checked above)"
     "$PYTHON" -m pip install --no-deps --force-reinstall "$wheels"/*.whl
     mkdir -p "$(dirname "$stamp")"
