@@ -236,6 +236,7 @@ def _progress(iterable: Any, total: int, desc: str) -> Any:
 
         yield from tqdm(iterable, total=total, desc=desc, delay=1.0, leave=True, file=sys.stderr)
         return
+    sys.stdout.flush()  # what was said before this step comes first in a shared log
     start = time.perf_counter()
     done = 0
     try:
@@ -624,7 +625,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             "bestfit": lambda: bestfit_batches(convs, render, batch_size, seq_len, bos),
         }
         header = f"  {'mode':8} {'inputs':>12} {'pad':>6} {'crop':>6} {'superv.':>7} {'convpack tok/s':>15} {'Python tok/s':>13} {'ratio':>6}  same"
-        print(header)
+        table = []  # printed once every mode is timed, so progress lines stay above it
         for mode in ("padded", "stream", "bestfit", "varlen"):
             # padded is nanochat's SFT collate: rows as long as the batch's longest.
             gen = generator_cls(
@@ -654,10 +655,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             else:
                 why = "(no nanochat equivalent)" if mode not in baselines else "(needs torch)"
                 py_col, ratio, same_col = f"{'-':>13}", f"{'-':>6}", why
-            print(
+            table.append(
                 f"  {mode:8} {shape:>12} {_pct(_fraction(stats, 'pad')):>6} {_pct(_fraction(stats, 'crop')):>6} "
                 f"{_pct(_fraction(stats, 'supervised')):>7} {ours_tps:15,.0f} {py_col} {ratio:>6}  {same_col}"
             )
+        print(header)
+        print("\n".join(table))
         print(
             "  pad/crop: share of row positions that are padding / tokens cropped away; "
             "superv.: share of targets trained on; same: every batch equal to the Python path's"
