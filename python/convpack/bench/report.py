@@ -15,9 +15,27 @@ from typing import Optional
 from . import SECTIONS, find_section
 from .common import cpu_count
 
-__all__ = ["markdown", "packing_sweep", "run_suite", "table", "write_report"]
+__all__ = [
+    "BUFFER_SIZES",
+    "SMOKE_NOTE",
+    "markdown",
+    "packing_sweep",
+    "run_label",
+    "run_suite",
+    "table",
+    "write_report",
+]
 
+#: The best-fit ``buffer_size`` values of the packing-efficiency sweep.
 BUFFER_SIZES = (1, 2, 4, 8, 16, 32, 64, 100, 256)
+#: Rows of the packing-efficiency sweep: (seq_len, batch_size).
+SWEEP_SEQ_LEN, SWEEP_BATCH_SIZE = 1024, 4
+#: Printed with every table and plot of a ``--quick`` run.
+SMOKE_NOTE = "smoke run (--quick): numbers not representative"
+
+
+def _sweep_conversations(quick: bool) -> int:
+    return 300 if quick else 3000
 
 
 def packing_sweep(quick: bool = False) -> tuple:
@@ -26,8 +44,16 @@ def packing_sweep(quick: bool = False) -> tuple:
     conversations), rows of 1024 tokens with padding.
 
     Uses ``convpack.DataGenerator`` when this build has it, else the
-    pure-Python best-fit of ``convpack.bench.baseline``. Returns
-    ``(rows, packer_name)``.
+    pure-Python best-fit of ``convpack.bench.baseline``.
+
+    Args:
+        quick: 300 conversations and 8 batches per point instead of 3000
+            and 64.
+
+    Returns:
+        ``(rows, packer_name)``: one row per ``BUFFER_SIZES`` value with
+        ``buffer_size``, ``efficiency`` (0..1), ``seq_len`` and
+        ``conversations``.
     """
     import random
 
@@ -41,7 +67,7 @@ def packing_sweep(quick: bool = False) -> tuple:
         spellingbee_conversations,
     )
 
-    n = 300 if quick else 3000
+    n = _sweep_conversations(quick)
     convs = (
         spellingbee_conversations(n // 3)
         + mmlu_like_conversations(n // 3)
@@ -49,7 +75,7 @@ def packing_sweep(quick: bool = False) -> tuple:
     )
     random.Random(0).shuffle(convs)
     tokenizer = convpack.Tokenizer.from_tiktoken_file(cl100k_path())
-    seq_len, batch_size = 1024, 4
+    seq_len, batch_size = SWEEP_SEQ_LEN, SWEEP_BATCH_SIZE
     n_batches = 8 if quick else 64
     generator_cls = getattr(convpack, "DataGenerator", None)
     rows = []
@@ -96,6 +122,9 @@ def packing_sweep(quick: bool = False) -> tuple:
                 "buffer_size": buffer_size,
                 "efficiency": efficiency,
                 "packer": packer,
+                "seq_len": seq_len,
+                "batch_size": batch_size,
+                "conversations": len(convs),
             }
         )
     return rows, packer
@@ -113,8 +142,21 @@ def _pad_fraction(stats) -> float:
 
 
 def run_suite(quick: bool, log: Callable[[str], None] = print) -> tuple:
-    """Every section that is available; returns ``(rows, notes)`` where
-    notes say which sections were skipped and why."""
+    """Run every benchmark section that is available, then the packing sweep.
+
+    Args:
+        quick: small inputs and one round (a smoke run, seconds).
+        log: receives one progress line per step.
+
+    Returns:
+        ``(rows, notes)``: the rows of every section; notes say which
+        sections were skipped and why, and which packer the sweep used.
+
+    Raises:
+        BenchmarkMismatch: a section's outputs differ from its baseline's.
+        ModuleNotFoundError: a section needs a package that is missing (see
+            ``convpack.bench.missing_requirements``).
+    """
     rows: list = []
     notes: list = []
     for name in SECTIONS:
@@ -124,7 +166,7 @@ def run_suite(quick: bool, log: Callable[[str], None] = print) -> tuple:
             log(f"note: {note}")
             notes.append(note)
             continue
-        log(f"running {name} benchmark{' (quick)' if quick else ''} ...")
+        log(f"running {name} benchmark{' (quick: a smoke run)' if quick else ''} ...")
         start = time.perf_counter()
         section_rows = run(quick)
         log(f"  {len(section_rows)} cases in {time.perf_counter() - start:.1f} s")
@@ -147,10 +189,20 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}"
 
 
-def table(rows: list) -> str:
+def table(rows: list, quick: bool = False) -> str:
     """A markdown table of the rows that have a ratio, and of those timed
-    alone (``ours`` without a baseline), which show ``-`` for the baseline."""
-    lines = ["| case | convpack | baseline | unit | ratio |", "|---|---:|---:|---|---:|"]
+    alone (``ours`` without a baseline), which show ``-`` for the baseline.
+
+    Args:
+        rows: benchmark rows (see ``convpack.bench``); packing-efficiency
+            points are left out.
+        quick: the rows come from a smoke run: the table's first line says so.
+
+    Returns:
+        The markdown table, without a trailing newline.
+    """
+    lines = [f"*{SMOKE_NOTE}*", ""] if quick else []
+    lines += ["| case | convpack | baseline | unit | ratio |", "|---|---:|---:|---|---:|"]
     for r in rows:
         if "ratio" in r:
             lines.append(
@@ -162,14 +214,35 @@ def table(rows: list) -> str:
     return "\n".join(lines)
 
 
-def markdown(rows: list, notes: list, command: str) -> str:
-    """The report as markdown: one table per section, then packing efficiency."""
+def run_label(quick: bool) -> str:
+    """How tables and plots name a run.
+
+    Args:
+        quick: whether the run was ``--quick``.
+
+    Returns:
+        ``"full run"``, or ``SMOKE_NOTE`` for a quick run.
+    """
+    return SMOKE_NOTE if quick else "full run"
+
+
+def markdown(rows: list, notes: list, command: str, quick: bool = False) -> str:
+    """The report as markdown: one table per section, then packing efficiency.
+
+    Args:
+        rows, notes: as ``run_suite`` returns them.
+        command: the command line that made them, quoted in the report.
+        quick: a smoke run: the title and every table say so.
+
+    Returns:
+        The markdown text.
+    """
     import convpack
 
     lines = [
-        "# convpack benchmarks",
+        "# convpack benchmarks" + (f": {SMOKE_NOTE}" if quick else ""),
         "",
-        f"Command: `{command}`",
+        f"Command: `{command}` ({run_label(quick)})",
         "",
         f"convpack {convpack.__version__}, Python {platform.python_version()}, "
         f"{platform.machine()} with {cpu_count()} CPU threads available. "
@@ -179,12 +252,14 @@ def markdown(rows: list, notes: list, command: str) -> str:
     ]
     sections = [s for s in dict.fromkeys(r["section"] for r in rows) if s != "packing"]
     for section in sections:
-        lines += [f"## {section}", "", table([r for r in rows if r["section"] == section]), ""]
+        section_rows = [r for r in rows if r["section"] == section]
+        lines += [f"## {section}", "", table(section_rows, quick), ""]
     packing = [r for r in rows if "efficiency" in r]
     if packing:
         lines += [
             "## packing efficiency (best-fit)",
             "",
+            *([f"*{SMOKE_NOTE}*", ""] if quick else []),
             "| buffer_size | efficiency |",
             "|---:|---:|",
         ]
@@ -195,7 +270,24 @@ def markdown(rows: list, notes: list, command: str) -> str:
     return "\n".join(lines)
 
 
-def _plots(rows: list, out_dir: str) -> list:
+def _datagen_rows_label(rows: list) -> str:
+    """``"rows 8 x 2048"`` from the datagen rows (batch_size x seq_len)."""
+    shapes = sorted(
+        {(r["batch_size"], r["seq_len"]) for r in rows if r.get("seq_len") and r.get("batch_size")}
+    )
+    return ", ".join(f"{b} x {t}" for b, t in shapes) or "-"
+
+
+def _plot_title(first_line: str, quick: bool, details: str, width: int) -> str:
+    """The plot's title: what it shows, then the run (full or smoke, CPU
+    threads) and the data and row length, wrapped to ``width`` characters."""
+    import textwrap
+
+    run = f"{run_label(quick)}; {cpu_count()} CPU threads"
+    return "\n".join([first_line, run, *textwrap.wrap(details, width)])
+
+
+def _plots(rows: list, out_dir: str, quick: bool = False) -> list:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,17 +300,29 @@ def _plots(rows: list, out_dir: str) -> list:
     if ratio_rows:
         labels = [f"{r['section']}: {r['case']}" for r in ratio_rows]
         ratios = [r["ratio"] for r in ratio_rows]
-        fig, ax = plt.subplots(figsize=(10, 0.32 * len(ratio_rows) + 1.5))
+        fig, ax = plt.subplots(figsize=(11, 0.32 * len(ratio_rows) + 2.2))
         colors = ["tab:green" if x >= 1 else "tab:red" for x in ratios]
-        ax.barh(range(len(ratios)), ratios, color=colors)
+        bars = ax.barh(range(len(ratios)), ratios, color=colors)
+        ax.bar_label(bars, labels=[f"{x:.2f}x" for x in ratios], padding=3, fontsize=7)
         ax.set_yticks(range(len(ratios)))
         ax.set_yticklabels(labels, fontsize=7)
         ax.invert_yaxis()
         ax.axvline(1.0, color="black", linewidth=1)
         if max(ratios) > 20:  # the packer-alone ratios would flatten the rest
             ax.set_xscale("log")
+        ax.set_xlim(right=ax.get_xlim()[1] * (1.6 if ax.get_xscale() == "log" else 1.12))
         ax.set_xlabel("convpack / baseline (higher is better)")
-        ax.set_title("convpack speed relative to tiktoken and the pure-Python path")
+        datagen = [r for r in ratio_rows if r["section"] == "datagen"]
+        details = (
+            "text: synthetic prose, code, ten scripts; conversations: SmolTalk-like, "
+            f"SpellingBee, MMLU-sized; DataGenerator rows {_datagen_rows_label(datagen)}"
+        )
+        ax.set_title(
+            _plot_title(
+                "convpack speed relative to tiktoken and the pure-Python path", quick, details, 110
+            ),
+            fontsize=9,
+        )
         fig.tight_layout()
         path = os.path.join(out_dir, "ratios.png")
         fig.savefig(path, dpi=110)
@@ -226,16 +330,29 @@ def _plots(rows: list, out_dir: str) -> list:
         written.append(path)
     packing = [r for r in rows if "efficiency" in r]
     if packing:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(
-            [r["buffer_size"] for r in packing],
-            [100 * r["efficiency"] for r in packing],
-            marker="o",
-        )
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        xs = [r["buffer_size"] for r in packing]
+        ys = [100 * r["efficiency"] for r in packing]
+        ax.plot(xs, ys, marker="o")
+        for x, y in zip(xs, ys):
+            ax.annotate(
+                f"{y:.1f}%",
+                (x, y),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=7,
+            )
         ax.set_xscale("log")
+        ax.set_ylim(min(ys) - 5, 103)
         ax.set_xlabel("buffer_size (conversations)")
         ax.set_ylabel("row positions holding tokens (%)")
-        ax.set_title("best-fit packing efficiency")
+        first = packing[0]
+        details = (
+            f"rows of {first.get('seq_len', SWEEP_SEQ_LEN)}; SFT-like mixture of "
+            f"{first.get('conversations', '?')} conversations (SpellingBee, MMLU-sized, SmolTalk-like)"
+        )
+        ax.set_title(_plot_title("best-fit packing efficiency", quick, details, 80), fontsize=8)
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         path = os.path.join(out_dir, "packing_efficiency.png")
@@ -245,14 +362,34 @@ def _plots(rows: list, out_dir: str) -> list:
     return written
 
 
-def write_report(rows: list, notes: list, out_dir: str, command: Optional[str] = None) -> list:
-    """Writes the report files into ``out_dir``; returns their paths."""
+def write_report(
+    rows: list, notes: list, out_dir: str, command: Optional[str] = None, quick: bool = False
+) -> list:
+    """Write ``benchmarks.md``, ``results.json`` and the PNG plots.
+
+    Args:
+        rows, notes: as ``run_suite`` returns them.
+        out_dir: the directory to write into (created if missing).
+        command: the command line quoted in the report (default: this
+            process's arguments).
+        quick: a smoke run: the markdown, the JSON (``"run"``) and every
+            plot's title say so.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        OSError: ``out_dir`` cannot be written.
+        ModuleNotFoundError: matplotlib is missing (the text files are
+            written first).
+    """
     os.makedirs(out_dir, exist_ok=True)
     command = command or " ".join(["convpack", *sys.argv[1:]])
     md_path = os.path.join(out_dir, "benchmarks.md")
     with open(md_path, "w", encoding="utf-8") as f:
-        f.write(markdown(rows, notes, command))
+        f.write(markdown(rows, notes, command, quick))
     json_path = os.path.join(out_dir, "results.json")
     with open(json_path, "w", encoding="utf-8") as f:
-        json.dump({"command": command, "notes": notes, "rows": rows}, f, indent=1)
-    return [md_path, json_path, *_plots(rows, out_dir)]
+        meta = {"command": command, "run": "quick" if quick else "full", "threads": cpu_count()}
+        json.dump({**meta, "notes": notes, "rows": rows}, f, indent=1)
+    return [md_path, json_path, *_plots(rows, out_dir, quick)]
