@@ -23,16 +23,18 @@ pub fn count_pieces(
     texts: &[&str],
     counts: &mut FxHashMap<Vec<u8>, u64>,
 ) -> Result<(), CoreError> {
-    let partial: Result<Vec<FxHashMap<&[u8], u64>>, CoreError> = texts
-        .par_chunks(64)
-        .map(|chunk| {
-            let mut m: FxHashMap<&[u8], u64> = FxHashMap::default();
-            for t in chunk {
-                splitter.split(t, |p| *m.entry(p.as_bytes()).or_insert(0) += 1)?;
-            }
-            Ok(m)
-        })
-        .collect();
+    let partial: Result<Vec<FxHashMap<&[u8], u64>>, CoreError> = crate::parallel::install(|| {
+        texts
+            .par_chunks(64)
+            .map(|chunk| {
+                let mut m: FxHashMap<&[u8], u64> = FxHashMap::default();
+                for t in chunk {
+                    splitter.split(t, |p| *m.entry(p.as_bytes()).or_insert(0) += 1)?;
+                }
+                Ok(m)
+            })
+            .collect()
+    });
     for m in partial? {
         for (k, v) in m {
             match counts.get_mut(k) {
