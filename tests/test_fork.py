@@ -27,7 +27,9 @@ import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 import convpack
 path = sys.argv[1]
-tok = convpack.Tokenizer.from_tiktoken_file(path)
+tok = convpack.Tokenizer.from_tiktoken_file(
+        path, pattern=convpack.SPLIT_PATTERN, special_tokens=convpack.CHAT_SPECIAL_TOKENS
+    )
 ranks = load_tiktoken_bpe(path)
 n = len(ranks)
 oracle = tiktoken.Encoding("o", pat_str=convpack.SPLIT_PATTERN, mergeable_ranks=ranks,
@@ -101,6 +103,7 @@ def test_multiprocessing_fork_pool(cl100k_path):
     assert json.loads(out) == [True] * 4
 
 
+@pytest.mark.slow  # importing torch in the child takes most of it
 def test_torch_dataloader_fork_workers(cl100k_path):
     pytest.importorskip("torch")
     out = _run(

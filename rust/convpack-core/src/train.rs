@@ -96,8 +96,9 @@ pub fn train(
     while tokens.len() < vocab_size {
         let Some((count, Reverse(pair))) = heap.pop() else {
             return Err(CoreError::Invalid(format!(
-                "the training text has too few distinct pairs to reach vocab_size {vocab_size} ({} tokens learned); give it more text",
-                tokens.len()
+                "the training text has too few distinct pairs: it yields only {} ordinary tokens (the 256 bytes and {} merges) where {vocab_size} are needed",
+                tokens.len(),
+                tokens.len() - 256
             )));
         };
         let current = pair_count.get(&pair).copied().unwrap_or(0);
