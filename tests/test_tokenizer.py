@@ -252,3 +252,15 @@ def test_version_and_exports():
     assert isinstance(convpack.__version__, str)
     assert convpack.SPLIT_PATTERN.count(r"\p{N}{1,2}") == 1
     assert len(CHAT_SPECIAL_TOKENS) == 9 and CHAT_SPECIAL_TOKENS[0] == "<|bos|>"
+
+
+def test_every_public_name_is_documented():
+    for name in dir(Tokenizer):
+        if name.startswith("_"):
+            continue
+        doc = getattr(Tokenizer, name).__doc__
+        assert doc and len(doc.strip()) > 20, name
+        member = Tokenizer.__dict__.get(name)
+        if callable(getattr(Tokenizer, name)) and not isinstance(member, property):
+            # a method says what it returns or raises (or writes, for save)
+            assert any(word in doc for word in ("Returns", "Raises")), name
