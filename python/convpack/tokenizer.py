@@ -487,6 +487,8 @@ class Tokenizer:
                 the text holds a special token that is not allowed.
             UnknownSpecialTokenError: ``prepend``/``append`` names no special token.
         """
+        if type(text) is str and prepend is None and append is None and allowed_special is None:
+            return self._core.encode_ordinary(text)  # the common call, with nothing to check
         pre = self._token(prepend, "prepend")
         post = self._token(append, "append")
         if isinstance(text, str):

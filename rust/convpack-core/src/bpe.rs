@@ -366,6 +366,13 @@ impl Tokenizer {
         &self.pattern
     }
 
+    /// The same tokenizer under a new identity: per-thread piece caches
+    /// start empty for it (benchmarks use this to time cold caches).
+    pub fn with_new_identity(mut self) -> Self {
+        self.id = NEXT_TOKENIZER_ID.fetch_add(1, Ordering::Relaxed);
+        self
+    }
+
     /// Which path splits text (see [`Splitter::path`]).
     pub fn pretokenizer(&self) -> String {
         self.splitter.path()
