@@ -264,3 +264,19 @@ def test_every_public_name_is_documented():
         if callable(getattr(Tokenizer, name)) and not isinstance(member, property):
             # a method says what it returns or raises (or writes, for save)
             assert any(word in doc for word in ("Returns", "Raises")), name
+
+
+def test_encode_to_numpy_matches_tiktoken(tokenizer, tt_nano):
+    import numpy as np
+
+    texts = TEXTS[:400]
+    expected = tt_nano.encode_ordinary_batch(texts)
+    for num_threads in (1, None):
+        ids, offsets = tokenizer.encode_to_numpy(texts, num_threads=num_threads)
+        assert ids.dtype == np.uint32 and offsets.dtype == np.int64
+        assert offsets.tolist()[0] == 0 and len(offsets) == len(texts) + 1
+        assert [ids[offsets[i]:offsets[i + 1]].tolist() for i in range(len(texts))] == expected
+    ids, offsets = tokenizer.encode_to_numpy([])
+    assert len(ids) == 0 and offsets.tolist() == [0]
+    with pytest.raises(TypeError, match="position 1"):
+        tokenizer.encode_to_numpy(["a", 3])
