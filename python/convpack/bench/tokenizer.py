@@ -49,7 +49,7 @@ def run(quick: bool = False) -> list[dict]:
     rows: list[dict] = []
     for pattern_name, pattern in (
         ("nanochat", convpack.SPLIT_PATTERN),
-        ("cl100k_base", NAMED_ENCODINGS["cl100k_base"].pattern),
+        ("cl100k", NAMED_ENCODINGS["cl100k_base"].pattern),  # as tiktoken spells it
     ):
         ours = convpack.Tokenizer.from_tiktoken_file(path, pattern=pattern, special_tokens={})
         enc = tiktoken.Encoding(
