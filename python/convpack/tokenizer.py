@@ -561,6 +561,11 @@ class Tokenizer:
                 )
             allowed = list(self._special_ids)
         else:
+            if isinstance(allowed_special, (bytes, bytearray)) or not isinstance(allowed_special, Iterable):
+                raise TypeError(
+                    f"allowed_special must be 'all' or a collection of str names, got "
+                    f"{type(allowed_special).__name__}"
+                )
             allowed = list(allowed_special)
             for name in allowed:
                 if not isinstance(name, str):

@@ -277,17 +277,27 @@ impl PyTokenizer {
         self.id_list(py, &ids)
     }
 
-    fn encode(
+    /// Encodes text, turning the allowed special tokens into their ids
+    /// (tiktoken's rule: any other special token in the text is an error).
+    fn encode<'py>(
         &self,
-        py: Python<'_>,
-        text: Bound<'_, PyString>,
+        py: Python<'py>,
+        text: Bound<'py, PyString>,
         allowed_special: Vec<String>,
-    ) -> PyResult<Vec<Rank>> {
-        let mut arena = Arena::default();
-        let s = arena_text(&mut arena, text)?;
+    ) -> PyResult<Bound<'py, PyList>> {
         let tok = &self.inner;
         let allowed: Vec<&str> = allowed_special.iter().map(|s| s.as_str()).collect();
-        detached(py, "encoding", || tok.encode(&s, &allowed))?.py_err(py)
+        let ids = match text.to_str() {
+            // Borrowed straight from the str: no copy for the common case.
+            Ok(s) => run_sized(py, s.len(), "encoding", || tok.encode(s, &allowed))?,
+            Err(_) => {
+                let mut arena = Arena::default();
+                let s = arena_text(&mut arena, text)?;
+                detached(py, "encoding", || tok.encode(&s, &allowed))?
+            }
+        }
+        .py_err(py)?;
+        self.id_list(py, &ids)
     }
 
     /// Encodes many texts on `num_threads` threads (0 = all) without the GIL.
