@@ -35,7 +35,9 @@ def check(batches: int, conversations: int, batch_size: int, seq_len: int) -> in
         print("CUDA is not available: nothing to check here")
         return 0
     device = torch.device("cuda")
-    tok = convpack.Tokenizer.from_tiktoken_file(cl100k_path())
+    tok = convpack.Tokenizer.from_tiktoken_file(
+        cl100k_path(), pattern=convpack.SPLIT_PATTERN, special_tokens=convpack.CHAT_SPECIAL_TOKENS
+    )
     convs = smoltalk_like_conversations(conversations)
     busy = torch.randn(4096, 4096, device=device)
     failures = 0

@@ -53,4 +53,6 @@ def tokenizer(cl100k_path):
     """convpack with the same ranks, nanochat's pattern and the chat specials."""
     import convpack
 
-    return convpack.Tokenizer.from_tiktoken_file(cl100k_path)
+    return convpack.Tokenizer.from_tiktoken_file(
+        cl100k_path, pattern=convpack.SPLIT_PATTERN, special_tokens=convpack.CHAT_SPECIAL_TOKENS
+    )

@@ -249,7 +249,8 @@ def test_no_hang_at_interpreter_exit(cl100k_path):
     code = textwrap.dedent(f"""
         import convpack
         from convpack.datagen import DataGenerator
-        tok = convpack.Tokenizer.from_tiktoken_file({cl100k_path!r})
+        tok = convpack.Tokenizer.from_tiktoken_file({cl100k_path!r}, pattern=convpack.SPLIT_PATTERN,
+                                              special_tokens=convpack.CHAT_SPECIAL_TOKENS)
         data = [{{"messages": [{{"role": "user", "content": "hi"}},
                                {{"role": "assistant", "content": "hello " * i}}]}} for i in range(50)]
         gen = DataGenerator(data, tok, batch_size=2, seq_len=32, prefetch=4)

@@ -265,7 +265,7 @@ def test_from_pretrained_matches_tiktoken(pretrained):
     # Like nanochat, tiktoken's <|endoftext|> is the BOS of its encodings.
     assert pretrained.get_bos_token_id() == enc.eot_token == 100257
     assert pretrained.encode("1234 hello", prepend="<|endoftext|>") == [100257, *enc.encode_ordinary("1234 hello")]
-    with pytest.raises(ValueError, match="no encoding 'nope_base'"):
+    with pytest.raises(ValueError, match="unknown encoding 'nope_base'"):
         nc.RustBPETokenizer.from_pretrained("nope_base")
 
 
@@ -366,8 +366,8 @@ def test_save_without_tiktoken_or_torch_says_so(trained, tmp_path, monkeypatch):
 
     trained.save(tmp_path / "c", nanochat_files=False)  # no warning: filterwarnings=error
     assert sorted(os.listdir(tmp_path / "c")) == ["convpack_tokenizer.json", "tokenizer.tiktoken"]
-    with pytest.raises(ImportError, match="pip install tiktoken"):
-        nc.RustBPETokenizer.from_pretrained("cl100k_base")
+    # Named encodings are read from files, without tiktoken.
+    assert nc.RustBPETokenizer.from_pretrained("cl100k_base").encode("1234") == [4513, 19]
 
 
 def test_compat_tokenizer_pickles(trained):

@@ -180,7 +180,8 @@ def test_validation_holds_under_python_O(cl100k_path):
         f"""
         import convpack
         assert False, "asserts must be off"
-        tok = convpack.Tokenizer.from_tiktoken_file({cl100k_path!r})
+        tok = convpack.Tokenizer.from_tiktoken_file({cl100k_path!r}, pattern=convpack.SPLIT_PATTERN,
+                                              special_tokens=convpack.CHAT_SPECIAL_TOKENS)
         bad = {[(c, i) for c, i, _ in INVALID]!r}
         for conv, index in bad:
             try:

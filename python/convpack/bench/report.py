@@ -74,7 +74,9 @@ def packing_sweep(quick: bool = False) -> tuple:
         + smoltalk_like_conversations(n // 3)
     )
     random.Random(0).shuffle(convs)
-    tokenizer = convpack.Tokenizer.from_tiktoken_file(cl100k_path())
+    tokenizer = convpack.Tokenizer.from_tiktoken_file(
+        cl100k_path(), pattern=convpack.SPLIT_PATTERN, special_tokens=convpack.CHAT_SPECIAL_TOKENS
+    )
     seq_len, batch_size = SWEEP_SEQ_LEN, SWEEP_BATCH_SIZE
     n_batches = 8 if quick else 64
     generator_cls = getattr(convpack, "DataGenerator", None)

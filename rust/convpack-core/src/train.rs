@@ -23,16 +23,18 @@ pub fn count_pieces(
     texts: &[&str],
     counts: &mut FxHashMap<Vec<u8>, u64>,
 ) -> Result<(), CoreError> {
-    let partial: Result<Vec<FxHashMap<&[u8], u64>>, CoreError> = texts
-        .par_chunks(64)
-        .map(|chunk| {
-            let mut m: FxHashMap<&[u8], u64> = FxHashMap::default();
-            for t in chunk {
-                splitter.split(t, |p| *m.entry(p.as_bytes()).or_insert(0) += 1)?;
-            }
-            Ok(m)
-        })
-        .collect();
+    let partial: Result<Vec<FxHashMap<&[u8], u64>>, CoreError> = crate::parallel::install(|| {
+        texts
+            .par_chunks(64)
+            .map(|chunk| {
+                let mut m: FxHashMap<&[u8], u64> = FxHashMap::default();
+                for t in chunk {
+                    splitter.split(t, |p| *m.entry(p.as_bytes()).or_insert(0) += 1)?;
+                }
+                Ok(m)
+            })
+            .collect()
+    });
     for m in partial? {
         for (k, v) in m {
             match counts.get_mut(k) {
@@ -94,8 +96,9 @@ pub fn train(
     while tokens.len() < vocab_size {
         let Some((count, Reverse(pair))) = heap.pop() else {
             return Err(CoreError::Invalid(format!(
-                "the training text has too few distinct pairs to reach vocab_size {vocab_size} ({} tokens learned); give it more text",
-                tokens.len()
+                "the training text has too few distinct pairs: it yields only {} ordinary tokens (the 256 bytes and {} merges) where {vocab_size} are needed",
+                tokens.len(),
+                tokens.len() - 256
             )));
         };
         let current = pair_count.get(&pair).copied().unwrap_or(0);

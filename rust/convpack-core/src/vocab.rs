@@ -6,6 +6,10 @@ use rustc_hash::FxHashMap;
 
 use crate::error::CoreError;
 
+/// Ranks a rank file may leave out (each becomes an empty entry, a hole
+/// that a special token may fill).
+pub const MAX_RANK_GAPS: usize = 1024;
+
 /// Parses the contents of a `.tiktoken` file into `ranks[i]` = bytes of
 /// token `i`. `file` names the file in errors; every error names the line.
 pub fn parse_tiktoken(contents: &[u8], file: &str) -> Result<Vec<Vec<u8>>, CoreError> {
@@ -73,24 +77,25 @@ pub fn parse_tiktoken(contents: &[u8], file: &str) -> Result<Vec<Vec<u8>>, CoreE
         by_token.insert(bytes.clone(), lineno);
         by_rank.insert(rank, (bytes, lineno));
     }
-    let n = by_rank.len() as u32;
-    let mut ranks = Vec::with_capacity(n as usize);
-    for r in 0..n {
-        match by_rank.remove(&r) {
-            Some((bytes, _)) => ranks.push(bytes),
-            None => {
-                // Some rank >= n exists; name the line of the smallest one.
-                let (&above, (_, line)) = by_rank
-                    .iter()
-                    .filter(|(&k, _)| k > r)
-                    .min_by_key(|(&k, _)| k)
-                    .expect("a missing rank below n implies a rank above it");
-                return Err(err(
-                    *line,
-                    format!("rank {r} is missing: ranks must be 0..{n} without gaps, but this line has rank {above}"),
-                ));
-            }
-        }
+    // Ranks may skip a few ids (p50k_base leaves 50256 to <|endoftext|>);
+    // the holes are empty entries. Bounding them keeps memory in
+    // proportion to the file.
+    let Some((&max_rank, &(_, max_line))) = by_rank.iter().max_by_key(|(&k, _)| k) else {
+        return Err(err(0, "the file has no tokens".into()));
+    };
+    let size = max_rank as usize + 1;
+    if size - by_rank.len() > MAX_RANK_GAPS {
+        return Err(err(
+            max_line,
+            format!(
+                "rank {max_rank} leaves {} of the ranks 0..{max_rank} missing; at most {MAX_RANK_GAPS} may be",
+                size - by_rank.len()
+            ),
+        ));
+    }
+    let mut ranks = vec![Vec::new(); size];
+    for (rank, (bytes, _)) in by_rank {
+        ranks[rank as usize] = bytes;
     }
     Ok(ranks)
 }
@@ -99,6 +104,9 @@ pub fn parse_tiktoken(contents: &[u8], file: &str) -> Result<Vec<Vec<u8>>, CoreE
 pub fn write_tiktoken(ranks: &[Vec<u8>]) -> String {
     let mut out = String::with_capacity(ranks.len() * 16);
     for (rank, bytes) in ranks.iter().enumerate() {
+        if bytes.is_empty() {
+            continue; // a hole
+        }
         out.push_str(&STANDARD.encode(bytes));
         out.push(' ');
         out.push_str(&rank.to_string());
@@ -134,7 +142,11 @@ mod tests {
         assert_eq!(line_of("YQ== 0\nYg== 1\n!!!! 2\n"), 3);
         assert_eq!(line_of("YQ== 0\nYg== 0\n"), 2);
         assert_eq!(line_of("YQ== 0\nYQ== 1\n"), 2);
-        assert_eq!(line_of("YQ== 0\nYg== 2\n"), 2);
+        assert_eq!(line_of(&format!("YQ== 0\nYg== {}\n", MAX_RANK_GAPS + 2)), 2);
+        assert_eq!(
+            parse_tiktoken(b"YQ== 0\nYg== 2\n", "f").unwrap(),
+            vec![b"a".to_vec(), vec![], b"b".to_vec()]
+        );
         assert_eq!(line_of("YQ== 0\nYg== x\n"), 2);
         assert_eq!(line_of("YQ== 0\nYg=="), 2);
     }

@@ -154,7 +154,9 @@ impl<'py> Arena<'py> {
                 .ok_or_else(|| rule(Some(i), "the message has no 'role'".into()))?;
             let role = match role_obj.cast::<PyString>() {
                 Ok(s) => {
-                    let name = s.to_cow()?;
+                    // Lossy: a role with a lone surrogate is an unknown role,
+                    // not an encoding error.
+                    let name = s.to_string_lossy();
                     Role::parse(&name).ok_or_else(|| {
                         rule(
                             Some(i),

@@ -11,13 +11,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use convpack_core::{
-    bpe::Rank, pretokenize::Splitter, train, vocab, ChatTokens, Conversation, ConversationError,
-    Renderer, Tokenizer,
+    bpe::Rank, pretokenize::Splitter, train, vocab, ChatTokens, Conversation, Renderer, Tokenizer,
 };
 use numpy::{IntoPyArray, PyArray1};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString};
+use pyo3::types::{PyBool, PyBytes, PyList, PyString};
 use rustc_hash::FxHashMap;
 
 use crate::convert::{Arena, ExtractError};
@@ -67,24 +66,63 @@ fn extract_error(py: Python<'_>, e: ExtractError, index: Option<usize>) -> PyErr
     }
 }
 
-/// Extracts many conversations; the first bad one raises, naming its index
-/// (`base + position`).
-pub(crate) fn extract_all<'py>(
-    py: Python<'py>,
-    arena: &mut Arena<'py>,
-    convs: &Bound<'py, PyAny>,
-    base: usize,
-) -> PyResult<Vec<convert::ConversationSpec>> {
-    let mut specs = Vec::new();
-    for (i, c) in convs.try_iter()?.enumerate() {
-        let c = c?;
-        specs.push(
-            arena
-                .add(&c)
-                .map_err(|e| extract_error(py, e, Some(base + i)))?,
-        );
+/// Conversations extracted and rendered at a time by `render_conversations`:
+/// the input may be an endless iterator, so only the output accumulates.
+const RENDER_CHUNK: usize = 4096;
+
+/// Python ints made up front for ids up to this far past the ranks (the
+/// special tokens); an id further out gets a fresh int.
+const CACHED_SPECIAL_INTS: usize = 1024;
+
+/// Token ids from a Python iterable, each checked: a non-int is a
+/// `TypeError`, an int outside `0..vocab_size` a `ValueError` naming it.
+fn ids_arg(ids: &Bound<'_, PyAny>, vocab_size: usize) -> PyResult<Vec<Rank>> {
+    let mut out = Vec::new();
+    if let Ok(len) = ids.len() {
+        out.try_reserve(len)
+            .map_err(|_| PyMemoryError::new_err(format!("cannot hold {len} token ids")))?;
     }
-    Ok(specs)
+    for (i, item) in ids.try_iter()?.enumerate() {
+        let item = item?;
+        out.push(id_arg(
+            &item,
+            vocab_size,
+            &format!("token id at position {i}"),
+        )?);
+    }
+    Ok(out)
+}
+
+/// One token id (`what` names it in errors).
+fn id_arg(item: &Bound<'_, PyAny>, vocab_size: usize, what: &str) -> PyResult<Rank> {
+    if item.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be an int, got bool"
+        )));
+    }
+    match item.extract::<i64>() {
+        Ok(v) if v >= 0 && (v as u64) < vocab_size as u64 => Ok(v as Rank),
+        Ok(v) => Err(PyValueError::new_err(format!(
+            "{what} is {v}, which is not in the vocabulary (ids 0..{vocab_size})"
+        ))),
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(item.py()) => {
+            Err(PyValueError::new_err(format!(
+                "{what} is {}, which is not in the vocabulary (ids 0..{vocab_size})",
+                item.repr().map(|r| r.to_string()).unwrap_or_default()
+            )))
+        }
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "{what} must be an int, got {}",
+            item.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))),
+    }
+}
+
+fn out_of_memory(what: &str) -> PyErr {
+    PyMemoryError::new_err(format!("out of memory while {what}"))
 }
 
 /// A BPE tokenizer with chat special tokens (the core of `convpack.Tokenizer`).
@@ -102,7 +140,9 @@ impl PyTokenizer {
     fn new(py: Python<'_>, tok: Tokenizer) -> Self {
         PyTokenizer {
             chat: ChatTokens::of(&tok).map_err(|e| e.to_string()),
-            ints: (0..tok.vocab_size() as Rank)
+            ints: (0..tok
+                .vocab_size()
+                .min(tok.ranks().len() + CACHED_SPECIAL_INTS) as Rank)
                 .map(|i| py_int(py, i).unbind())
                 .collect(),
             inner: Arc::new(tok),
@@ -186,6 +226,13 @@ impl PyTokenizer {
         self.inner.pattern()
     }
 
+    /// `"fast:<name>"` when the hand-written scanner splits text, `"regex"`
+    /// when the general regex engine does.
+    #[getter]
+    fn pretokenizer(&self) -> String {
+        self.inner.pretokenizer()
+    }
+
     #[getter]
     fn special_tokens(&self) -> Vec<(String, Rank)> {
         self.inner.specials().to_vec()
@@ -230,17 +277,27 @@ impl PyTokenizer {
         self.id_list(py, &ids)
     }
 
-    fn encode(
+    /// Encodes text, turning the allowed special tokens into their ids
+    /// (tiktoken's rule: any other special token in the text is an error).
+    fn encode<'py>(
         &self,
-        py: Python<'_>,
-        text: Bound<'_, PyString>,
+        py: Python<'py>,
+        text: Bound<'py, PyString>,
         allowed_special: Vec<String>,
-    ) -> PyResult<Vec<Rank>> {
-        let mut arena = Arena::default();
-        let s = arena_text(&mut arena, text)?;
+    ) -> PyResult<Bound<'py, PyList>> {
         let tok = &self.inner;
         let allowed: Vec<&str> = allowed_special.iter().map(|s| s.as_str()).collect();
-        detached(py, "encoding", || tok.encode(&s, &allowed))?.py_err(py)
+        let ids = match text.to_str() {
+            // Borrowed straight from the str: no copy for the common case.
+            Ok(s) => run_sized(py, s.len(), "encoding", || tok.encode(s, &allowed))?,
+            Err(_) => {
+                let mut arena = Arena::default();
+                let s = arena_text(&mut arena, text)?;
+                detached(py, "encoding", || tok.encode(&s, &allowed))?
+            }
+        }
+        .py_err(py)?;
+        self.id_list(py, &ids)
     }
 
     /// Encodes many texts on `num_threads` threads (0 = all) without the GIL.
@@ -251,21 +308,7 @@ impl PyTokenizer {
         num_threads: usize,
     ) -> PyResult<Bound<'py, PyList>> {
         let mut arena = Arena::default();
-        let mut strs = Vec::new();
-        for t in texts.try_iter()? {
-            let t = t?;
-            let s = t.cast_into::<PyString>().map_err(|e| {
-                pyo3::exceptions::PyTypeError::new_err(format!(
-                    "encode expects strings, got {}",
-                    e.into_inner()
-                        .get_type()
-                        .name()
-                        .map(|n| n.to_string())
-                        .unwrap_or_default()
-                ))
-            })?;
-            strs.push(arena.keep(s)?);
-        }
+        let strs = keep_texts(&mut arena, &texts)?;
         let views: Vec<Cow<'_, str>> = strs.iter().map(|&i| arena.get(i)).collect();
         let refs: Vec<&str> = views.iter().map(|c| c.as_ref()).collect();
         let tok = &self.inner;
@@ -279,18 +322,102 @@ impl PyTokenizer {
         PyList::new(py, lists)
     }
 
-    fn decode(&self, py: Python<'_>, ids: Vec<Rank>) -> PyResult<String> {
+    /// For benchmarks: encodes each text in turn on this thread, in Rust
+    /// alone (no Python objects made), `repeats` times with a fresh piece
+    /// cache each time; returns the token count of one pass and the best
+    /// pass's seconds.
+    fn time_encode_ordinary(
+        &self,
+        py: Python<'_>,
+        texts: Bound<'_, PyAny>,
+        repeats: usize,
+    ) -> PyResult<(usize, f64)> {
+        let mut arena = Arena::default();
+        let strs = keep_texts(&mut arena, &texts)?;
+        let views: Vec<Cow<'_, str>> = strs.iter().map(|&i| arena.get(i)).collect();
+        let refs: Vec<&str> = views.iter().map(|c| c.as_ref()).collect();
+        let tok = &self.inner;
+        detached(py, "encoding", || {
+            let mut best = f64::INFINITY;
+            let mut tokens = 0;
+            for _ in 0..repeats.max(1) {
+                let fresh = tok.as_ref().clone().with_new_identity();
+                let start = std::time::Instant::now();
+                tokens = refs.iter().map(|t| fresh.encode_ordinary(t).len()).sum();
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+            (tokens, best)
+        })
+    }
+
+    /// Encodes many texts into one flat uint32 array plus int64 offsets
+    /// (`len + 1`): text i is `ids[offsets[i]:offsets[i+1]]`. No Python int
+    /// is made per token.
+    #[allow(clippy::type_complexity)]
+    fn encode_ordinary_flat<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Bound<'py, PyAny>,
+        num_threads: usize,
+    ) -> PyResult<(Bound<'py, PyArray1<Rank>>, Bound<'py, PyArray1<i64>>)> {
+        let mut arena = Arena::default();
+        let strs = keep_texts(&mut arena, &texts)?;
+        let views: Vec<Cow<'_, str>> = strs.iter().map(|&i| arena.get(i)).collect();
+        let refs: Vec<&str> = views.iter().map(|c| c.as_ref()).collect();
+        let tok = &self.inner;
+        let flat = detached(py, "encoding", || -> Result<_, String> {
+            let rows = tok.encode_ordinary_batch(&refs, num_threads);
+            let total: usize = rows.iter().map(|r| r.len()).sum();
+            let mut ids: Vec<Rank> = Vec::new();
+            ids.try_reserve_exact(total)
+                .map_err(|_| format!("{total} token ids"))?;
+            let mut offsets: Vec<i64> = Vec::with_capacity(rows.len() + 1);
+            offsets.push(0);
+            for r in rows {
+                ids.extend_from_slice(&r);
+                offsets.push(ids.len() as i64);
+            }
+            Ok((ids, offsets))
+        })?;
+        let (ids, offsets) =
+            flat.map_err(|what| PyMemoryError::new_err(format!("cannot hold {what}")))?;
+        Ok((ids.into_pyarray(py), offsets.into_pyarray(py)))
+    }
+
+    fn decode(&self, py: Python<'_>, ids: Bound<'_, PyAny>) -> PyResult<String> {
+        let ids = ids_arg(&ids, self.inner.vocab_size())?;
         self.inner.decode(&ids).py_err(py)
     }
 
-    fn decode_bytes<'py>(&self, py: Python<'py>, ids: Vec<Rank>) -> PyResult<Bound<'py, PyBytes>> {
+    fn decode_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let ids = ids_arg(&ids, self.inner.vocab_size())?;
         let b = self.inner.decode_bytes(&ids).py_err(py)?;
         Ok(PyBytes::new(py, &b))
     }
 
-    fn token_bytes<'py>(&self, py: Python<'py>, id: Rank) -> PyResult<Bound<'py, PyBytes>> {
+    fn token_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        id: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let id = id_arg(&id, self.inner.vocab_size(), "token id")?;
         let b = self.inner.token_bytes(id).py_err(py)?;
         Ok(PyBytes::new(py, b))
+    }
+
+    /// Checks one token id (`what` names it in errors) and returns it.
+    fn check_id(&self, id: Bound<'_, PyAny>, what: &str) -> PyResult<Rank> {
+        let id = id_arg(&id, self.inner.vocab_size(), what)?;
+        match self.inner.token_bytes(id) {
+            Ok(_) => Ok(id),
+            Err(_) => Err(PyValueError::new_err(format!(
+                "{what} is {id}, which no token of the vocabulary has"
+            ))),
+        }
     }
 
     fn token_id(&self, bytes: &[u8]) -> Option<Rank> {
@@ -341,6 +468,10 @@ impl PyTokenizer {
     /// returns flat `ids` (uint32), flat `mask` (uint8) and `offsets` (int64,
     /// len + 1): conversation i is `ids[offsets[i]:offsets[i+1]]`. The first
     /// bad conversation raises `ConversationError` naming its index.
+    ///
+    /// The input is taken [`RENDER_CHUNK`] conversations at a time, so an
+    /// endless iterator costs only the output, which grows fallibly: running
+    /// out of memory raises `MemoryError`.
     #[allow(clippy::type_complexity)]
     fn render_conversations<'py>(
         &self,
@@ -354,34 +485,88 @@ impl PyTokenizer {
         Bound<'py, PyArray1<i64>>,
     )> {
         let renderer = self.renderer()?;
-        let mut arena = Arena::default();
-        let specs = extract_all(py, &mut arena, &conversations, 0)?;
-        let convs: Vec<Conversation<Cow<'_, str>>> = specs.iter().map(|s| arena.view(s)).collect();
-        let flat = detached(py, "rendering", || -> Result<_, ConversationError> {
-            let results = renderer.render_batch(&convs, max_tokens, num_threads);
-            let total: usize = results
-                .iter()
-                .map(|r| r.as_ref().map_or(0, |x| x.len()))
-                .sum();
-            let mut ids = Vec::with_capacity(total);
-            let mut mask = Vec::with_capacity(total);
-            let mut offsets = Vec::with_capacity(results.len() + 1);
-            offsets.push(0i64);
+        let mut ids: Vec<Rank> = Vec::new();
+        let mut mask: Vec<u8> = Vec::new();
+        let mut offsets: Vec<i64> = vec![0];
+        let mut iter = conversations.try_iter()?;
+        let mut base = 0usize;
+        loop {
+            let mut arena = Arena::default();
+            let mut specs = Vec::new();
+            // An error met while extracting; raised only after the
+            // conversations before it rendered cleanly, so the error always
+            // names the first bad conversation.
+            let mut pending: Option<PyErr> = None;
+            let mut exhausted = false;
+            while specs.len() < RENDER_CHUNK {
+                match iter.next() {
+                    None => {
+                        exhausted = true;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        pending = Some(e);
+                        break;
+                    }
+                    Some(Ok(c)) => match arena.add(&c) {
+                        Ok(spec) => specs.push(spec),
+                        Err(e) => {
+                            pending = Some(extract_error(py, e, Some(base + specs.len())));
+                            break;
+                        }
+                    },
+                }
+            }
+            let convs: Vec<Conversation<Cow<'_, str>>> =
+                specs.iter().map(|s| arena.view(s)).collect();
+            let results = detached(py, "rendering", || {
+                renderer.render_batch(&convs, max_tokens, num_threads)
+            })?;
             for (i, r) in results.into_iter().enumerate() {
-                let r = r.map_err(|e| e.with_conversation(i))?;
+                let r = r.map_err(|e| e.with_conversation(base + i)).py_err(py)?;
+                ids.try_reserve(r.ids.len())
+                    .and_then(|_| mask.try_reserve(r.mask.len()))
+                    .and_then(|_| offsets.try_reserve(1))
+                    .map_err(|_| out_of_memory("collecting rendered conversations"))?;
                 ids.extend_from_slice(&r.ids);
                 mask.extend_from_slice(&r.mask);
                 offsets.push(ids.len() as i64);
             }
-            Ok((ids, mask, offsets))
-        })?;
-        let (ids, mask, offsets) = flat.py_err(py)?;
+            if let Some(e) = pending {
+                return Err(e);
+            }
+            if exhausted {
+                break;
+            }
+            base += convs.len();
+        }
         Ok((
             ids.into_pyarray(py),
             mask.into_pyarray(py),
             offsets.into_pyarray(py),
         ))
     }
+}
+
+/// Keeps every text of an iterable of str in the arena (a `TypeError`
+/// names the first that is not a str).
+fn keep_texts<'py>(arena: &mut Arena<'py>, texts: &Bound<'py, PyAny>) -> PyResult<Vec<usize>> {
+    let mut strs = Vec::new();
+    for (i, t) in texts.try_iter()?.enumerate() {
+        let t = t?;
+        let s = t.cast_into::<PyString>().map_err(|e| {
+            PyTypeError::new_err(format!(
+                "encode expects strings, got {} at position {i}",
+                e.into_inner()
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+        strs.push(arena.keep(s)?);
+    }
+    Ok(strs)
 }
 
 fn arena_text<'py>(arena: &mut Arena<'py>, text: Bound<'py, PyString>) -> PyResult<String> {
@@ -452,6 +637,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pack::register(m)?;
     m.add("SPLIT_PATTERN", convpack_core::SPLIT_PATTERN)?;
     m.add("CL100K_PATTERN", convpack_core::CL100K_PATTERN)?;
+    m.add(
+        "CL100K_TIKTOKEN_PATTERN",
+        convpack_core::CL100K_TIKTOKEN_PATTERN,
+    )?;
+    m.add("MAX_VOCAB_SIZE", convpack_core::MAX_VOCAB_SIZE)?;
     m.add(
         "CHAT_SPECIAL_TOKENS",
         convpack_core::CHAT_SPECIAL_TOKENS.to_vec(),
