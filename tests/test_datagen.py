@@ -491,7 +491,9 @@ def test_numpy_output_needs_no_torch(cl100k_path, tokenizer, reference_render, t
         import numpy as np
         import convpack
         from convpack.datagen import DataGenerator
-        tok = convpack.Tokenizer.from_tiktoken_file({cl100k_path!r})
+        tok = convpack.Tokenizer.from_tiktoken_file(
+            {cl100k_path!r}, pattern=convpack.SPLIT_PATTERN,
+            special_tokens=convpack.CHAT_SPECIAL_TOKENS)
         data = json.load(open({str(data_path)!r}))
         arrays = {{}}
         for mode, overflow in [("padded", "pad"), ("stream", "pad"), ("bestfit", "crop"),
@@ -554,7 +556,9 @@ def test_oversized_arguments_raise_before_allocating(cl100k_path):
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
         import convpack
         from convpack.datagen import DataGenerator
-        tok = convpack.Tokenizer.from_tiktoken_file({cl100k_path!r})
+        tok = convpack.Tokenizer.from_tiktoken_file(
+            {cl100k_path!r}, pattern=convpack.SPLIT_PATTERN,
+            special_tokens=convpack.CHAT_SPECIAL_TOKENS)
         data = [{{"messages": [{{"role": "user", "content": "hi"}},
                                {{"role": "assistant", "content": "hello there"}}]}}] * 50
         cases = [
@@ -923,7 +927,9 @@ def test_a_forked_child_goes_on_with_chunks_read_ahead(cl100k_path):
         import os, sys
         import convpack
         from convpack.datagen import DataGenerator
-        tok = convpack.Tokenizer.from_tiktoken_file({cl100k_path!r})
+        tok = convpack.Tokenizer.from_tiktoken_file(
+            {cl100k_path!r}, pattern=convpack.SPLIT_PATTERN,
+            special_tokens=convpack.CHAT_SPECIAL_TOKENS)
         data = [{{"messages": [{{"role": "user", "content": "hi " * (i % 7)}},
                                {{"role": "assistant", "content": "hello " * i}}]}}
                 for i in range(300)]

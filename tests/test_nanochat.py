@@ -59,7 +59,10 @@ def trained_enc(trained, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def nano_cl100k(cl100k_path):
-    return nc.RustBPETokenizer.from_tiktoken_file(cl100k_path)
+    # cl100k's ranks with nanochat's pattern and chat special tokens.
+    return nc.RustBPETokenizer.from_tiktoken_file(
+        cl100k_path, pattern=nc.SPLIT_PATTERN, special_tokens=convpack.CHAT_SPECIAL_TOKENS
+    )
 
 
 @pytest.fixture(scope="module")
