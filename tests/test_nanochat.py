@@ -396,3 +396,13 @@ def test_save_removes_nanochat_files_it_does_not_rewrite(trained, nano_cl100k, t
     trained.save(tmp_path, nanochat_files=False)
     assert sorted(os.listdir(tmp_path)) == ["convpack_tokenizer.json", "tokenizer.tiktoken"]
     assert convpack.Tokenizer.from_directory(tmp_path).encode(TEXTS[:100]) == trained.encode(TEXTS[:100])
+
+
+def test_a_fifo_in_place_of_the_saved_pickle_is_refused_without_blocking(trained, tmp_path):
+    # from_directory decides between the two formats before reading either:
+    # a FIFO must be refused, never opened (opening one blocks until a writer comes).
+    trained.save(tmp_path)
+    os.remove(tmp_path / "tokenizer.pkl")
+    os.mkfifo(tmp_path / "tokenizer.pkl")
+    with pytest.raises(convpack.VocabularyError, match="tokenizer.pkl"):
+        convpack.Tokenizer.from_directory(tmp_path)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import os
 import pickle
 import warnings
@@ -216,20 +215,23 @@ def write_nanochat_files(tokenizer: Any, directory: str, write: bool = True) -> 
     return written
 
 
-def nanochat_pickle_replaced(directory: str) -> bool:
+def nanochat_pickle_replaced(directory: str, config: dict) -> bool:
     """True when ``directory`` holds a ``tokenizer.pkl`` that is not the one
-    ``Tokenizer.save`` recorded in ``convpack_tokenizer.json`` (nanochat saved
-    another tokenizer over it, or the config is unreadable): the pickle is
-    then the tokenizer to load. False without a ``tokenizer.pkl``."""
+    ``Tokenizer.save`` recorded in ``config`` (the parsed
+    ``convpack_tokenizer.json``; nanochat saved another tokenizer over it):
+    the pickle is then the tokenizer to load. False without a
+    ``tokenizer.pkl``. A ``tokenizer.pkl`` that is not a regular file counts
+    as replaced without being opened (the loader then refuses it), so a FIFO
+    never blocks."""
     pkl = os.path.join(directory, TOKENIZER_PKL)
-    if not os.path.exists(pkl):
+    if not os.path.lexists(pkl):
         return False
-    try:
-        with open(os.path.join(directory, _CONFIG), encoding="utf-8") as f:
-            recorded = json.load(f)["nanochat_files"][TOKENIZER_PKL]
-    except (OSError, ValueError, KeyError, TypeError):
+    if not os.path.isfile(pkl) or os.path.islink(pkl):
         return True
-    return bool(_sha256(pkl) != recorded)
+    recorded = config.get("nanochat_files")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get(TOKENIZER_PKL), str):
+        return True
+    return bool(_sha256(pkl) != recorded[TOKENIZER_PKL])
 
 
 def _sha256(path: str) -> str:

@@ -238,8 +238,8 @@ class Tokenizer:
         """
         directory = os.fspath(directory)
         config_path = os.path.join(directory, _CONFIG)
-        if os.path.lexists(config_path) and not nanochat_pickle_replaced(directory):
-            config = _read_config(config_path)
+        config = _read_config(config_path) if os.path.lexists(config_path) else None
+        if config is not None and not nanochat_pickle_replaced(directory, config):
             specials = {}
             for item in config["special_tokens"]:
                 if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
