@@ -629,17 +629,16 @@ def test_bench_sections_found_by_convention(tmp_path, monkeypatch):
 # ----------------------------------------------------------------- README
 
 
-def test_readme_quickstart_runs(capsys):
-    import convpack
-
-    if not hasattr(convpack, "DataGenerator"):
-        pytest.skip("convpack.DataGenerator is not in this build yet")
+def test_readme_quickstart_runs_without_torch():
+    # The quickstart claims to run on the base install: run it in a fresh
+    # interpreter where torch cannot be imported.
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Quickstart") :]
     start = section.index("```python\n") + len("```python\n")
     code = section[start : section.index("\n```", start)]
-    assert 8 <= len(code.splitlines()) <= 14
-    exec(compile(code, "README.md quickstart", "exec"), {})
-    out = capsys.readouterr().out
-    assert "torch.Size([4, 256]) torch.Size([4, 256])" in out
-    assert "'supervised':" in out
+    assert 8 <= len(code.splitlines()) <= 15
+    runner = "import sys\nsys.modules['torch'] = None\n" + code
+    out = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "(4, 256) (4, 256)" in out.stdout
+    assert "'supervised':" in out.stdout
