@@ -101,7 +101,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 __all__ = [
     "SANDBOX_UID_BASE",
@@ -621,6 +621,35 @@ def _root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
+def _result_maker(
+    stdout: str, stderr: str, isolation: Any, missing: Any, overflow: bool
+) -> Callable[..., ExecutionResult]:
+    """A function making this run's ``ExecutionResult`` from its verdict."""
+
+    def result(success: bool, error: str | None, **flags: bool) -> ExecutionResult:
+        return ExecutionResult(
+            success,
+            stdout,
+            stderr,
+            error,
+            isolation=isolation,
+            missing_isolation=missing,
+            output_truncated=overflow,
+            **flags,
+        )
+
+    return result
+
+
+def _limit_result(
+    result: Callable[..., ExecutionResult], timed_out: bool, max_output_bytes: int
+) -> ExecutionResult:
+    """The failure of a run stopped by its deadline or its output cap."""
+    if timed_out:
+        return result(False, "Execution timed out", timeout=True)
+    return result(False, f"Output limit exceeded ({max_output_bytes} bytes on stdout or stderr)")
+
+
 def _layers(sandboxes: list[_Sandbox], isolate: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
     applied = [
         layer for layer in sandboxes[0].applied() if all(layer in sb.applied() for sb in sandboxes)
@@ -699,24 +728,9 @@ def execute_code(
     stdout = bytes(sb.stdout).decode("utf-8", "replace")
     stderr = bytes(sb.stderr).decode("utf-8", "replace")
 
-    def result(success: bool, error: str | None, **flags: bool) -> ExecutionResult:
-        return ExecutionResult(
-            success,
-            stdout,
-            stderr,
-            error,
-            isolation=isolation,
-            missing_isolation=missing,
-            output_truncated=overflow,
-            **flags,
-        )
-
-    if timed_out:
-        return result(False, "Execution timed out", timeout=True)
-    if overflow:
-        return result(
-            False, f"Output limit exceeded ({max_output_bytes} bytes on stdout or stderr)"
-        )
+    result = _result_maker(stdout, stderr, isolation, missing, overflow)
+    if timed_out or overflow:
+        return _limit_result(result, timed_out, max_output_bytes)
     error, memory, cpu_timeout = _worker_failure(sb)
     if error is None:
         return result(True, None)
@@ -847,24 +861,9 @@ def check_program(
     stdout = (bytes(program_sb.stdout) + bytes(harness_sb.stdout)).decode("utf-8", "replace")
     stderr = (bytes(program_sb.stderr) + bytes(harness_sb.stderr)).decode("utf-8", "replace")
 
-    def result(success: bool, error: str | None, **flags: bool) -> ExecutionResult:
-        return ExecutionResult(
-            success,
-            stdout,
-            stderr,
-            error,
-            isolation=isolation,
-            missing_isolation=missing,
-            output_truncated=overflow,
-            **flags,
-        )
-
-    if timed_out:
-        return result(False, "Execution timed out", timeout=True)
-    if overflow:
-        return result(
-            False, f"Output limit exceeded ({max_output_bytes} bytes on stdout or stderr)"
-        )
+    result = _result_maker(stdout, stderr, isolation, missing, overflow)
+    if timed_out or overflow:
+        return _limit_result(result, timed_out, max_output_bytes)
     harness_error, harness_memory, harness_cpu = _worker_failure(harness_sb)
     if harness_error is None:
         # The verdict: the harness finished check() and exited 0 (facts only

@@ -159,6 +159,11 @@ class _WordTask(Task):
         """``size``: the number of generated examples."""
         return self.size
 
+    @property
+    def eval_type(self) -> str:
+        """``"generative"``."""
+        return "generative"
+
     def _rng(self, index: int) -> random.Random:
         # String seeds are hashed with SHA-512 by random.Random: stable
         # across processes regardless of PYTHONHASHSEED.
@@ -181,11 +186,6 @@ class SpellingBee(_WordTask):
     """
 
     _stream = "spellingbee"
-
-    @property
-    def eval_type(self) -> str:
-        """``"generative"``."""
-        return "generative"
 
     def get_example(self, index: int) -> Conversation:
         """Example ``index``: a question in one of the templates, answered by
@@ -295,11 +295,6 @@ class SimpleSpelling(_WordTask):
     """
 
     _stream = "simplespelling"
-
-    @property
-    def eval_type(self) -> str:
-        """``"generative"``."""
-        return "generative"
 
     def get_example(self, index: int) -> Conversation:
         """Example ``index``: a word to spell and its spelling."""
