@@ -19,6 +19,9 @@ from pathlib import Path
 import convpack.tasks
 
 ROOT = Path(__file__).resolve().parents[2]
+# Where the convpack under test is imported from: the installed package, or
+# the source tree when the extension was built in place.
+CONVPACK_HOME = Path(convpack.tasks.__file__).resolve().parents[2]
 MODULES = ["arc", "common", "customjson", "data", "gsm8k", "humaneval", "mmlu", "smoltalk", "spellingbee"]
 
 
@@ -75,8 +78,9 @@ print(json.dumps(out))
 
 def _run(checkout: Path, site: Path, tmp_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    # site-packages order: convpack (python/) and the copied tasks/ after the checkout.
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), str(site)])
+    # After the checkout: the copied tasks/ (as if installed), then convpack (which
+    # may be an installed site-packages holding its own tasks/ too).
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(CONVPACK_HOME)])
     env["NANOCHAT_BASE_DIR"] = str(tmp_path / "nanochat")
     result = subprocess.run(
         [sys.executable, "-c", _PROBE], cwd=checkout, env=env, capture_output=True, text=True, timeout=300
@@ -114,7 +118,7 @@ def test_without_a_local_tasks_convpack_serves_every_module(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "python"), str(site)])
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(CONVPACK_HOME)])
     code = "import tasks.gsm8k as g, tasks.common as c; print(g.__file__); print(c.HubDataset.__module__)"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300

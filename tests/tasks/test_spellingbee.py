@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 
+import convpack
 from tasks.spellingbee import USER_MESSAGE_TEMPLATES, SimpleSpelling, SpellingBee
 
 ROOT = Path(__file__).resolve().parents[2]
+# Where the convpack under test is imported from (installed, or built in place).
+CONVPACK_HOME = str(Path(convpack.__file__).resolve().parents[1])
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +28,12 @@ def test_two_instances_give_identical_examples(bee):
 def test_examples_do_not_depend_on_the_process():
     # A fresh interpreter (with a different hash seed) gives the same examples.
     code = (
-        "import json, sys; sys.path[:0] = [sys.argv[1] + '/python', sys.argv[1]]\n"
+        "import json, sys; sys.path[:0] = [sys.argv[2], sys.argv[1]]\n"
         "from tasks.spellingbee import SpellingBee, SimpleSpelling\n"
         "print(json.dumps([SpellingBee(size=10)[3], SpellingBee(size=10, split='test')[4], SimpleSpelling(size=10)[5]]))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(ROOT)],
+        [sys.executable, "-c", code, str(ROOT), CONVPACK_HOME],
         capture_output=True,
         text=True,
         check=True,

@@ -15,7 +15,11 @@ from pathlib import Path
 
 from task_fixtures import GSM8K_ROWS, MMLU_ROWS, hub_order, write_jsonl, write_parquet
 
+import convpack
+
 ROOT = Path(__file__).resolve().parents[2]
+# Where the convpack under test is imported from (installed, or built in place).
+CONVPACK_HOME = str(Path(convpack.__file__).resolve().parents[1])
 
 _BLOCK = """
 import sys
@@ -26,7 +30,7 @@ class _Refuse:
             raise ImportError(f"No module named {name!r} (blocked by the test)")
         return None
 sys.meta_path.insert(0, _Refuse())
-sys.path[:0] = [sys.argv[1] + "/python", sys.argv[1]]
+sys.path[:0] = [sys.argv[2], sys.argv[1]]
 """
 
 
@@ -35,7 +39,7 @@ def run(code: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     full_env.update(NANOCHAT_BASE_DIR=str(tmp_path / "nanochat"), HF_HUB_OFFLINE="1")
     full_env.update(env)
     return subprocess.run(
-        [sys.executable, "-c", _BLOCK + code, str(ROOT)],
+        [sys.executable, "-c", _BLOCK + code, str(ROOT), CONVPACK_HOME],
         capture_output=True,
         text=True,
         env=full_env,
