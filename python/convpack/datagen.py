@@ -70,6 +70,8 @@ _STATE_VERSION = 1
 MAX_BATCH_TOKENS = 2**31 - 1
 MAX_BUFFER_SIZE = 2**20
 MAX_PREFETCH = 1024
+# Chunks rendering ahead for `prefetch` (each has a thread while it renders).
+MAX_CHUNKS_AHEAD = 8
 
 
 class NoSupervisedTokensWarning(UserWarning):
@@ -291,12 +293,16 @@ class _Producer:
         else:
             p.submit([dataset[i] for i in indices])
 
-    def _chunks_ahead(self) -> int:
-        """Chunks to keep rendering after a batch is planned: one, plus
-        enough for ``ahead`` batches."""
+    def _read_ahead(self) -> tuple:
+        """``(chunks, size)``: chunks to keep rendering after a batch is
+        planned, and how many conversations to read into each new one: one
+        chunk, plus enough for ``ahead`` batches in at most
+        ``MAX_CHUNKS_AHEAD`` more (larger chunks for a deep read-ahead)."""
         if self.ahead == 0:
-            return 1
-        return 1 + -(-int(self.ahead * self.per_batch) // self.chunk)
+            return 1, self.chunk
+        convs = int(self.ahead * self.per_batch)
+        size = max(self.chunk, -(-convs // MAX_CHUNKS_AHEAD))
+        return 1 + -(-convs // size), size
 
     def produce(self) -> _Batch:
         p = self.packer
@@ -311,8 +317,9 @@ class _Producer:
                 # Read the next chunk while that one renders.
                 self._read(self.chunk)
         # Render the next conversations while this batch is written and used.
-        for _ in range(self._chunks_ahead() - p.in_flight()):
-            self._read(self.chunk)
+        chunks, size = self._read_ahead()
+        for _ in range(chunks - p.in_flight()):
+            self._read(size)
         rows, cols, nseq, wide = p.shape()
         in_dtype = np.int64 if wide else np.int32
         shapes = [((rows, cols), in_dtype), ((rows, cols), np.int64)]
