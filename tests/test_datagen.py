@@ -5,7 +5,6 @@ nanochat-shaped training loop."""
 
 from __future__ import annotations
 
-import gc
 import json
 import random
 import subprocess
@@ -229,20 +228,52 @@ def test_background_exception_surfaces_at_next(tokenizer):
         next(gen)
 
 
-def test_close_and_garbage_collection_stop_the_thread(tokenizer):
-    gen = DataGenerator(DATASET, tokenizer, batch_size=2, seq_len=32, prefetch=2)
-    next(gen)
-    thread = gen._thread
-    assert thread is not None and thread.is_alive()
+class CountingDataset:
+    def __init__(self, data):
+        self.data, self.reads = data, 0
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.data[i]
+
+
+@pytest.mark.parametrize("mode", ["padded", "stream", "bestfit", "varlen"])
+def test_prefetch_reads_ahead_without_a_thread_and_changes_no_batch(tokenizer, mode):
+    data = make_dataset(400, seed=5)
+    kwargs = dict(batch_size=8, seq_len=32, mode=mode, buffer_size=4)
+    threads_before = threading.active_count()
+    gens, reads = {}, {}
+    for prefetch in (0, 2, 8):
+        counting = CountingDataset(data)
+        gens[prefetch] = DataGenerator(counting, tokenizer, prefetch=prefetch, **kwargs)
+        next(gens[prefetch])
+        reads[prefetch] = counting.reads
+        # Rendering runs on Rust threads; no Python thread is started.
+        assert threading.active_count() == threads_before
+    # Deeper prefetch, more conversations read (and rendering) ahead.
+    assert reads[0] < reads[2] < reads[8] <= len(data)
+    for k in range(30):
+        want = next(gens[0])
+        for prefetch in (2, 8):
+            assert_same(next(gens[prefetch]), want, f"prefetch={prefetch}, batch {k + 1}")
+
+
+def test_close_drops_the_read_ahead_and_iteration_continues(tokenizer):
+    kwargs = dict(batch_size=2, seq_len=32, mode="bestfit", buffer_size=4)
+    want = DataGenerator(DATASET, tokenizer, prefetch=0, **kwargs)
+    gen = DataGenerator(DATASET, tokenizer, prefetch=2, **kwargs)
+    for k in range(12):
+        assert_same(next(gen), next(want), f"batch {k}")
+        if k % 5 == 2:
+            assert gen._producer.packer.in_flight() > 0
+            gen.close()
+            assert gen._producer.packer.in_flight() == 0
+            assert gen.stats["batches"] == k + 1
     gen.close()
-    assert not thread.is_alive()
-    next(gen)  # iterating again restarts it
-    thread = gen._thread
-    assert thread.is_alive()
-    del gen
-    gc.collect()
-    thread.join(timeout=30)
-    assert not thread.is_alive()
+    gen.close()  # closing twice is fine
 
 
 def test_no_hang_at_interpreter_exit(cl100k_path):
@@ -850,18 +881,6 @@ def test_turns_resume_is_exact(tokenizer, mode):
 
 
 # ---------------------------------------------------------------- render cache
-
-
-class CountingDataset:
-    def __init__(self, data):
-        self.data, self.reads = data, 0
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        self.reads += 1
-        return self.data[i]
 
 
 @pytest.mark.parametrize("mode,overflow", MODES)

@@ -43,13 +43,10 @@ numpy; ``output="torch"`` (the default) needs ``pip install torch``.
 
 from __future__ import annotations
 
-import atexit
 import os
-import queue
 import sys
 import threading
 import warnings
-import weakref
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
@@ -73,6 +70,8 @@ _STATE_VERSION = 1
 MAX_BATCH_TOKENS = 2**31 - 1
 MAX_BUFFER_SIZE = 2**20
 MAX_PREFETCH = 1024
+# Chunks rendering ahead for `prefetch` (each has a thread while it renders).
+MAX_CHUNKS_AHEAD = 8
 
 
 class NoSupervisedTokensWarning(UserWarning):
@@ -248,11 +247,6 @@ def _make_transfer(device: Any) -> Any:
     return _CudaTransfer(device)
 
 
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
 class _Batch:
     __slots__ = ("slot", "arrays", "views", "state", "progress", "cache")
 
@@ -267,16 +261,24 @@ class _Batch:
 
 class _Producer:
     """Makes batches: fetches what the packer asks for, has it rendered and
-    packed. Shared with the prefetch thread, which never holds the
-    DataGenerator itself (so dropping the generator stops the thread)."""
+    packed, and keeps the next conversations rendering in the background.
+
+    Everything runs in the thread that calls ``next()``; only rendering runs
+    elsewhere (on Rust threads, without the GIL). ``ahead`` batches' worth of
+    conversations are kept rendering beyond the one chunk that is always in
+    flight."""
 
     def __init__(self, dataset, packer, chunk: int, ring: Optional[PinnedRing],
-                 cache: bool = False) -> None:
+                 cache: bool = False, ahead: int = 0, batch_size: int = 1) -> None:
         self.dataset = dataset
         self.packer = packer
         self.chunk = chunk
         self.ring = ring
         self.cache = cache
+        self.ahead = ahead
+        # Conversations a batch uses, estimated from what the batches so far
+        # used (the read-ahead's depth only; batches do not depend on it).
+        self.per_batch = float(batch_size)
 
     def _read(self, n: int) -> None:
         """Reads the next ``n`` conversations the packer wants and submits
@@ -291,7 +293,18 @@ class _Producer:
         else:
             p.submit([dataset[i] for i in indices])
 
-    def produce(self, stop: Optional[threading.Event] = None) -> Optional[_Batch]:
+    def _read_ahead(self) -> tuple:
+        """``(chunks, size)``: chunks to keep rendering after a batch is
+        planned, and how many conversations to read into each new one: one
+        chunk, plus enough for ``ahead`` batches in at most
+        ``MAX_CHUNKS_AHEAD`` more (larger chunks for a deep read-ahead)."""
+        if self.ahead == 0:
+            return 1, self.chunk
+        convs = int(self.ahead * self.per_batch)
+        size = max(self.chunk, -(-convs // MAX_CHUNKS_AHEAD))
+        return 1 + -(-convs // size), size
+
+    def produce(self) -> _Batch:
         p = self.packer
         while True:
             need = p.plan()
@@ -303,9 +316,10 @@ class _Producer:
             if p.in_flight() < 2:
                 # Read the next chunk while that one renders.
                 self._read(self.chunk)
-        if p.in_flight() == 0:
-            # Renders while this batch is written and used.
-            self._read(self.chunk)
+        # Render the next conversations while this batch is written and used.
+        chunks, size = self._read_ahead()
+        for _ in range(chunks - p.in_flight()):
+            self._read(size)
         rows, cols, nseq, wide = p.shape()
         in_dtype = np.int64 if wide else np.int32
         shapes = [((rows, cols), in_dtype), ((rows, cols), np.int64)]
@@ -315,9 +329,7 @@ class _Producer:
         if self.ring is None:
             arrays = [np.empty(shape, dtype=dt) for shape, dt in shapes]
         else:
-            slot = self.ring.acquire(stop)
-            if slot < 0:
-                return None
+            slot = self.ring.acquire()
             flats = self.ring.slots[slot]
             views = [flat[: int(np.prod(shape))].view(*shape)
                      for flat, (shape, _) in zip(flats, shapes)]
@@ -328,40 +340,10 @@ class _Producer:
             if slot >= 0:
                 self.ring.release(slot)
             raise
-        return _Batch(slot, arrays, views, p.state(), p.progress(), p.cache_stats())
-
-
-# Prefetch threads alive now, with their stop events.
-_running: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-@atexit.register
-def _stop_prefetch_threads() -> None:
-    # A daemon thread still inside a Rust call when the interpreter finalizes
-    # is torn down mid-call, which aborts the process: stop them all first.
-    running = list(_running.items())
-    for _, stop in running:
-        stop.set()
-    for thread, _ in running:
-        thread.join(timeout=30)
-
-
-def _prefetch_loop(producer: _Producer, out: queue.Queue, stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            item: Any = producer.produce(stop)
-            if item is None:
-                return
-        except BaseException as e:  # surfaces at the consumer's next()
-            item = _Failure(e)
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.05)
-                break
-            except queue.Full:
-                continue
-        if isinstance(item, _Failure):
-            return
+        state = p.state()
+        if state["batches"]:
+            self.per_batch = max(1.0, state["consumed"] / state["batches"])
+        return _Batch(slot, arrays, views, state, p.progress(), p.cache_stats())
 
 
 def _core_tokenizer(tokenizer: Any) -> Any:
@@ -417,10 +399,14 @@ class DataGenerator:
             epoch's worth of conversations has been consumed. ``n > 0``:
             ``last_step`` turns True at batch ``n`` (or after an epoch, if
             that comes first) and ``progress`` is ``batches / n``.
-        prefetch: batches produced ahead on a background thread (0: none).
-            Either way, conversations are rendered on a background thread
-            while the next ones are read from the dataset (reads hold the
-            GIL), one chunk ahead.
+        prefetch: batches' worth of conversations kept rendering ahead,
+            in the background, while the caller uses a batch (0: one chunk
+            of ``max(32, 8 * threads)`` conversations ahead, always kept).
+            Rendering, nearly all of a batch's cost, runs on Rust threads
+            without the GIL; reading the dataset (which holds the GIL) and
+            packing (without it) happen in ``next()``, so no Python thread
+            is started and no batch waits on a handoff between threads.
+            Batches are the same for every ``prefetch``.
         num_threads: rendering threads (``None``: all).
         on_error: ``"raise"`` (``ConversationError`` naming the dataset index)
             or ``"skip"`` (dropped and counted in ``skipped``).
@@ -597,17 +583,14 @@ class DataGenerator:
         if self.device is not None and self.device.type == "cuda":
             self._transfer = _make_transfer(self.device)
             ring = self._new_ring(max(1, max_cols))
-        self._producer = _Producer(dataset, packer, self._chunk, ring, cache)
+        self._producer = _Producer(dataset, packer, self._chunk, ring, cache,
+                                   ahead=prefetch, batch_size=batch_size)
         self.max_seqs = max_seqs
         self._state: dict = packer.state()
-        self._thread: Optional[threading.Thread] = None
-        self._queue: Optional[queue.Queue] = None
-        self._stop = threading.Event()
         self._failure: Optional[BaseException] = None
         # Serialises next(), close() and load_state_dict() across threads.
         self._lock = threading.RLock()
         self._warned_unsupervised = False
-        self._finalizer = weakref.finalize(self, self._stop.set)
         self._set_progress(packer.state(), packer.progress(), packer.cache_stats())
 
     # ------------------------------------------------------------ buffers
@@ -653,19 +636,11 @@ class DataGenerator:
     def _next_locked(self) -> tuple:
         if self._failure is not None:
             raise self._failure
-        if self.prefetch > 0:
-            if self._thread is None:
-                self._start()
-            item = self._queue.get()
-        else:
-            try:
-                item = self._producer.produce()
-            except BaseException as e:
-                item = _Failure(e)
-        if isinstance(item, _Failure):
-            self._failure = item.exc
-            self._shutdown()
-            raise item.exc
+        try:
+            item = self._producer.produce()
+        except BaseException as e:
+            self._failure = e
+            raise
         if self._producer.ring is not None:
             tensors, event = self._transfer.send(item.views)
             self._producer.ring.release(item.slot, event)
@@ -680,44 +655,16 @@ class DataGenerator:
         self._set_progress(item.state, item.progress, item.cache)
         return tuple(tensors)
 
-    def _start(self) -> None:
-        self._stop = threading.Event()
-        self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, self._stop.set)
-        self._queue = queue.Queue(maxsize=self.prefetch)
-        self._thread = threading.Thread(
-            target=_prefetch_loop, args=(self._producer, self._queue, self._stop),
-            name="convpack-prefetch", daemon=True,
-        )
-        _running[self._thread] = self._stop
-        self._thread.start()
-
-    def _shutdown(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-            if thread.is_alive():
-                raise RuntimeError("the prefetch thread did not stop (is dataset[i] blocking?)")
-        # Slots handed to batches that were never consumed are free again.
-        q, self._queue = self._queue, None
-        ring = self._producer.ring
-        while q is not None and ring is not None:
-            try:
-                item = q.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, _Batch):
-                ring.release(item.slot)
-
     def close(self) -> None:
-        """Stops the prefetch thread (waiting for a ``next()`` in progress in
-        another thread). Iterating afterwards starts it again.
-
-        Raises ``RuntimeError`` if the thread does not stop within 30 s.
-        """
+        """Stops the background work: waits for the conversations rendering
+        ahead and drops them with the rendered buffer (after waiting for a
+        ``next()`` in progress in another thread). Iterating afterwards
+        continues with the same batches, reading and rendering again what
+        it needs. Raises nothing a ``next()`` would not."""
         with self._lock:
-            self._shutdown()
+            packer = self._producer.packer
+            if packer.in_flight():
+                packer.load_state(dict(self._state))
 
     # ------------------------------------------------------------ progress
 
@@ -805,7 +752,6 @@ class DataGenerator:
             # Check on a scratch packer first, so a bad state changes nothing.
             scratch = _core.Packer(self._core_tok, self.mode, **self._packer_args)
             scratch.load_state(dict(packer_state))
-            self._shutdown()
             self._failure = None
             packer = self._producer.packer
             packer.load_state(dict(packer_state))

@@ -17,8 +17,10 @@ Cases per mode, in tokens/s (``inputs.numel()`` per batch, the same on both
 sides), with ``prefetch=0`` so the batches are made in the timed call:
 
 - ``num_threads=1`` and ``num_threads=N`` (every core);
-- ``num_threads=N, prefetch=2``, the default, where a background thread
-  makes the next batches while the consumer takes this one.
+- ``num_threads=N, prefetch=2``, the default, where two more batches'
+  worth of conversations are kept rendering in the background while the
+  consumer takes this one (the consumer here does nothing with a batch, so
+  this measures what the deeper read-ahead costs or saves on its own).
 
 ``varlen`` has no nanochat equivalent: its tokens/s are reported alone (no
 baseline, no ratio).
