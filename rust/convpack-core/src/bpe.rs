@@ -41,13 +41,26 @@ const HEAP_MERGE_MIN_LEN: usize = 128;
 /// The bytes of a piece of at most 7 bytes and its length, packed in a u64.
 #[inline]
 fn short_key(piece: &[u8]) -> Option<u64> {
-    if piece.len() > 7 {
-        return None;
-    }
-    let mut buf = [0u8; 8];
-    buf[..piece.len()].copy_from_slice(piece);
-    buf[7] = piece.len() as u8;
-    Some(u64::from_le_bytes(buf))
+    let n = piece.len();
+    // Fixed-size loads that may overlap (an overlapped byte is ORed with
+    // itself) instead of a copy of variable length, which is a memcpy call.
+    let bytes = match n {
+        0 => 0,
+        1..=3 => {
+            piece[0] as u64
+                | (piece[n / 2] as u64) << (8 * (n / 2))
+                | (piece[n - 1] as u64) << (8 * (n - 1))
+        }
+        4..=7 => {
+            let mut lo = [0u8; 4];
+            lo.copy_from_slice(&piece[..4]);
+            let mut hi = [0u8; 4];
+            hi.copy_from_slice(&piece[n - 4..]);
+            u32::from_le_bytes(lo) as u64 | (u32::from_le_bytes(hi) as u64) << (8 * (n - 4))
+        }
+        _ => return None,
+    };
+    Some(bytes | (n as u64) << 56)
 }
 
 #[inline]
@@ -673,6 +686,22 @@ mod tests {
             .map(|(i, s)| (s.to_string(), n + i as Rank))
             .collect();
         Tokenizer::new(ranks, specials, SPLIT_PATTERN).unwrap()
+    }
+
+    #[test]
+    fn short_key_is_the_bytes_and_length() {
+        for n in 0..=7usize {
+            let piece: Vec<u8> = (0..n as u8).map(|i| 0xa1 + 17 * i).collect();
+            let mut buf = [0u8; 8];
+            buf[..n].copy_from_slice(&piece);
+            buf[7] = n as u8;
+            assert_eq!(
+                short_key(&piece),
+                Some(u64::from_le_bytes(buf)),
+                "{n} bytes"
+            );
+        }
+        assert_eq!(short_key(&[0u8; 8]), None);
     }
 
     #[test]
