@@ -34,9 +34,13 @@ pub const CHAT_SPECIAL_TOKENS: [&str; 9] = [
 /// every id then fits the `int32` inputs the packers write.
 pub const MAX_VOCAB_SIZE: usize = 1 << 31;
 
-/// Pieces longer than this merge with a heap (O(n log n)) instead of the
-/// quadratic scan, which is faster only for short pieces.
+/// Pieces this long or longer are merged without the piece cache.
 const HEAP_MERGE_MIN_LEN: usize = 128;
+
+/// Pieces this long or longer merge with a heap (O(n log n)) instead of the
+/// quadratic scan, which is faster only for short pieces (by callgrind on
+/// Chinese and Japanese text, whose letter runs are long pieces).
+const SCAN_MERGE_MAX_LEN: usize = 40;
 
 /// The bytes of a piece of at most 7 bytes and its length, packed in a u64.
 #[inline]
@@ -526,7 +530,11 @@ impl Tokenizer {
             }
             let start = out.len();
             let cache = &mut *cache;
-            self.merge_small(piece, &mut cache.scratch, out);
+            if piece.len() >= SCAN_MERGE_MAX_LEN {
+                self.merge_heap(piece, out);
+            } else {
+                self.merge_small(piece, &mut cache.scratch, out);
+            }
             cache.insert(hash, piece, &out[start..]);
         })
     }
