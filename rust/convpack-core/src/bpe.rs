@@ -34,20 +34,37 @@ pub const CHAT_SPECIAL_TOKENS: [&str; 9] = [
 /// every id then fits the `int32` inputs the packers write.
 pub const MAX_VOCAB_SIZE: usize = 1 << 31;
 
-/// Pieces longer than this merge with a heap (O(n log n)) instead of the
-/// quadratic scan, which is faster only for short pieces.
+/// Pieces this long or longer are merged without the piece cache.
 const HEAP_MERGE_MIN_LEN: usize = 128;
+
+/// Pieces this long or longer merge with a heap (O(n log n)) instead of the
+/// quadratic scan, which is faster only for short pieces (by callgrind on
+/// Chinese and Japanese text, whose letter runs are long pieces).
+const SCAN_MERGE_MAX_LEN: usize = 40;
 
 /// The bytes of a piece of at most 7 bytes and its length, packed in a u64.
 #[inline]
 fn short_key(piece: &[u8]) -> Option<u64> {
-    if piece.len() > 7 {
-        return None;
-    }
-    let mut buf = [0u8; 8];
-    buf[..piece.len()].copy_from_slice(piece);
-    buf[7] = piece.len() as u8;
-    Some(u64::from_le_bytes(buf))
+    let n = piece.len();
+    // Fixed-size loads that may overlap (an overlapped byte is ORed with
+    // itself) instead of a copy of variable length, which is a memcpy call.
+    let bytes = match n {
+        0 => 0,
+        1..=3 => {
+            piece[0] as u64
+                | (piece[n / 2] as u64) << (8 * (n / 2))
+                | (piece[n - 1] as u64) << (8 * (n - 1))
+        }
+        4..=7 => {
+            let mut lo = [0u8; 4];
+            lo.copy_from_slice(&piece[..4]);
+            let mut hi = [0u8; 4];
+            hi.copy_from_slice(&piece[n - 4..]);
+            u32::from_le_bytes(lo) as u64 | (u32::from_le_bytes(hi) as u64) << (8 * (n - 4))
+        }
+        _ => return None,
+    };
+    Some(bytes | (n as u64) << 56)
 }
 
 #[inline]
@@ -172,6 +189,8 @@ struct PieceCache {
     map: FxHashMap<u64, CacheEntry>,
     bytes: Vec<u8>,
     tokens: Vec<Rank>,
+    /// Scratch space of [`Tokenizer::merge_small`].
+    scratch: Vec<u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -220,6 +239,7 @@ thread_local! {
         map: FxHashMap::default(),
         bytes: Vec::new(),
         tokens: Vec::new(),
+        scratch: Vec::new(),
     });
 }
 
@@ -509,7 +529,12 @@ impl Tokenizer {
                 return;
             }
             let start = out.len();
-            self.merge_small(piece, out);
+            let cache = &mut *cache;
+            if piece.len() >= SCAN_MERGE_MAX_LEN {
+                self.merge_heap(piece, out);
+            } else {
+                self.merge_small(piece, &mut cache.scratch, out);
+            }
             cache.insert(hash, piece, &out[start..]);
         })
     }
@@ -525,24 +550,34 @@ impl Tokenizer {
 
     /// Quadratic merge: repeatedly merge the adjacent pair of lowest rank
     /// (the leftmost on ties) until no pair is a token. Every part is a
-    /// token at every step, so parts are kept as ids, on the stack (pieces
-    /// here are shorter than [`HEAP_MERGE_MIN_LEN`]).
-    fn merge_small(&self, piece: &[u8], out: &mut Vec<Rank>) {
-        let mut n = piece.len();
-        debug_assert!(n < HEAP_MERGE_MIN_LEN);
-        let mut parts = [0 as Rank; HEAP_MERGE_MIN_LEN];
-        // pair[k]: the id parts k and k+1 merge into (the merge's rank).
-        let mut pair = [Rank::MAX; HEAP_MERGE_MIN_LEN];
-        for (p, &b) in parts.iter_mut().zip(piece) {
-            *p = self.byte_ranks[b as usize];
+    /// token at every step, so parts are kept as ids (pieces here are
+    /// shorter than [`HEAP_MERGE_MIN_LEN`]).
+    ///
+    /// `slots` is scratch space (reused between calls, so nothing is
+    /// allocated or cleared per piece). Slot `k` holds part `k`'s id in its
+    /// low half and, in its high half, the id that parts `k` and `k + 1`
+    /// merge into (the merge's rank; `Rank::MAX`: no merge). A part and the
+    /// pair it starts move together, so a merge shifts one array.
+    fn merge_small(&self, piece: &[u8], slots: &mut Vec<u64>, out: &mut Vec<Rank>) {
+        debug_assert!(piece.len() < HEAP_MERGE_MIN_LEN);
+        let slot = |pair: Rank, part: Rank| (pair as u64) << 32 | part as u64;
+        slots.clear();
+        slots.resize(piece.len(), 0);
+        for (s, w) in slots.iter_mut().zip(piece.windows(2)) {
+            *s = slot(
+                self.byte_pairs[w[0] as usize * 256 + w[1] as usize],
+                self.byte_ranks[w[0] as usize],
+            );
         }
-        for (k, w) in piece.windows(2).enumerate() {
-            pair[k] = self.byte_pairs[w[0] as usize * 256 + w[1] as usize];
+        if let (Some(s), Some(&last)) = (slots.last_mut(), piece.last()) {
+            *s = slot(Rank::MAX, self.byte_ranks[last as usize]);
         }
+        let mut n = slots.len();
         while n > 1 {
             let mut best = Rank::MAX;
             let mut at = 0;
-            for (k, &r) in pair[..n - 1].iter().enumerate() {
+            for (k, &s) in slots[..n - 1].iter().enumerate() {
+                let r = (s >> 32) as Rank;
                 if r < best {
                     best = r;
                     at = k;
@@ -551,18 +586,20 @@ impl Tokenizer {
             if best == Rank::MAX {
                 break;
             }
-            parts[at] = best;
-            parts.copy_within(at + 2..n, at + 1);
-            pair.copy_within(at + 1..n - 1, at);
+            slots.copy_within(at + 2..n, at + 1);
             n -= 1;
-            if at + 1 < n {
-                pair[at] = self.merged(parts[at], parts[at + 1]);
-            }
+            let next = if at + 1 < n {
+                self.merged(best, slots[at + 1] as Rank)
+            } else {
+                Rank::MAX
+            };
+            slots[at] = slot(next, best);
             if at > 0 {
-                pair[at - 1] = self.merged(parts[at - 1], parts[at]);
+                let prev = slots[at - 1] as Rank;
+                slots[at - 1] = slot(self.merged(prev, best), prev);
             }
         }
-        out.extend_from_slice(&parts[..n]);
+        out.extend(slots[..n].iter().map(|&s| s as Rank));
     }
 
     /// The same merge order as [`Tokenizer::merge_small`], with a heap of
@@ -676,6 +713,22 @@ mod tests {
     }
 
     #[test]
+    fn short_key_is_the_bytes_and_length() {
+        for n in 0..=7usize {
+            let piece: Vec<u8> = (0..n as u8).map(|i| 0xa1u8.wrapping_add(17 * i)).collect();
+            let mut buf = [0u8; 8];
+            buf[..n].copy_from_slice(&piece);
+            buf[7] = n as u8;
+            assert_eq!(
+                short_key(&piece),
+                Some(u64::from_le_bytes(buf)),
+                "{n} bytes"
+            );
+        }
+        assert_eq!(short_key(&[0u8; 8]), None);
+    }
+
+    #[test]
     fn round_trips_and_merges() {
         let t = toy();
         let ids = t.encode_ordinary("hello abcab");
@@ -712,7 +765,7 @@ mod tests {
         assert_eq!(heap, reference_merge(&t, long.as_bytes()));
         for piece in ["abcabab", "hellhello", "    ab   ", "xhelloabc"] {
             let mut small = Vec::new();
-            t.merge_small(piece.as_bytes(), &mut small);
+            t.merge_small(piece.as_bytes(), &mut Vec::new(), &mut small);
             assert_eq!(small, reference_merge(&t, piece.as_bytes()), "{piece:?}");
             let mut heap = Vec::new();
             t.merge_heap(piece.as_bytes(), &mut heap);

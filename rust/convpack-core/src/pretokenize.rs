@@ -284,6 +284,16 @@ fn letters(cur: &Cursor, mut end: usize) -> usize {
     // ASCII letters byte by byte (the only ASCII in \p{L}); a non-ASCII
     // character continues through the full decode.
     let bytes = cur.text.as_bytes();
+    // Eight bytes at a time while a whole word fits (most English words do).
+    while let Some(chunk) = bytes.get(end..end + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let n = ascii_letters_prefix(u64::from_le_bytes(word));
+        end += n;
+        if n < 8 {
+            break;
+        }
+    }
     while end < bytes.len() && bytes[end].is_ascii_alphabetic() {
         end += 1;
     }
@@ -297,6 +307,25 @@ fn letters(cur: &Cursor, mut end: usize) -> usize {
         end += l;
     }
     end
+}
+
+/// How many of the eight bytes of `w` (little-endian: the first byte is the
+/// lowest) are ASCII letters before the first byte that is not one.
+#[inline(always)]
+fn ascii_letters_prefix(w: u64) -> usize {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const fn splat(b: u8) -> u64 {
+        b as u64 * 0x0101_0101_0101_0101
+    }
+    // Lowercase every byte's 0x20 bit and drop its high bit, so the sums
+    // below stay inside their byte; the high bit of `w` is checked apart.
+    let y = (w | splat(0x20)) & LOW7;
+    // High bit of each byte: set where y >= 'a', and where y > 'z'.
+    let at_least_a = y + splat(0x80 - b'a');
+    let above_z = y + splat(0x80 - b'z' - 1);
+    let letters = at_least_a & !above_z & !w & HIGH;
+    ((!letters & HIGH).trailing_zeros() / 8) as usize
 }
 
 /// `[^\s\p{L}\p{N}]++[\r\n]*` starting at `pos` (which holds an `Other`).
@@ -436,6 +465,23 @@ mod tests {
             slow.pieces(text).unwrap(),
             "text {text:?}"
         );
+    }
+
+    #[test]
+    fn ascii_letters_prefix_counts_like_byte_by_byte() {
+        // Every byte value at every position, after a prefix of letters.
+        for at in 0..8 {
+            for b in 0..=255u8 {
+                let mut w = *b"abcXYZqz";
+                w[at] = b;
+                let expected = w.iter().take_while(|c| c.is_ascii_alphabetic()).count();
+                assert_eq!(
+                    ascii_letters_prefix(u64::from_le_bytes(w)),
+                    expected,
+                    "byte {b:#04x} at {at}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use convpack_core::{
 };
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyList, PyString};
 use rustc_hash::FxHashMap;
@@ -149,15 +150,41 @@ impl PyTokenizer {
         }
     }
 
-    /// `ids` as a Python list of ints.
+    /// `ids` as a Python list of ints: one allocation for the list, then a
+    /// reference count and a store per id (no per-item checks).
     fn id_list<'py>(&self, py: Python<'py>, ids: &[Rank]) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(
-            py,
-            ids.iter().map(|&i| match self.ints.get(i as usize) {
-                Some(o) => o.bind(py).clone(),
-                None => py_int(py, i),
-            }),
-        )
+        let len = ffi::Py_ssize_t::try_from(ids.len())
+            .map_err(|_| PyMemoryError::new_err(format!("cannot hold {} token ids", ids.len())))?;
+        // SAFETY: the GIL is held (`py`). `PyList_New` returns a new list
+        // of `len` empty slots (or null with an exception set); every slot
+        // is filled exactly once below with an owned reference before the
+        // list is handed to Python, and on failure the list is released
+        // (slots still null are skipped by its deallocator).
+        unsafe {
+            let list = ffi::PyList_New(len);
+            if list.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            for (k, &i) in ids.iter().enumerate() {
+                let item = match self.ints.get(i as usize) {
+                    Some(o) => {
+                        let p = o.as_ptr();
+                        ffi::Py_INCREF(p);
+                        p
+                    }
+                    None => {
+                        let p = ffi::PyLong_FromUnsignedLong(i.into());
+                        if p.is_null() {
+                            ffi::Py_DECREF(list);
+                            return Err(PyErr::fetch(py));
+                        }
+                        p
+                    }
+                };
+                ffi::PyList_SET_ITEM(list, k as ffi::Py_ssize_t, item);
+            }
+            Ok(Bound::from_owned_ptr(py, list).cast_into_unchecked())
+        }
     }
 
     fn renderer(&self) -> PyResult<Renderer<'_>> {
