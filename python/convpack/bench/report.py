@@ -286,7 +286,7 @@ def _plot_title(first_line: str, quick: bool, details: str, width: int) -> str:
     import textwrap
 
     run = f"{run_label(quick)}; {cpu_count()} CPU threads"
-    return "\n".join([first_line, run, *textwrap.wrap(details, width)])
+    return "\n".join([first_line, run, *textwrap.wrap(details, width, break_on_hyphens=False)])
 
 
 def _plots(rows: list, out_dir: str, quick: bool = False) -> list:
