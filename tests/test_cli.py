@@ -525,7 +525,7 @@ def test_bench_quick_writes_report(tmp_path, capsys, monkeypatch):
     # Every plot names its run (smoke, threads, row length, data) and labels
     # every value.
     title, labels, ax = plots["ratios.png"]
-    plotted = [r for r in results["rows"] if "ratio" in r and r.get("kind") != "scaling"]
+    plotted = [r for r in results["rows"] if "ratio" in r and r.get("kind") not in ("scaling", "share")]
     assert SMOKE_NOTE in title and f"{threads} CPU threads" in title
     assert "rows 4 x 512" in title and "SmolTalk-like" in title
     assert labels == [f"{r['ratio']:.2f}x" for r in plotted]
