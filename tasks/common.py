@@ -6,26 +6,5 @@ module for the documentation). ``tasks`` is a namespace package, so a local
 this file; see ``convpack.tasks`` for how the two merge.
 """
 
-from convpack.tasks.common import (  # noqa: F401  (re-exported)
-    Conversation,
-    ConversationFormatError,
-    HubDataset,
-    Task,
-    TaskMixture,
-    TaskSequence,
-    load_hub_dataset,
-    render_mc,
-    validate_messages,
-)
-
-__all__ = [
-    "Conversation",
-    "ConversationFormatError",
-    "HubDataset",
-    "Task",
-    "TaskMixture",
-    "TaskSequence",
-    "load_hub_dataset",
-    "render_mc",
-    "validate_messages",
-]
+from convpack.tasks.common import *  # noqa: F403  (re-exported)
+from convpack.tasks.common import __all__  # noqa: F401

@@ -6,12 +6,5 @@ module for the documentation). ``tasks`` is a namespace package, so a local
 this file; see ``convpack.tasks`` for how the two merge.
 """
 
-from convpack.tasks.customjson import (  # noqa: F401  (re-exported)
-    CustomJSON,
-    SpecialFileError,
-)
-
-__all__ = [
-    "CustomJSON",
-    "SpecialFileError",
-]
+from convpack.tasks.customjson import *  # noqa: F403  (re-exported)
+from convpack.tasks.customjson import __all__  # noqa: F401

@@ -6,44 +6,5 @@ module for the documentation). ``tasks`` is a namespace package, so a local
 this file; see ``convpack.tasks`` for how the two merge.
 """
 
-from convpack.tasks.data import (  # noqa: F401  (re-exported)
-    ENV_VAR,
-    EXTENSIONS,
-    HUB_EXTRA,
-    NANOCHAT_BASE_ENV,
-    OFFLINE_ENV_VARS,
-    SHUFFLE_SEED,
-    DataFileError,
-    DatasetNotFoundError,
-    HubDataset,
-    hub_offline,
-    load_hub_dataset,
-    load_local_file,
-    load_task_dataset,
-    local_candidates,
-    nanochat_base_dir,
-    nanochat_cache_dir,
-    read_nanochat_cache,
-    resolve_data_dir,
-)
-
-__all__ = [
-    "ENV_VAR",
-    "EXTENSIONS",
-    "HUB_EXTRA",
-    "NANOCHAT_BASE_ENV",
-    "OFFLINE_ENV_VARS",
-    "SHUFFLE_SEED",
-    "DataFileError",
-    "DatasetNotFoundError",
-    "HubDataset",
-    "hub_offline",
-    "load_hub_dataset",
-    "load_local_file",
-    "load_task_dataset",
-    "local_candidates",
-    "nanochat_base_dir",
-    "nanochat_cache_dir",
-    "read_nanochat_cache",
-    "resolve_data_dir",
-]
+from convpack.tasks.data import *  # noqa: F403  (re-exported)
+from convpack.tasks.data import __all__  # noqa: F401

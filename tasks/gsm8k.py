@@ -6,16 +6,5 @@ module for the documentation). ``tasks`` is a namespace package, so a local
 this file; see ``convpack.tasks`` for how the two merge.
 """
 
-from convpack.tasks.gsm8k import (  # noqa: F401  (re-exported)
-    GSM8K,
-    GSM_RE,
-    answer_to_parts,
-    extract_answer,
-)
-
-__all__ = [
-    "GSM8K",
-    "GSM_RE",
-    "answer_to_parts",
-    "extract_answer",
-]
+from convpack.tasks.gsm8k import *  # noqa: F403  (re-exported)
+from convpack.tasks.gsm8k import __all__  # noqa: F401

@@ -6,16 +6,5 @@ module for the documentation). ``tasks`` is a namespace package, so a local
 this file; see ``convpack.tasks`` for how the two merge.
 """
 
-from convpack.tasks.humaneval import (  # noqa: F401  (re-exported)
-    HUB_ID,
-    HumanEval,
-    extract_imports,
-    extract_program,
-)
-
-__all__ = [
-    "HUB_ID",
-    "HumanEval",
-    "extract_imports",
-    "extract_program",
-]
+from convpack.tasks.humaneval import *  # noqa: F403  (re-exported)
+from convpack.tasks.humaneval import __all__  # noqa: F401

@@ -6,10 +6,5 @@ module for the documentation). ``tasks`` is a namespace package, so a local
 this file; see ``convpack.tasks`` for how the two merge.
 """
 
-from convpack.tasks.smoltalk import (  # noqa: F401  (re-exported)
-    SmolTalk,
-)
-
-__all__ = [
-    "SmolTalk",
-]
+from convpack.tasks.smoltalk import *  # noqa: F403  (re-exported)
+from convpack.tasks.smoltalk import __all__  # noqa: F401

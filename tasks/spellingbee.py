@@ -6,24 +6,5 @@ module for the documentation). ``tasks`` is a namespace package, so a local
 this file; see ``convpack.tasks`` for how the two merge.
 """
 
-from convpack.tasks.spellingbee import (  # noqa: F401  (re-exported)
-    ANSWER_RE,
-    LETTERS,
-    USER_MESSAGE_TEMPLATES,
-    USER_MSG_TEMPLATES,
-    SimpleSpelling,
-    SpellingBee,
-    extract_answer,
-    load_words,
-)
-
-__all__ = [
-    "ANSWER_RE",
-    "LETTERS",
-    "USER_MESSAGE_TEMPLATES",
-    "USER_MSG_TEMPLATES",
-    "SimpleSpelling",
-    "SpellingBee",
-    "extract_answer",
-    "load_words",
-]
+from convpack.tasks.spellingbee import *  # noqa: F403  (re-exported)
+from convpack.tasks.spellingbee import __all__  # noqa: F401

@@ -29,6 +29,8 @@ import pickle
 import warnings
 from typing import Any, TypeVar
 
+from .tasks.data import nanochat_base_dir as _nanochat_base_path
+
 __all__ = [
     "NanochatFilesWarning",
     "TOKENIZER_PKL",
@@ -73,7 +75,7 @@ def nanochat_base_dir() -> str:
     Raises:
         OSError: the directory cannot be created.
     """
-    base = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
+    base = str(_nanochat_base_path())
     os.makedirs(base, exist_ok=True)
     return base
 
