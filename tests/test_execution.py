@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import convpack.execution
 from convpack.execution import (
     SANDBOX_UID_BASE,
     SANDBOX_UID_COUNT,
@@ -948,3 +949,32 @@ def test_the_callers_environment_does_not_reach_the_program(monkeypatch):
     result = execute_code("import os\nprint(dict(os.environ))")
     assert result.success, result
     assert "hunter2" not in result.stdout and "CONVPACK_TEST_SECRET" not in result.stdout
+
+
+def test_a_python_in_a_virtualenv_under_tmp_gets_the_full_view(full, tmp_path):
+    # The view mounts its own /tmp; a runtime below /tmp (a virtualenv there)
+    # must still be bound, read-only, inside it, not make the view fail.
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
+        check=True,
+        timeout=120,
+    )
+    home = str(Path(convpack.execution.__file__).resolve().parents[1])
+    probe = (
+        "import json, sys\n"
+        "from convpack.execution import execute_code\n"
+        "r = execute_code('import random, os\\nprint(random.__name__, sorted(os.listdir(\"/\")))')\n"
+        "print(json.dumps([r.success, r.stdout, list(r.missing_isolation)]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = home
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", probe],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    success, stdout, missing = json.loads(out.stdout.splitlines()[-1])
+    assert success and missing == [], (stdout, missing)
+    assert stdout.startswith("random ")
+    assert str(tmp_path) not in stdout  # / lists the view's entries, not the host's

@@ -459,21 +459,7 @@ def build_view(root: str, uid: int, disk_bytes: int, disk_inodes: int) -> None:
     to it; see the module docstring. Raises OSError on any refusal."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,nr_inodes=4096,mode=755")
-    bound: list[str] = []
-    for path in runtime_paths():
-        if any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound):
-            continue  # already visible through a parent
-        inside = root + path
-        if os.path.islink(path) and os.path.dirname(path) == "/":
-            os.symlink(os.readlink(path), inside)
-            continue
-        real = os.path.realpath(path)
-        if not os.path.isdir(real):
-            continue
-        os.makedirs(inside, mode=0o755, exist_ok=True)
-        bind_readonly(real, inside)
-        bound.append(path)
-    os.makedirs(root + "/dev", mode=0o755)
+    os.mkdir(root + "/dev", 0o755)
     for name in DEVICES:
         if os.path.exists("/dev/" + name):
             open(f"{root}/dev/{name}", "w").close()
@@ -492,6 +478,22 @@ def build_view(root: str, uid: int, disk_bytes: int, disk_inodes: int) -> None:
         f"size={disk_bytes},nr_inodes={disk_inodes},mode=700,uid={uid},gid={uid}",
     )
     os.mkdir(root + "/etc", 0o755)
+    # The runtime last, so that an installation below one of the view's own
+    # mount points (a virtualenv under /tmp) is bound inside it, read-only.
+    bound: list[str] = []
+    for path in runtime_paths():
+        if any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound):
+            continue  # already visible through a parent
+        inside = root + path
+        if os.path.islink(path) and os.path.dirname(path) == "/":
+            os.symlink(os.readlink(path), inside)
+            continue
+        real = os.path.realpath(path)
+        if not os.path.isdir(real):
+            continue
+        os.makedirs(inside, mode=0o755, exist_ok=True)
+        bind_readonly(real, inside)
+        bound.append(path)
     mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.chdir(root)
     number = _PIVOT_ROOT.get(platform.machine())
