@@ -67,6 +67,38 @@ fn short_key(piece: &[u8]) -> Option<u64> {
     Some(bytes | (n as u64) << 56)
 }
 
+/// Longest piece [`mid_key`] packs.
+const MID_KEY_MAX: usize = 15;
+
+/// The bytes of a piece of 8 to 15 bytes and its length, packed in a u128.
+#[inline]
+fn mid_key(piece: &[u8]) -> Option<u128> {
+    let n = piece.len();
+    if !(8..=MID_KEY_MAX).contains(&n) {
+        return None;
+    }
+    let load8 = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[..8]);
+        u64::from_le_bytes(w) as u128
+    };
+    // The last eight bytes overlap the first eight: an overlapped byte is
+    // ORed with itself.
+    Some(load8(piece) | load8(&piece[n - 8..]) << (8 * (n - 8)) | (n as u128) << 120)
+}
+
+/// One part of a piece during [`Tokenizer::merge_small`].
+#[derive(Clone, Copy, Default)]
+struct Part {
+    /// Id of the token this part and the next one concatenate to
+    /// (`Rank::MAX`: none).
+    pair: Rank,
+    /// This part's token id.
+    id: Rank,
+    /// Offset of its first byte in the piece.
+    start: u32,
+}
+
 #[inline]
 fn pair_key(a: Rank, b: Rank) -> u64 {
     ((a as u64) << 32) | b as u64
@@ -190,7 +222,7 @@ struct PieceCache {
     bytes: Vec<u8>,
     tokens: Vec<Rank>,
     /// Scratch space of [`Tokenizer::merge_small`].
-    scratch: Vec<u64>,
+    scratch: Vec<Part>,
 }
 
 #[derive(Clone, Copy)]
@@ -254,6 +286,8 @@ pub struct Tokenizer {
     /// The tokens of at most 7 bytes again, keyed by [`short_key`]: most
     /// pieces are short, and an integer key needs no byte comparison.
     short_encoder: FxHashMap<u64, Rank>,
+    /// The tokens of 8 to 15 bytes, keyed by [`mid_key`].
+    mid_encoder: FxHashMap<u128, Rank>,
     /// `(left id, right id)` -> id of their concatenation, for every pair of
     /// tokens that concatenate to a token. Merging by ids hashes 8 bytes
     /// instead of a byte slice.
@@ -327,6 +361,11 @@ impl Tokenizer {
             .filter(|(_, bytes)| !bytes.is_empty())
             .filter_map(|(rank, bytes)| short_key(bytes).map(|k| (k, rank as Rank)))
             .collect();
+        let mid_encoder = ranks
+            .iter()
+            .enumerate()
+            .filter_map(|(rank, bytes)| mid_key(bytes).map(|k| (k, rank as Rank)))
+            .collect();
         let pair_ranks = pair_table(&ranks, &encoder);
         let mut special_ids = FxHashMap::default();
         for (name, id) in &specials {
@@ -369,6 +408,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             encoder,
             short_encoder,
+            mid_encoder,
             pair_ranks,
             byte_ranks,
             byte_pairs,
@@ -494,12 +534,9 @@ impl Tokenizer {
             out.push(self.byte_ranks[*b as usize]);
             return;
         }
-        let whole = match short_key(piece) {
-            Some(k) => self.short_encoder.get(&k),
-            None => self.encoder.get(piece),
-        };
-        if let Some(&r) = whole {
-            out.push(r);
+        let whole = self.token_of(piece);
+        if whole != Rank::MAX {
+            out.push(whole);
             return;
         }
         if piece.len() >= HEAP_MERGE_MIN_LEN {
@@ -548,58 +585,92 @@ impl Tokenizer {
             .unwrap_or(Rank::MAX)
     }
 
+    /// Id of the ordinary token whose bytes are `bytes`, or `Rank::MAX`.
+    /// Pieces of up to 15 bytes (nearly all) are looked up by an integer
+    /// key: no byte comparison, and the maps stay in cache.
+    #[inline(always)]
+    fn token_of(&self, bytes: &[u8]) -> Rank {
+        let found = if let Some(k) = short_key(bytes) {
+            self.short_encoder.get(&k)
+        } else if let Some(k) = mid_key(bytes) {
+            self.mid_encoder.get(&k)
+        } else {
+            self.encoder.get(bytes)
+        };
+        found.copied().unwrap_or(Rank::MAX)
+    }
+
     /// Quadratic merge: repeatedly merge the adjacent pair of lowest rank
-    /// (the leftmost on ties) until no pair is a token. Every part is a
-    /// token at every step, so parts are kept as ids (pieces here are
-    /// shorter than [`HEAP_MERGE_MIN_LEN`]).
+    /// (the leftmost on ties) until no pair is a token. Parts are byte
+    /// ranges of the piece; whether two neighbours merge, and into which
+    /// id, is a lookup of their joined bytes in the whole-token maps while
+    /// the join is short (those maps are consulted for every piece, so they
+    /// stay in cache where the table of token pairs, four times larger,
+    /// does not), and of their two ids in that pair table beyond.
     ///
-    /// `slots` is scratch space (reused between calls, so nothing is
-    /// allocated or cleared per piece). Slot `k` holds part `k`'s id in its
-    /// low half and, in its high half, the id that parts `k` and `k + 1`
-    /// merge into (the merge's rank; `Rank::MAX`: no merge). A part and the
-    /// pair it starts move together, so a merge shifts one array.
-    fn merge_small(&self, piece: &[u8], slots: &mut Vec<u64>, out: &mut Vec<Rank>) {
+    /// `parts` is scratch space (reused between calls, so nothing is
+    /// allocated per piece). A part and the pair it starts move together,
+    /// so a merge shifts one array.
+    fn merge_small(&self, piece: &[u8], parts: &mut Vec<Part>, out: &mut Vec<Rank>) {
         debug_assert!(piece.len() < HEAP_MERGE_MIN_LEN);
-        let slot = |pair: Rank, part: Rank| (pair as u64) << 32 | part as u64;
-        slots.clear();
-        slots.resize(piece.len(), 0);
-        for (s, w) in slots.iter_mut().zip(piece.windows(2)) {
-            *s = slot(
-                self.byte_pairs[w[0] as usize * 256 + w[1] as usize],
-                self.byte_ranks[w[0] as usize],
-            );
-        }
-        if let (Some(s), Some(&last)) = (slots.last_mut(), piece.last()) {
-            *s = slot(Rank::MAX, self.byte_ranks[last as usize]);
-        }
-        let mut n = slots.len();
+        let len = piece.len();
+        // Joins of other scripts' letters mostly miss the whole-token maps
+        // too, and the shorter lookup by ids measured faster there.
+        let by_bytes = piece.is_ascii();
+        parts.clear();
+        parts.extend(piece.iter().enumerate().map(|(i, &b)| Part {
+            pair: piece.get(i + 1).map_or(Rank::MAX, |&c| {
+                self.byte_pairs[b as usize * 256 + c as usize]
+            }),
+            id: self.byte_ranks[b as usize],
+            start: i as u32,
+        }));
+        let mut n = parts.len();
         while n > 1 {
             let mut best = Rank::MAX;
             let mut at = 0;
-            for (k, &s) in slots[..n - 1].iter().enumerate() {
-                let r = (s >> 32) as Rank;
-                if r < best {
-                    best = r;
+            for (k, p) in parts[..n - 1].iter().enumerate() {
+                if p.pair < best {
+                    best = p.pair;
                     at = k;
                 }
             }
             if best == Rank::MAX {
                 break;
             }
-            slots.copy_within(at + 2..n, at + 1);
+            parts.copy_within(at + 2..n, at + 1);
             n -= 1;
-            let next = if at + 1 < n {
-                self.merged(best, slots[at + 1] as Rank)
+            // End of part k (the start of the next one).
+            let end = |parts: &[Part], k: usize| {
+                if k + 1 < n {
+                    parts[k + 1].start as usize
+                } else {
+                    len
+                }
+            };
+            // Id of the token parts k and k + 1 join into: by the joined
+            // bytes while they have an integer key (ASCII pieces), by the
+            // two ids otherwise.
+            let join = |parts: &[Part], k: usize| {
+                if by_bytes {
+                    let bytes = &piece[parts[k].start as usize..end(parts, k + 1)];
+                    if bytes.len() <= MID_KEY_MAX {
+                        return self.token_of(bytes);
+                    }
+                }
+                self.merged(parts[k].id, parts[k + 1].id)
+            };
+            parts[at].id = best;
+            parts[at].pair = if at + 1 < n {
+                join(parts, at)
             } else {
                 Rank::MAX
             };
-            slots[at] = slot(next, best);
             if at > 0 {
-                let prev = slots[at - 1] as Rank;
-                slots[at - 1] = slot(self.merged(prev, best), prev);
+                parts[at - 1].pair = join(parts, at - 1);
             }
         }
-        out.extend(slots[..n].iter().map(|&s| s as Rank));
+        out.extend(parts[..n].iter().map(|p| p.id));
     }
 
     /// The same merge order as [`Tokenizer::merge_small`], with a heap of
@@ -726,6 +797,19 @@ mod tests {
             );
         }
         assert_eq!(short_key(&[0u8; 8]), None);
+    }
+
+    #[test]
+    fn mid_key_is_the_bytes_and_length() {
+        for n in 8..=15usize {
+            let piece: Vec<u8> = (0..n as u8).map(|i| 0xa1u8.wrapping_add(17 * i)).collect();
+            let mut buf = [0u8; 16];
+            buf[..n].copy_from_slice(&piece);
+            buf[15] = n as u8;
+            assert_eq!(mid_key(&piece), Some(u128::from_le_bytes(buf)), "{n} bytes");
+        }
+        assert_eq!(mid_key(&[0u8; 7]), None);
+        assert_eq!(mid_key(&[0u8; 16]), None);
     }
 
     #[test]
