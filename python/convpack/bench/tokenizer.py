@@ -11,7 +11,9 @@ prose, source code and multilingual text (see ``convpack.bench.texts``):
   encoder's throughput that ``encode`` keeps through Python;
 - a batch on every core: ``tokenizer.encode(docs, num_threads=N)`` against
   ``enc.encode_ordinary_batch(docs, num_threads=N)``;
-- thread scaling: the batch on 1 thread and on N.
+- thread scaling: the batch on 1 thread and on N;
+- the batch as one flat numpy array (``tokenizer.encode_to_numpy(docs,
+  num_threads=N)``: no Python int per token) against the same tiktoken batch.
 
 The ids are checked to be identical before anything is timed. Each timed
 round is one pass over the text with a freshly built convpack tokenizer (an
@@ -68,6 +70,12 @@ def run(quick: bool = False) -> list[dict]:
             expected = [enc.encode_ordinary(d) for d in docs]
             check_identical(what, [ours.encode(d) for d in docs], expected)
             check_identical(what + " (batch)", ours.encode(docs, num_threads=threads), expected)
+            flat, offsets = ours.encode_to_numpy(docs, num_threads=threads)
+            check_identical(
+                what + " (batch to numpy)",
+                [flat[offsets[i] : offsets[i + 1]].tolist() for i in range(len(docs))],
+                expected,
+            )
             info = {"corpus": corpus_name, "pattern": pattern_name}
 
             ours_1, rust_1, tt_1 = one_thread(ours, enc, docs, mb, repeats)
@@ -129,6 +137,29 @@ def run(quick: bool = False) -> list[dict]:
                     "MB/s",
                     ours_b,
                     tt_b,
+                    "tiktoken",
+                    threads=threads,
+                    **info,
+                )
+            )
+
+            def to_numpy(docs=docs, ours=ours):
+                tok = fresh_copy(ours)
+                return lambda: tok.encode_to_numpy(docs, num_threads=threads)
+
+            ours_np, tt_np = compare(
+                to_numpy,
+                lambda d=docs, e=enc: e.encode_ordinary_batch(d, num_threads=threads),
+                mb,
+                repeats,
+            )
+            rows.append(
+                row(
+                    SECTION,
+                    f"{what}, batch to numpy, {threads} threads",
+                    "MB/s",
+                    ours_np,
+                    tt_np,
                     "tiktoken",
                     threads=threads,
                     **info,
