@@ -784,32 +784,24 @@ mod tests {
     }
 
     #[test]
-    fn short_key_is_the_bytes_and_length() {
-        for n in 0..=7usize {
+    fn keys_are_the_bytes_and_length() {
+        for n in 0..=MID_KEY_MAX {
             let piece: Vec<u8> = (0..n as u8).map(|i| 0xa1u8.wrapping_add(17 * i)).collect();
-            let mut buf = [0u8; 8];
-            buf[..n].copy_from_slice(&piece);
-            buf[7] = n as u8;
-            assert_eq!(
-                short_key(&piece),
-                Some(u64::from_le_bytes(buf)),
-                "{n} bytes"
-            );
-        }
-        assert_eq!(short_key(&[0u8; 8]), None);
-    }
-
-    #[test]
-    fn mid_key_is_the_bytes_and_length() {
-        for n in 8..=15usize {
-            let piece: Vec<u8> = (0..n as u8).map(|i| 0xa1u8.wrapping_add(17 * i)).collect();
+            // The bytes, zero-padded, with the length in the top byte.
             let mut buf = [0u8; 16];
             buf[..n].copy_from_slice(&piece);
-            buf[15] = n as u8;
-            assert_eq!(mid_key(&piece), Some(u128::from_le_bytes(buf)), "{n} bytes");
+            if n <= 7 {
+                buf[7] = n as u8;
+                let expected = u64::from_le_bytes(buf[..8].try_into().unwrap());
+                assert_eq!(short_key(&piece), Some(expected), "{n} bytes");
+                assert_eq!(mid_key(&piece), None, "{n} bytes");
+            } else {
+                buf[15] = n as u8;
+                assert_eq!(mid_key(&piece), Some(u128::from_le_bytes(buf)), "{n} bytes");
+                assert_eq!(short_key(&piece), None, "{n} bytes");
+            }
         }
-        assert_eq!(mid_key(&[0u8; 7]), None);
-        assert_eq!(mid_key(&[0u8; 16]), None);
+        assert_eq!(mid_key(&[0u8; MID_KEY_MAX + 1]), None);
     }
 
     #[test]
