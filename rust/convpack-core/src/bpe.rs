@@ -850,6 +850,64 @@ mod tests {
     }
 
     #[test]
+    fn merges_agree_with_plain_bpe_on_a_trained_vocabulary() {
+        // A vocabulary trained on repetitive words, so that tokens of 8 to
+        // 15 bytes and longer exist, ASCII and not: every way a merge looks
+        // up a join (whole-token maps, the pair table) is exercised.
+        let words = [
+            " internationalization",
+            " international",
+            " nationally",
+            " rationalize",
+            " interrelationships",
+            " relationship",
+            " éléphantesque",
+            " éléphant",
+            " Привет",
+            " приветствие",
+            " 日本語の文章",
+            " 日本語",
+        ];
+        let text: String = (0..40)
+            .flat_map(|i| words.iter().skip(i % 3))
+            .copied()
+            .collect();
+        let mut counts = FxHashMap::default();
+        let splitter = crate::pretokenize::Splitter::new(SPLIT_PATTERN).unwrap();
+        crate::train::count_pieces(&splitter, &[text.as_str()], &mut counts).unwrap();
+        let ranks = crate::train::train(&counts, 330).unwrap();
+        assert!(ranks.iter().any(|r| (8..=15).contains(&r.len())));
+        assert!(ranks.iter().any(|r| r.len() > 15));
+        let t = Tokenizer::new(ranks, vec![], SPLIT_PATTERN).unwrap();
+        let mut state: u64 = 0x853C_49E6_748F_EA9B;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut parts, mut scratch) = (Vec::new(), Vec::new());
+        for _ in 0..3000 {
+            // A slice of the training text, sometimes with one byte changed.
+            let bytes = text.as_bytes();
+            let len = 2 + (next() % (SCAN_MERGE_MAX_LEN as u64 - 2)) as usize;
+            let at = (next() % (bytes.len() - len) as u64) as usize;
+            let mut piece = bytes[at..at + len].to_vec();
+            if next() % 4 == 0 {
+                let k = (next() % len as u64) as usize;
+                piece[k] = piece[k].wrapping_add(1);
+            }
+            let expected = reference_merge(&t, &piece);
+            scratch.clear();
+            t.merge_small(&piece, &mut parts, &mut scratch);
+            assert_eq!(scratch, expected, "{piece:?}");
+            scratch.clear();
+            t.merge_heap(&piece, &mut scratch);
+            assert_eq!(scratch, expected, "{piece:?}");
+        }
+    }
+
+    #[test]
     fn pair_table_finds_every_split() {
         // Long tokens whose prefixes and suffixes are long tokens too.
         let mut ranks: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
