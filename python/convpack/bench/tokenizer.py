@@ -27,6 +27,7 @@ ratio is convpack's over tiktoken's.
 
 from __future__ import annotations
 
+import functools
 import time
 
 from .._encodings import NAMED_ENCODINGS
@@ -78,109 +79,90 @@ def run(quick: bool = False) -> list[dict]:
             )
             info = {"corpus": corpus_name, "pattern": pattern_name}
 
+            add = functools.partial(_add_row, rows, what, info)
             ours_1, rust_1, tt_1 = one_thread(ours, enc, docs, mb, repeats)
-            rows.append(
-                row(
-                    SECTION,
-                    f"{what}, 1 thread",
-                    "MB/s",
-                    ours_1,
-                    tt_1,
-                    "tiktoken",
-                    threads=1,
-                    **info,
-                )
+            add("1 thread", ours_1, tt_1, 1)
+            add("1 thread, Rust encoder alone", rust_1, tt_1, 1)
+            add(
+                "1 thread, share kept through Python",
+                ours_1,
+                rust_1,
+                1,
+                unit="x",
+                base="Rust encoder alone",
+                kind="share",
             )
-            rows.append(
-                row(
-                    SECTION,
-                    f"{what}, 1 thread, Rust encoder alone",
-                    "MB/s",
-                    rust_1,
-                    tt_1,
-                    "tiktoken",
-                    threads=1,
-                    **info,
-                )
-            )
-            rows.append(
-                row(
-                    SECTION,
-                    f"{what}, 1 thread, share kept through Python",
-                    "x",
-                    ours_1,
-                    rust_1,
-                    "Rust encoder alone",
-                    threads=1,
-                    kind="share",
-                    **info,
-                )
-            )
-            batch = {}
-            for n in sorted({1, threads}):
-
-                def batched(n=n, docs=docs, ours=ours):
-                    tok = fresh_copy(ours)
-                    return lambda: tok.encode(docs, num_threads=n)
-
-                batch[n] = compare(
-                    batched,
-                    lambda n=n, d=docs, e=enc: e.encode_ordinary_batch(d, num_threads=n),
-                    mb,
-                    repeats,
-                )
+            batch = {
+                n: against_batch("encode", ours, enc, docs, n, mb, repeats)
+                for n in sorted({1, threads})
+            }
             ours_b, tt_b = batch[threads]
-            rows.append(
-                row(
-                    SECTION,
-                    f"{what}, batch, {threads} threads",
-                    "MB/s",
-                    ours_b,
-                    tt_b,
-                    "tiktoken",
-                    threads=threads,
-                    **info,
-                )
-            )
-
-            def to_numpy(docs=docs, ours=ours):
-                tok = fresh_copy(ours)
-                return lambda: tok.encode_to_numpy(docs, num_threads=threads)
-
-            ours_np, tt_np = compare(
-                to_numpy,
-                lambda d=docs, e=enc: e.encode_ordinary_batch(d, num_threads=threads),
-                mb,
-                repeats,
-            )
-            rows.append(
-                row(
-                    SECTION,
-                    f"{what}, batch to numpy, {threads} threads",
-                    "MB/s",
-                    ours_np,
-                    tt_np,
-                    "tiktoken",
-                    threads=threads,
-                    **info,
-                )
-            )
+            add(f"batch, {threads} threads", ours_b, tt_b, threads)
+            ours_np, tt_np = against_batch("encode_to_numpy", ours, enc, docs, threads, mb, repeats)
+            add(f"batch to numpy, {threads} threads", ours_np, tt_np, threads)
             if threads > 1:
                 # Scaling: the speed-up from 1 thread to N, ours against tiktoken's.
-                rows.append(
-                    row(
-                        SECTION,
-                        f"{what}, batch scaling 1 -> {threads} threads",
-                        "x",
-                        ours_b / batch[1][0],
-                        tt_b / batch[1][1],
-                        "tiktoken",
-                        threads=threads,
-                        kind="scaling",
-                        **info,
-                    )
+                add(
+                    f"batch scaling 1 -> {threads} threads",
+                    ours_b / batch[1][0],
+                    tt_b / batch[1][1],
+                    threads,
+                    unit="x",
+                    kind="scaling",
                 )
     return rows
+
+
+def _add_row(
+    rows: list,
+    what: str,
+    info: dict,
+    case: str,
+    ours_value: float,
+    base_value: float,
+    threads: int,
+    unit: str = "MB/s",
+    base: str = "tiktoken",
+    **extra,
+) -> None:
+    rows.append(
+        row(
+            SECTION,
+            f"{what}, {case}",
+            unit,
+            ours_value,
+            base_value,
+            base,
+            threads=threads,
+            **info,
+            **extra,
+        )
+    )
+
+
+def against_batch(method: str, ours, enc, docs: list, n: int, mb: float, repeats: int) -> tuple:
+    """``(ours, tiktoken)`` in MB/s: ``tokenizer.<method>(docs, num_threads=n)``
+    on a fresh copy of ``ours`` each round (an empty piece cache) against
+    ``enc.encode_ordinary_batch(docs, num_threads=n)``.
+
+    Args:
+        method: ``"encode"`` (lists) or ``"encode_to_numpy"`` (one flat array).
+        ours: the ``convpack.Tokenizer``.
+        enc: the ``tiktoken.Encoding`` with the same ranks and pattern.
+        docs: the documents (str).
+        n: threads on both sides.
+        mb: their size in MB of UTF-8.
+        repeats: rounds.
+
+    Returns:
+        The two throughputs.
+    """
+
+    def make():
+        call = getattr(fresh_copy(ours), method)
+        return lambda: call(docs, num_threads=n)
+
+    return compare(make, lambda: enc.encode_ordinary_batch(docs, num_threads=n), mb, repeats)
 
 
 def one_thread(ours, enc, docs: list, mb: float, repeats: int) -> tuple:
