@@ -14,21 +14,8 @@ from __future__ import annotations
 
 from convpack.bench import render, run_tiktoken_section
 
-
-def run(quick: bool = False) -> list:
-    """The benchmark's rows (see ``convpack.bench`` for their keys).
-
-    Args:
-        quick: small inputs and one round (a smoke run).
-
-    Returns:
-        One dict per timed case.
-
-    Raises:
-        convpack.bench.BenchmarkMismatch: convpack's output differs from the baseline's.
-    """
-    return render.run(quick)
-
+# The section's own function, for whoever imports this script.
+run = render.run
 
 if __name__ == "__main__":
     run_tiktoken_section(run, __doc__.splitlines()[0])

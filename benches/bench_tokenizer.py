@@ -1,6 +1,6 @@
 """Encode throughput of convpack against tiktoken (cl100k ranks, both split
-patterns; prose, code, multilingual; 1 thread, a batch on every core, and
-thread scaling).
+patterns; prose, code, multilingual; 1 thread, a batch on every core as
+lists and as one numpy array, and thread scaling).
 
 The benchmark lives in ``convpack.bench.tokenizer`` so that ``convpack bench``
 runs it after ``pip install``; this script runs it alone:
@@ -14,21 +14,8 @@ from __future__ import annotations
 
 from convpack.bench import run_tiktoken_section, tokenizer
 
-
-def run(quick: bool = False) -> list:
-    """The benchmark's rows (see ``convpack.bench`` for their keys).
-
-    Args:
-        quick: small inputs and one round (a smoke run).
-
-    Returns:
-        One dict per timed case.
-
-    Raises:
-        convpack.bench.BenchmarkMismatch: convpack's output differs from the baseline's.
-    """
-    return tokenizer.run(quick)
-
+# The section's own function, for whoever imports this script.
+run = tokenizer.run
 
 if __name__ == "__main__":
     run_tiktoken_section(run, __doc__.splitlines()[0])
