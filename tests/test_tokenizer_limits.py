@@ -164,20 +164,26 @@ def test_rank_file_with_a_hole_matches_tiktoken(tmp_path):
 # ----------------------------------------------------------- hostile files
 
 
-def test_tiny_pickle_claiming_two_gigabytes(tmp_path):
-    # BINBYTES8 with a length of 2 GB: 9 bytes of file. The unpickler would
-    # allocate the whole length before noticing the data is not there.
-    (tmp_path / "tokenizer.pkl").write_bytes(b"\x8e" + struct.pack("<Q", 2**31))
-    out = _run_limited(
+def _load_directory_limited(directory) -> subprocess.CompletedProcess:
+    """``Tokenizer.from_directory(directory)`` in a fresh interpreter limited
+    to 1000 MB; prints ``refused: <message>`` on a ``VocabularyError``."""
+    return _run_limited(
         f"""
         import convpack
         try:
-            convpack.Tokenizer.from_directory({str(tmp_path)!r})
+            convpack.Tokenizer.from_directory({str(directory)!r})
         except convpack.VocabularyError as e:
             print("refused:", e)
         """,
         limit_mb=1000,
     )
+
+
+def test_tiny_pickle_claiming_two_gigabytes(tmp_path):
+    # BINBYTES8 with a length of 2 GB: 9 bytes of file. The unpickler would
+    # allocate the whole length before noticing the data is not there.
+    (tmp_path / "tokenizer.pkl").write_bytes(b"\x8e" + struct.pack("<Q", 2**31))
+    out = _load_directory_limited(tmp_path)
     assert out.returncode == 0 and "refused" in out.stdout, out.stderr[-2000:]
 
 
@@ -186,16 +192,7 @@ def test_pickle_with_huge_memo_index(tmp_path):
     # table of 2**32 slots.
     data = b"\x80\x04]r\xff\xff\xff\xff."
     (tmp_path / "tokenizer.pkl").write_bytes(data)
-    out = _run_limited(
-        f"""
-        import convpack
-        try:
-            convpack.Tokenizer.from_directory({str(tmp_path)!r})
-        except convpack.VocabularyError as e:
-            print("refused:", e)
-        """,
-        limit_mb=1000,
-    )
+    out = _load_directory_limited(tmp_path)
     assert out.returncode == 0 and "refused" in out.stdout and "memo" in out.stdout, out.stdout + out.stderr[-2000:]
 
 
