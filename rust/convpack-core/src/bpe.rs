@@ -99,6 +99,25 @@ struct Part {
     start: u32,
 }
 
+/// One part of a piece during [`Tokenizer::merge_heap`]: a node of a
+/// linked list, indexed by the part's first byte.
+#[derive(Clone, Copy)]
+struct Node {
+    id: Rank,
+    /// Rank of the pair this part starts with the next part (`Rank::MAX`:
+    /// none, or this part has been merged into its left neighbour).
+    pair: Rank,
+    next: u32,
+    prev: u32,
+}
+
+/// Scratch space of [`Tokenizer::merge_heap`], reused between pieces.
+#[derive(Default)]
+struct HeapScratch {
+    nodes: Vec<Node>,
+    heap: Vec<Reverse<(Rank, u32)>>,
+}
+
 #[inline]
 fn pair_key(a: Rank, b: Rank) -> u64 {
     ((a as u64) << 32) | b as u64
@@ -223,6 +242,8 @@ struct PieceCache {
     tokens: Vec<Rank>,
     /// Scratch space of [`Tokenizer::merge_small`].
     scratch: Vec<Part>,
+    /// Scratch space of [`Tokenizer::merge_heap`].
+    heap: HeapScratch,
 }
 
 #[derive(Clone, Copy)]
@@ -272,6 +293,7 @@ thread_local! {
         bytes: Vec::new(),
         tokens: Vec::new(),
         scratch: Vec::new(),
+        heap: HeapScratch::default(),
     });
 }
 
@@ -540,7 +562,7 @@ impl Tokenizer {
             return;
         }
         if piece.len() >= HEAP_MERGE_MIN_LEN {
-            self.merge_heap(piece, out);
+            PIECE_CACHE.with(|cell| self.merge_heap(piece, &mut cell.borrow_mut().heap, out));
             return;
         }
         // Pieces that need merging repeat (names, rare words, code
@@ -568,7 +590,7 @@ impl Tokenizer {
             let start = out.len();
             let cache = &mut *cache;
             if piece.len() >= SCAN_MERGE_MAX_LEN {
-                self.merge_heap(piece, out);
+                self.merge_heap(piece, &mut cache.heap, out);
             } else {
                 self.merge_small(piece, &mut cache.scratch, out);
             }
@@ -674,52 +696,73 @@ impl Tokenizer {
     }
 
     /// The same merge order as [`Tokenizer::merge_small`], with a heap of
-    /// candidate pairs and a linked list of parts (for very long pieces such
-    /// as runs of whitespace).
-    fn merge_heap(&self, piece: &[u8], out: &mut Vec<Rank>) {
+    /// candidate pairs and a linked list of parts (for long pieces such as
+    /// runs of whitespace or of letters of other scripts).
+    ///
+    /// `scratch` is reused between calls, so nothing is allocated per
+    /// piece. Each part keeps the rank of the pair it starts, so a heap
+    /// entry whose pair has changed since it was pushed is recognised
+    /// without looking the pair up again.
+    fn merge_heap(&self, piece: &[u8], scratch: &mut HeapScratch, out: &mut Vec<Rank>) {
         let n = piece.len();
-        const NONE: usize = usize::MAX;
+        const NONE: u32 = u32::MAX;
+        let HeapScratch { nodes, heap } = scratch;
         // Parts are identified by their first byte's index.
-        let mut id: Vec<Rank> = piece.iter().map(|&b| self.byte_ranks[b as usize]).collect();
-        let mut next: Vec<usize> = (1..=n).collect();
-        let mut prev: Vec<usize> = (0..n).map(|i| if i == 0 { NONE } else { i - 1 }).collect();
-        let mut alive = vec![true; n];
-        let mut heap: BinaryHeap<Reverse<(Rank, usize)>> = BinaryHeap::with_capacity(n);
-        for (i, w) in piece.windows(2).enumerate() {
-            let r = self.byte_pairs[w[0] as usize * 256 + w[1] as usize];
-            if r != Rank::MAX {
-                heap.push(Reverse((r, i)));
-            }
-        }
-        while let Some(Reverse((r, i))) = heap.pop() {
-            let j = next[i];
-            // Stale entry: the part is gone or its pair has changed.
-            if !alive[i] || j >= n || self.merged(id[i], id[j]) != r {
+        nodes.clear();
+        nodes.extend(piece.iter().enumerate().map(|(i, &b)| Node {
+            id: self.byte_ranks[b as usize],
+            pair: piece.get(i + 1).map_or(Rank::MAX, |&c| {
+                self.byte_pairs[b as usize * 256 + c as usize]
+            }),
+            next: i as u32 + 1,
+            prev: if i == 0 { NONE } else { i as u32 - 1 },
+        }));
+        heap.clear();
+        heap.extend(
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.pair != Rank::MAX)
+                .map(|(i, p)| Reverse((p.pair, i as u32))),
+        );
+        // Heapifies the initial pairs in O(n).
+        let mut queue = BinaryHeap::from(std::mem::take(heap));
+        while let Some(Reverse((r, i))) = queue.pop() {
+            let i = i as usize;
+            // Stale entry: the part is gone (its pair is then Rank::MAX) or
+            // its pair has changed.
+            if nodes[i].pair != r {
                 continue;
             }
-            id[i] = r;
-            alive[j] = false;
-            let k = next[j];
-            next[i] = k;
-            if k < n {
-                prev[k] = i;
-                let r2 = self.merged(id[i], id[k]);
-                if r2 != Rank::MAX {
-                    heap.push(Reverse((r2, i)));
-                }
+            let gone = nodes[i].next as usize;
+            let after = nodes[gone].next;
+            nodes[i].id = r;
+            nodes[i].next = after;
+            nodes[gone].pair = Rank::MAX;
+            nodes[i].pair = if (after as usize) < n {
+                nodes[after as usize].prev = i as u32;
+                self.merged(r, nodes[after as usize].id)
+            } else {
+                Rank::MAX
+            };
+            if nodes[i].pair != Rank::MAX {
+                queue.push(Reverse((nodes[i].pair, i as u32)));
             }
-            let p = prev[i];
-            if p != NONE {
-                let r2 = self.merged(id[p], id[i]);
-                if r2 != Rank::MAX {
-                    heap.push(Reverse((r2, p)));
+            let before = nodes[i].prev;
+            if before != NONE {
+                let before = before as usize;
+                nodes[before].pair = self.merged(nodes[before].id, r);
+                if nodes[before].pair != Rank::MAX {
+                    queue.push(Reverse((nodes[before].pair, before as u32)));
                 }
             }
         }
+        // Keeps the heap's allocation for the next piece.
+        *heap = queue.into_vec();
         let mut i = 0;
         while i < n {
-            out.push(id[i]);
-            i = next[i];
+            out.push(nodes[i].id);
+            i = nodes[i].next as usize;
         }
     }
 
@@ -837,14 +880,14 @@ mod tests {
         let t = toy();
         let long = "ab".repeat(300) + &" ".repeat(517) + "abc";
         let mut heap = Vec::new();
-        t.merge_heap(long.as_bytes(), &mut heap);
+        t.merge_heap(long.as_bytes(), &mut HeapScratch::default(), &mut heap);
         assert_eq!(heap, reference_merge(&t, long.as_bytes()));
         for piece in ["abcabab", "hellhello", "    ab   ", "xhelloabc"] {
             let mut small = Vec::new();
             t.merge_small(piece.as_bytes(), &mut Vec::new(), &mut small);
             assert_eq!(small, reference_merge(&t, piece.as_bytes()), "{piece:?}");
             let mut heap = Vec::new();
-            t.merge_heap(piece.as_bytes(), &mut heap);
+            t.merge_heap(piece.as_bytes(), &mut HeapScratch::default(), &mut heap);
             assert_eq!(heap, small, "{piece:?}");
         }
     }
@@ -886,7 +929,9 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let (mut parts, mut scratch) = (Vec::new(), Vec::new());
+        // One heap scratch for every piece: what a longer piece left in it
+        // must not leak into the next.
+        let (mut parts, mut heap, mut scratch) = (Vec::new(), HeapScratch::default(), Vec::new());
         for _ in 0..3000 {
             // A slice of the training text, sometimes with one byte changed.
             let bytes = text.as_bytes();
@@ -902,7 +947,7 @@ mod tests {
             t.merge_small(&piece, &mut parts, &mut scratch);
             assert_eq!(scratch, expected, "{piece:?}");
             scratch.clear();
-            t.merge_heap(&piece, &mut scratch);
+            t.merge_heap(&piece, &mut heap, &mut scratch);
             assert_eq!(scratch, expected, "{piece:?}");
         }
     }
