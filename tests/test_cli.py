@@ -498,7 +498,8 @@ def test_bench_quick_writes_report(tmp_path, capsys, monkeypatch):
         for pattern in ("nanochat", "cl100k"):
             assert f"{corpus} text, {pattern} pattern, 1 thread" in cases
     # DataGenerator: every nanochat mode timed against the Python generators
-    # (1 thread and every core), varlen alone, the packer without rendering.
+    # (1 thread and every core, each with and without prefetch), varlen
+    # alone, the packer without rendering.
     threads = cpu_count()
     datagen = {r["case"]: r for r in results["rows"] if r["section"] == "datagen"}
     for mode in ("padded", "stream", "bestfit/pad", "bestfit/crop"):
@@ -510,6 +511,7 @@ def test_bench_quick_writes_report(tmp_path, capsys, monkeypatch):
         timed = [r for case, r in datagen.items() if case.startswith(f"{mode}, ")]
         assert {(r["threads"], r["prefetch"]) for r in timed} == {
             (1, 0),
+            (1, 2),
             (threads, 0),
             (threads, 2),
         }

@@ -938,33 +938,48 @@ def test_help_documents_attributes_dtypes_and_the_epoch_end():
         assert "int32" in row, mode
 
 
-def test_a_forked_child_goes_on_with_chunks_read_ahead(cl100k_path):
-    # The parent's generator has chunks rendering on threads the child does
-    # not have; the child renders them itself (one rendering thread, so no
-    # thread pool is involved).
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_a_forked_child_goes_on_with_chunks_read_ahead(cl100k_path, prefetch):
+    # The parent's generator has chunks rendering, or waiting for their turn
+    # to render, on threads the child does not have: the child renders those
+    # itself, and the chunks it reads ahead take turns of their own (turns
+    # left from the parent would never end there). Long conversations keep
+    # the parent's chunks rendering when the fork comes, and the child goes
+    # on long enough to need chunks it read ahead itself.
     code = textwrap.dedent(f"""
-        import os, sys
+        import os, sys, time
         import convpack
         from convpack.datagen import DataGenerator
         tok = convpack.Tokenizer.from_tiktoken_file(
             {cl100k_path!r}, pattern=convpack.SPLIT_PATTERN,
             special_tokens=convpack.CHAT_SPECIAL_TOKENS)
         data = [{{"messages": [{{"role": "user", "content": "hi " * (i % 7)}},
-                               {{"role": "assistant", "content": "hello " * i}}]}}
-                for i in range(300)]
-        kwargs = dict(batch_size=2, seq_len=64, num_threads=1, prefetch=0, output="numpy")
+                               {{"role": "assistant",
+                                 "content": "hello there " * (1000 * (i % 5 + 1))}}]}}
+                for i in range(400)]
+        kwargs = dict(batch_size=2, seq_len=256, num_threads=1, prefetch={prefetch},
+                      output="numpy")
+        twin = DataGenerator(data, tok, **kwargs)
+        want = [next(twin) for _ in range(61)][1:]
         gen = DataGenerator(data, tok, **kwargs)
         next(gen)
-        assert gen._producer.packer.in_flight() > 0
-        twin = DataGenerator(data, tok, **kwargs)
-        want = [next(twin) for _ in range(6)][1:]
         pid = os.fork()
         if pid == 0:
-            got = [next(gen) for _ in range(5)]
+            if gen._producer.packer.in_flight() == 0:
+                os._exit(4)
+            got = [next(gen) for _ in range(60)]
             same = all((a == b).all() for g, w in zip(got, want) for a, b in zip(g, w))
             os._exit(0 if same else 3)
-        _, status = os.waitpid(pid, 0)
-        print(os.waitstatus_to_exitcode(status))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                print(os.waitstatus_to_exitcode(status))
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            print("the child hung")
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

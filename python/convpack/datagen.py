@@ -70,7 +70,8 @@ _STATE_VERSION = 1
 MAX_BATCH_TOKENS = 2**31 - 1
 MAX_BUFFER_SIZE = 2**20
 MAX_PREFETCH = 1024
-# Chunks rendering ahead for `prefetch` (each has a thread while it renders).
+# Chunks read ahead for `prefetch` (each waits on a thread of its own, and
+# they render one after another on the generator's `num_threads`).
 MAX_CHUNKS_AHEAD = 8
 
 
@@ -407,7 +408,9 @@ class DataGenerator:
             packing (without it) happen in ``next()``, so no Python thread
             is started and no batch waits on a handoff between threads.
             Batches are the same for every ``prefetch``.
-        num_threads: rendering threads (``None``: all).
+        num_threads: rendering threads (``None``: all). The chunks read
+            ahead render one after another, so rendering never takes more
+            threads than this, whatever ``prefetch`` is.
         on_error: ``"raise"`` (``ConversationError`` naming the dataset index)
             or ``"skip"`` (dropped and counted in ``skipped``).
         max_seqs: ``varlen`` only: segments per batch (``cu_seqlens`` has

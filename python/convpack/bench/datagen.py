@@ -17,10 +17,13 @@ Cases per mode, in tokens/s (``inputs.numel()`` per batch, the same on both
 sides), with ``prefetch=0`` so the batches are made in the timed call:
 
 - ``num_threads=1`` and ``num_threads=N`` (every core);
-- ``num_threads=N, prefetch=2``, the default, where two more batches'
+- the same with ``prefetch=2``, the default, where two more batches'
   worth of conversations are kept rendering in the background while the
   consumer takes this one (the consumer here does nothing with a batch, so
-  this measures what the deeper read-ahead costs or saves on its own).
+  this measures what the deeper read-ahead costs or saves on its own). The
+  chunks read ahead render one after another on the generator's
+  ``num_threads``, so ``num_threads=1, prefetch=2`` still renders on one
+  thread; what it gains is reading and packing while that thread renders.
 
 ``varlen`` has no nanochat equivalent: its tokens/s are reported alone (no
 baseline, no ratio).
@@ -169,8 +172,11 @@ def _end_to_end(convs, tokenizer, python, s, threads) -> list:
     bos = tokenizer.get_bos_token_id()
     pad = tokenizer.encode_special("<|assistant_end|>")
     n = s["batches"]
-    variants = [(f"{t} thread{'s' if t > 1 else ''}", t, 0) for t in sorted({1, threads})]
-    variants.append((f"{threads} thread{'s' if threads > 1 else ''}, prefetch=2", threads, 2))
+    variants = [
+        (f"{t} thread{'s' if t > 1 else ''}{', prefetch=2' if prefetch else ''}", t, prefetch)
+        for t in sorted({1, threads})
+        for prefetch in (0, 2)
+    ]
     rows = []
     for mode, overflow in MODES:
         label = _label(mode, overflow)

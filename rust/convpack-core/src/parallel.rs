@@ -10,7 +10,8 @@
 //! builds its own on first use (or, if it cannot start threads, runs the
 //! work on the calling thread).
 
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use rayon::prelude::*;
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -127,6 +128,54 @@ fn effective_threads(num_threads: usize, pool: usize, n: usize) -> usize {
     t.min(n).max(1)
 }
 
+/// Runs closures one at a time, in the order their tickets were taken,
+/// whichever threads call [`InTurn::run`].
+///
+/// A data generator renders the chunks it reads ahead on threads of their
+/// own; through one `InTurn` they render one after another, each on the
+/// threads it is allowed, so a generator never renders on more threads
+/// than it was given, however many chunks are in flight.
+#[derive(Debug, Default)]
+pub struct InTurn {
+    next_ticket: AtomicU64,
+    /// The ticket whose turn it is.
+    now: Mutex<u64>,
+    turn_over: Condvar,
+}
+
+impl InTurn {
+    /// The next ticket. Every ticket taken must be run once: the tickets
+    /// after it wait for its turn to end.
+    pub fn ticket(&self) -> u64 {
+        self.next_ticket.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Waits for `ticket`'s turn, runs `f`, and ends the turn (also if `f`
+    /// panics).
+    pub fn run<R>(&self, ticket: u64, f: impl FnOnce() -> R) -> R {
+        let mut now = self.now.lock().unwrap_or_else(PoisonError::into_inner);
+        while *now != ticket {
+            now = self
+                .turn_over
+                .wait(now)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(now);
+        let _end = EndTurn(self);
+        f()
+    }
+}
+
+/// Ends the running turn when dropped.
+struct EndTurn<'a>(&'a InTurn);
+
+impl Drop for EndTurn<'_> {
+    fn drop(&mut self) {
+        *self.0.now.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.0.turn_over.notify_all();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -136,6 +185,44 @@ mod tests {
             let out = super::map_chunked(&v, t, |x| x * 2);
             assert_eq!(out, v.iter().map(|x| x * 2).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn turns_run_alone_in_ticket_order() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let turns = Arc::new(super::InTurn::default());
+        let tickets: Vec<u64> = (0..8).map(|_| turns.ticket()).collect();
+        let running = Arc::new(AtomicUsize::new(0));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // Started last ticket first: each must still wait for its turn.
+        let handles: Vec<_> = tickets
+            .iter()
+            .rev()
+            .map(|&t| {
+                let (turns, running, order) = (turns.clone(), running.clone(), order.clone());
+                std::thread::spawn(move || {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        turns.run(t, || {
+                            assert_eq!(
+                                running.fetch_add(1, Ordering::SeqCst),
+                                0,
+                                "two turns at once"
+                            );
+                            order.lock().unwrap().push(t);
+                            std::thread::yield_now();
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            // A turn that panics must still end.
+                            assert_ne!(t, 3, "ticket 3 fails");
+                        })
+                    }));
+                    result.is_ok()
+                })
+            })
+            .collect();
+        let ok: Vec<bool> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(ok.iter().filter(|&&o| !o).count(), 1);
+        assert_eq!(*order.lock().unwrap(), tickets);
     }
 
     #[test]

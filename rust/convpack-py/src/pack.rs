@@ -13,6 +13,7 @@ use std::sync::Arc;
 use convpack_core::pack::{
     Inputs, Mode, Outputs, Overflow, PackConfig, PackState, Packer, RenderCache, Schedule,
 };
+use convpack_core::parallel::InTurn;
 use convpack_core::{
     ChatTokens, Content, Conversation, ConversationError, CoreError, Message, Part, Renderer,
     Tokenizer, Turns,
@@ -42,6 +43,11 @@ pub struct PyPacker {
     pending: VecDeque<Chunk>,
     /// Conversations in them.
     pending_len: usize,
+    /// Has the chunks render one after another, so that rendering never
+    /// takes more than `num_threads` threads however many are in flight;
+    /// with the process that made it (a forked child makes its own: the
+    /// turns taken in the parent would never end there).
+    turns: (Arc<InTurn>, u32),
 }
 
 type RenderResults = Vec<Result<Turns, ConversationError>>;
@@ -347,6 +353,7 @@ impl PyPacker {
             cache,
             pending: VecDeque::new(),
             pending_len: 0,
+            turns: (Arc::default(), std::process::id()),
         })
     }
 
@@ -418,16 +425,32 @@ impl PyPacker {
             Arc::new(specs.iter().map(|s| owned(arena.view(s))).collect());
         let job = self.job();
         let shared = Arc::clone(&convs);
-        let rendered = std::thread::Builder::new()
+        let pid = std::process::id();
+        if self.turns.1 != pid {
+            self.turns = (Arc::default(), pid);
+        }
+        let turns = Arc::clone(&self.turns.0);
+        let ticket = turns.ticket();
+        let in_thread = Arc::clone(&turns);
+        let rendered = match std::thread::Builder::new()
             .name("convpack-render".into())
-            .spawn(move || job.run(&shared))
-            .map_err(|e| PyRuntimeError::new_err(format!("cannot start a render thread: {e}")))?;
+            .spawn(move || in_thread.run(ticket, || job.run(&shared)))
+        {
+            Ok(handle) => handle,
+            Err(e) => {
+                // The ticket is taken: end its turn, or later chunks wait.
+                detached(py, "rendering", || turns.run(ticket, || ()))?;
+                return Err(PyRuntimeError::new_err(format!(
+                    "cannot start a render thread: {e}"
+                )));
+            }
+        };
         self.pending_len += indices.len();
         self.pending.push_back(Chunk {
             slots,
             indices,
             convs,
-            pid: std::process::id(),
+            pid,
             rendered,
         });
         Ok(())
