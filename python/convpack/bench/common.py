@@ -111,16 +111,11 @@ def tiktoken_twin(tokenizer: Any, name: str = "convpack-twin") -> Any:
         The ``tiktoken.Encoding``.
 
     Raises:
-        ModuleNotFoundError: tiktoken is not installed.
+        ImportError: tiktoken is not installed.
     """
-    import tiktoken
+    from ..interop import to_tiktoken
 
-    return tiktoken.Encoding(
-        name,
-        pat_str=tokenizer.pattern,
-        mergeable_ranks=tokenizer.mergeable_ranks,
-        special_tokens=tokenizer.special_tokens,
-    )
+    return to_tiktoken(tokenizer, name)
 
 
 def fresh_copy(tokenizer: Any) -> Any:
