@@ -16,7 +16,7 @@ from array import array
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from convpack.tasks.data import HubDataset, load_hub_dataset
+from convpack.tasks.data import HubDataset, load_hub_dataset, sequence_index
 
 Conversation = dict[str, Any]
 """A conversation: a dict with a ``"messages"`` list, plus any task keys."""
@@ -130,14 +130,7 @@ class Task:
             TypeError: if ``index`` is not an integer (slices included).
             IndexError: if ``index`` is out of range.
         """
-        if isinstance(index, (slice, bool)):
-            raise TypeError(f"{type(self).__name__} indices must be integers, got {type(index).__name__}")
-        index = operator.index(index)
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"{type(self).__name__} index out of range: {index} (length {n})")
+        index = sequence_index(type(self).__name__, index, len(self))
         return self.get_example(self.start + index * self.step)
 
     def __iter__(self) -> Iterator[Conversation]:

@@ -62,6 +62,7 @@ __all__ = [
     "nanochat_cache_dir",
     "read_nanochat_cache",
     "resolve_data_dir",
+    "sequence_index",
 ]
 
 ENV_VAR = "CONVPACK_DATA_DIR"
@@ -96,6 +97,32 @@ def _require_pyarrow(what: str) -> Any:
     except ImportError as exc:
         raise ImportError(f"{what} needs pyarrow, which is not installed: {HUB_EXTRA}") from exc
     return pyarrow
+
+
+def sequence_index(owner: str, index: Any, length: int) -> int:
+    """``index`` as a position in a sequence of ``length`` items, counting
+    from the end when negative.
+
+    Args:
+        owner: the sequence's type name, for the messages.
+        index: the index given (an integer; not a bool or a slice).
+        length: the sequence's length.
+
+    Returns:
+        The position, ``0 <= position < length``.
+
+    Raises:
+        TypeError: if ``index`` is not an integer (bools and slices included).
+        IndexError: if ``index`` is out of range.
+    """
+    if isinstance(index, (slice, bool)):
+        raise TypeError(f"{owner} indices must be integers, got {type(index).__name__}")
+    index = operator.index(index)
+    if index < 0:
+        index += length
+    if not 0 <= index < length:
+        raise IndexError(f"{owner} index out of range: {index} (length {length})")
+    return index
 
 
 class HubDataset:
@@ -165,14 +192,7 @@ class HubDataset:
         return HubDataset(self.table, order)
 
     def _physical(self, index: int) -> int:
-        if isinstance(index, bool):
-            raise TypeError("HubDataset indices must be integers, got bool")
-        index = operator.index(index)
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"HubDataset index out of range: {index} (length {n})")
+        index = sequence_index("HubDataset", index, len(self))
         return index if self.permutation is None else int(self.permutation[index])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
