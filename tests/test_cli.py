@@ -227,6 +227,43 @@ def test_demo_quick_in_a_pipe_without_torch(tmp_path):
     assert re.search(r"^train \| .*<\|assistant_end\|>$", text, re.M)
 
 
+def test_demo_quick_in_a_pipe_without_tiktoken_or_torch(tmp_path):
+    # The base install: neither tiktoken nor torch. The baseline falls back to
+    # convpack's own encoder per message; the demo still runs to its end.
+    out = _run(
+        ["demo", "--quick"], tmp_path, cwd=tmp_path,
+        CONVPACK_TEST_BLOCK="tiktoken,tiktoken_ext,torch",
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Traceback" not in out.stdout + out.stderr
+    assert "tiktoken not installed" in out.stdout
+    assert "identical ids and masks: yes" in out.stdout
+    assert "one line per span" in out.stdout
+
+
+def test_a_task_argument_typo_lists_the_valid_names(tmp_path):
+    out = _run(["show", "spellingbee:sise=10"], tmp_path, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    line = out.stderr.strip()
+    assert "\n" not in line and "__init__" not in line
+    assert "takes no argument 'sise'" in line and "size, split" in line
+
+
+def test_hub_task_without_pyarrow_is_one_line_with_the_paths(tmp_path):
+    # The base install has no pyarrow: one line, rc 2, the offline routes named.
+    out = _run(
+        ["stats", "smoltalk:split=test"], tmp_path, cwd=tmp_path,
+        CONVPACK_TEST_BLOCK="pyarrow", HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0",
+        NANOCHAT_BASE_DIR=str(tmp_path / "nc"),
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    line = out.stderr.strip()
+    assert line.startswith("convpack stats: error:") and "\n" not in line
+    assert str(tmp_path / "nc" / "task_data") in line and "CONVPACK_DATA_DIR" in line
+    assert "pip install pyarrow" in line
+
+
 def _run_on_terminal(args: list, tmp_path: Path, **env: str) -> tuple:
     """Runs ``convpack ARGS`` with stdout and stderr on a pseudo-terminal;
     returns (exit status, everything it wrote)."""
@@ -553,7 +590,7 @@ def test_bench_checks_its_extras_before_timing(tmp_path, monkeypatch, capsys):
     assert cli.main(["bench", "--out", str(out_dir)]) == 2
     err = capsys.readouterr().err
     assert "missing matplotlib, torch" in err
-    assert "pip install 'convpack[bench]' 'convpack[torch]'" in err
+    assert "Install them with: pip install matplotlib torch" in err
     assert timed == [] and not out_dir.exists()  # nothing ran, nothing written
 
 
@@ -653,6 +690,6 @@ def test_bench_scripts_stop_before_timing_without_tiktoken(monkeypatch, capsys):
 
     monkeypatch.setattr(bench, "missing_requirements", lambda: [("tiktoken", "bench")])
     called = []
-    with pytest.raises(SystemExit, match=r"missing tiktoken: pip install 'convpack\[bench\]'"):
+    with pytest.raises(SystemExit, match=r"missing tiktoken: pip install tiktoken$"):
         bench.run_tiktoken_section(lambda quick: called.append(quick), "x", ["--quick"])
     assert called == []

@@ -136,10 +136,40 @@ def build_task(spec: str, data_dir: Optional[str] = None) -> Any:
             raise ValueError(f"task {name!r} does not read a data directory")
         kwargs["data_dir"] = data_dir
     cls = getattr(importlib.import_module(module_name), class_name)
+    # Names checked here, so a typo is told with the valid names instead of
+    # leaking a TypeError from some base class's __init__.
+    accepted = _task_arguments(cls)
+    unknown = sorted(set(kwargs) - set(accepted) - {"data_dir"})
+    if unknown:
+        raise ValueError(
+            f"task {name!r} takes no argument {', '.join(map(repr, unknown))}; "
+            f"its arguments are: {', '.join(a for a in accepted if a != 'data_dir') or 'none'}"
+        )
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ValueError(f"bad arguments for {class_name}: {exc}") from None
+
+
+def _task_arguments(cls: Any) -> list:
+    """The keyword arguments a task class's constructor takes, following
+    ``**kwargs`` that are handed to ``Task.__init__`` (``start``, ``stop``, ``step``)."""
+    import inspect
+
+    names: list = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]
+        names += [
+            p.name
+            for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in names
+        ]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 # ------------------------------------------------------------ stats, show
@@ -335,7 +365,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             "convpack bench: error: missing "
             + ", ".join(package for package, _ in missing)
             + ". Install them with: pip install "
-            + " ".join(sorted({f"'convpack[{extra}]'" for _, extra in missing})),
+            + " ".join(package for package, _ in missing),
             file=sys.stderr,
         )
         return 2
@@ -561,7 +591,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         enc = tiktoken_twin(tokenizer, "demo")
         python = PythonRenderer.from_tiktoken(enc)
         baseline_name = "pure Python (tiktoken per message, Python lists)"
-    except ModuleNotFoundError:
+    except ImportError:  # tiktoken is not in the base install
         python = PythonRenderer.from_tokenizer(tokenizer)
         baseline_name = (
             "pure Python (convpack encode per message, Python lists; tiktoken not installed)"
@@ -609,7 +639,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(
             "  torch is not installed: batches come out as numpy arrays (output='numpy'), "
             "and the Python path, which builds torch tensors, is not timed; "
-            "pip install 'convpack[torch]' for tensors"
+            "pip install torch for tensors"
         )
     generator_cls = getattr(convpack, "DataGenerator", None)
     if generator_cls is None:
@@ -776,7 +806,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BenchmarkMismatch as exc:
         print(f"convpack bench: outputs differ, nothing timed: {exc}", file=sys.stderr)
         return 1
-    except (DatasetNotFoundError, FileNotFoundError, ModuleNotFoundError, ValueError) as exc:
+    except (DatasetNotFoundError, FileNotFoundError, ImportError, ValueError) as exc:
         print(f"convpack {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -99,7 +99,7 @@ def test_parquet_copy_without_pyarrow_names_the_extra(tmp_path):
     write_parquet(tmp_path / "data" / "cais" / "mmlu" / "all" / "test.parquet", MMLU_ROWS)
     out = _import_error(tmp_path, f"MMLU('all', 'test', data_dir={str(tmp_path / 'data')!r})")
     assert out.startswith("ImportError:")
-    assert "pip install 'convpack[hub]'" in out and "test.parquet" in out
+    assert "pip install pyarrow datasets" in out and "test.parquet" in out
 
 
 def test_hub_without_pyarrow_names_the_extra_before_any_network(tmp_path):
@@ -107,4 +107,4 @@ def test_hub_without_pyarrow_names_the_extra_before_any_network(tmp_path):
     code = "import socket\nsocket.getaddrinfo = socket.create_connection = None\nGSM8K('main', 'train')"
     out = _import_error(tmp_path, code.replace("\n", "; "), **env)
     assert out.startswith("ImportError:")
-    assert "pip install 'convpack[hub]'" in out and "openai/gsm8k" in out
+    assert "pip install pyarrow datasets" in out and "openai/gsm8k" in out

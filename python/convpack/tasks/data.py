@@ -21,7 +21,7 @@
    the error comes at once; without network it is tried once, with no retries.
 
 jsonl and json copies are read with the standard library; parquet files, the
-cache and the hub need ``pyarrow`` (``pip install 'convpack[hub]'``).
+cache and the hub need ``pyarrow`` (``pip install pyarrow``; the hub also needs ``datasets``).
 
 Tasks shuffle the rows with ``HubDataset.shuffle(42)``, which is
 ``numpy.random.default_rng(42).permutation``, the permutation HF
@@ -75,7 +75,7 @@ EXTENSIONS = ("jsonl", "json", "parquet")
 """File extensions of a local copy, in the order they are looked for."""
 SHUFFLE_SEED = 42
 """The seed every hub-backed task shuffles its rows with (nanochat's)."""
-HUB_EXTRA = "pip install 'convpack[hub]'"
+HUB_EXTRA = "pip install pyarrow datasets"
 """What to install for parquet files, nanochat's cache and the hub."""
 
 _TRUE = ("1", "on", "yes", "true")
@@ -491,7 +491,7 @@ def load_hub_dataset(
         DatasetNotFoundError: naming every path looked at, the hub id and how
             to provide the data (at once when ``HF_HUB_OFFLINE`` is set).
         ImportError: when the data is parquet (a local file, the cache or the
-            hub) and pyarrow is not installed: ``pip install 'convpack[hub]'``.
+            hub) and pyarrow is not installed: ``pip install pyarrow datasets``.
         DataFileError: if a local file or the cache manifest is malformed.
     """
     subset = subset or "default"
@@ -520,7 +520,11 @@ def load_hub_dataset(
             f"{what} is not available offline ({'/'.join(offline)} is set, so the hub id "
             f"{repo_id!r} was not tried): {looked}. {_how_to_provide(repo_id, subset, split)}."
         )
-    _require_pyarrow(f"downloading {what} from the hub")
+    # A base install without pyarrow still learns the offline routes.
+    _require_pyarrow(
+        f"{what} was not found locally ({looked}); {_how_to_provide(repo_id, subset, split)}. "
+        "Downloading it from the hub"
+    )
     try:
         _download_parquet_export(repo_id, subset, split, folder)
     except Exception as exc:  # no network, 404, bad listing: all mean "not available"
