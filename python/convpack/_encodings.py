@@ -17,7 +17,15 @@ from typing import Optional
 
 from . import _core
 
-__all__ = ["NAMED_ENCODINGS", "NamedEncoding", "encoding_of_contents", "search_paths"]
+__all__ = [
+    "DERIVED_ENCODINGS",
+    "DerivedEncoding",
+    "ENCODING_NAMES",
+    "NAMED_ENCODINGS",
+    "NamedEncoding",
+    "encoding_of_contents",
+    "search_paths",
+]
 
 _ENDOFTEXT = "<|endoftext|>"
 _FIM_PREFIX = "<|fim_prefix|>"
@@ -107,6 +115,63 @@ NAMED_ENCODINGS: dict = {
 }
 
 _BY_HASH = {e.sha256: e for e in NAMED_ENCODINGS.values()}
+
+
+@dataclass(frozen=True)
+class DerivedEncoding:
+    """A name in tiktoken's registry that reads another encoding's ranks with
+    its own special tokens (``gpt2``'s data-gym files hold r50k_base's ranks).
+
+    Attributes:
+        name: tiktoken's name for it.
+        ranks: the :data:`NAMED_ENCODINGS` entry whose rank file it reads.
+        pattern: its split pattern, spelled as tiktoken spells it.
+        special_tokens: ``{name: id}``.
+    """
+
+    name: str
+    ranks: str
+    pattern: str
+    special_tokens: dict = field(hash=False)
+
+
+# o200k_harmony's specials: a few named ones, the rest reserved up to 201087.
+_HARMONY_SPECIALS = {
+    **NAMED_ENCODINGS["o200k_base"].special_tokens,
+    "<|startoftext|>": 199998,
+    _ENDOFTEXT: 199999,
+    "<|reserved_200000|>": 200000,
+    "<|reserved_200001|>": 200001,
+    "<|return|>": 200002,
+    "<|constrain|>": 200003,
+    "<|reserved_200004|>": 200004,
+    "<|channel|>": 200005,
+    "<|start|>": 200006,
+    "<|end|>": 200007,
+    "<|message|>": 200008,
+    "<|reserved_200009|>": 200009,
+    "<|reserved_200010|>": 200010,
+    "<|reserved_200011|>": 200011,
+    "<|call|>": 200012,
+    **{f"<|reserved_{i}|>": i for i in range(200013, 201088)},
+}
+
+DERIVED_ENCODINGS: dict = {
+    e.name: e
+    for e in [
+        DerivedEncoding("gpt2", "r50k_base", _R50K_PATTERN, {_ENDOFTEXT: 50256}),
+        DerivedEncoding(
+            "p50k_edit",
+            "p50k_base",
+            _R50K_PATTERN,
+            {_ENDOFTEXT: 50256, _FIM_PREFIX: 50281, _FIM_MIDDLE: 50282, _FIM_SUFFIX: 50283},
+        ),
+        DerivedEncoding("o200k_harmony", "o200k_base", _O200K_PATTERN, _HARMONY_SPECIALS),
+    ]
+}
+
+#: Every name ``tiktoken.get_encoding`` accepts that convpack can build.
+ENCODING_NAMES: list = sorted([*NAMED_ENCODINGS, *DERIVED_ENCODINGS])
 
 
 def encoding_of_contents(contents: bytes) -> Optional[NamedEncoding]:

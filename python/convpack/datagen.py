@@ -88,8 +88,8 @@ def _import_torch() -> Any:
         import torch
     except ImportError:
         raise ImportError(
-            "DataGenerator(output='torch') needs PyTorch: pip install torch "
-            "(or pip install 'convpack[torch]'); output='numpy' needs only numpy"
+            "DataGenerator(output='torch') needs PyTorch: pip install torch; "
+            "output='numpy' needs only numpy"
         ) from None
     return torch
 
@@ -199,7 +199,9 @@ class _CudaTransfer:
     def __init__(self, device: Any) -> None:
         torch = _import_torch()
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r}: CUDA is not available here")
+            raise ValueError(
+                f"device {str(device)!r}: CUDA is not available here; "
+                "pass device='cpu' (or leave device unset) to get batches on the CPU")
         index = device.index if device.index is not None else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
             raise ValueError(
@@ -348,13 +350,22 @@ class _Producer:
 
 
 def _core_tokenizer(tokenizer: Any) -> Any:
+    """The core of a convpack ``Tokenizer``; a ``tiktoken.Encoding`` or an
+    object holding one in ``.enc`` (nanochat's own tokenizer, as chat_sft's
+    ``load_model`` returns it) gets the equivalent convpack tokenizer, built
+    once per encoding, with identical ids."""
+    from .interop import from_tiktoken, tiktoken_encoding_of
+
     core = getattr(tokenizer, "_core", tokenizer)
-    if not isinstance(core, _core.CoreTokenizer):
-        raise TypeError(
-            f"tokenizer must be a convpack.Tokenizer, got {type(tokenizer).__name__}; "
-            "load the same vocabulary with convpack.Tokenizer (e.g. from_directory)"
-        )
-    return core
+    if isinstance(core, _core.CoreTokenizer):
+        return core
+    if tiktoken_encoding_of(tokenizer) is not None:
+        return from_tiktoken(tokenizer)._core
+    raise TypeError(
+        f"tokenizer must be a convpack.Tokenizer, a tiktoken.Encoding or an object "
+        f"holding one in .enc (nanochat's tokenizer), got {type(tokenizer).__name__}; "
+        "or load the same vocabulary with convpack.Tokenizer (e.g. from_directory)"
+    )
 
 
 class DataGenerator:
@@ -363,7 +374,8 @@ class DataGenerator:
     Args:
         dataset: anything with ``__len__`` and ``__getitem__`` returning
             conversations (every Task is).
-        tokenizer: a ``convpack.Tokenizer``.
+        tokenizer: a ``convpack.Tokenizer``, or a ``tiktoken.Encoding`` or an
+            object holding one in ``.enc`` (nanochat's tokenizer): the same ids.
         batch_size: rows per batch (``B``).
         seq_len: columns per row (``T``); required except in ``padded``, where
             it optionally truncates conversations to ``T + 1`` tokens.

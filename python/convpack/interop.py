@@ -27,6 +27,7 @@ import importlib
 import os
 import pickle
 import warnings
+import weakref
 from typing import Any, TypeVar
 
 from .tasks.data import nanochat_base_dir as _nanochat_base_path
@@ -38,6 +39,8 @@ __all__ = [
     "nanochat_base_dir",
     "nanochat_pickle_replaced",
     "nanochat_tokenizer_dir",
+    "from_tiktoken",
+    "tiktoken_encoding_of",
     "to_tiktoken",
     "token_byte_lengths",
     "write_nanochat_files",
@@ -112,6 +115,66 @@ def to_tiktoken(tokenizer: Any, name: str = "convpack") -> Any:
         mergeable_ranks=tokenizer.mergeable_ranks,
         special_tokens=tokenizer.special_tokens,
     )
+
+
+def tiktoken_encoding_of(obj: Any) -> Any:
+    """The ``tiktoken.Encoding`` behind ``obj``: ``obj`` itself, or its
+    ``.enc`` (nanochat's ``RustBPETokenizer`` keeps one there); ``None`` when
+    there is none. Checked by type, so tiktoken is never imported here."""
+    for candidate in (obj, getattr(obj, "enc", None) if not _is_convpack(obj) else None):
+        for klass in type(candidate).__mro__:
+            if klass.__name__ == "Encoding" and klass.__module__.split(".")[0] == "tiktoken":
+                return candidate
+    return None
+
+
+def _is_convpack(obj: Any) -> bool:
+    # A convpack Tokenizer's .enc builds a tiktoken twin: never wanted here.
+    return type(obj).__module__.split(".")[0] == "convpack"
+
+
+# Per Encoding object, the convpack tokenizer built from it (an Encoding is
+# immutable, so one build serves every generator made with it).
+_FROM_TIKTOKEN: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def from_tiktoken(encoding: Any) -> Any:
+    """The :class:`convpack.Tokenizer` with a ``tiktoken.Encoding``'s pattern,
+    ranks and special tokens, so it gives the same ids; built once per
+    encoding object.
+
+    Args:
+        encoding: a ``tiktoken.Encoding``, or an object holding one in
+            ``.enc`` (nanochat's ``RustBPETokenizer``).
+
+    Returns:
+        The ``convpack.Tokenizer``.
+
+    Raises:
+        TypeError: ``encoding`` is neither.
+        ValueError: the encoding's ranks, specials or pattern cannot be
+            reproduced (the message says which).
+    """
+    from .tokenizer import Tokenizer
+
+    enc = tiktoken_encoding_of(encoding)
+    if enc is None:
+        raise TypeError(
+            f"expected a tiktoken.Encoding or an object with one in .enc, "
+            f"got {type(encoding).__name__}"
+        )
+    try:
+        return _FROM_TIKTOKEN[enc]
+    except (KeyError, TypeError):
+        pass
+    tokenizer = Tokenizer.from_ranks(
+        enc._mergeable_ranks, pattern=enc._pat_str, special_tokens=dict(enc._special_tokens)
+    )
+    try:
+        _FROM_TIKTOKEN[enc] = tokenizer
+    except TypeError:  # not weakly referenceable: built again next time
+        pass
+    return tokenizer
 
 
 def token_byte_lengths(tokenizer: Any) -> list:

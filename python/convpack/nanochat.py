@@ -15,10 +15,12 @@ nanochat" table lists what knowingly differs.
 
 from __future__ import annotations
 
+import io
 import os
 from functools import cached_property
 from typing import Any, cast
 
+from ._pickle import read_regular_file
 from .execution import ExecutionResult, execute_code
 from .interop import (
     TOKEN_BYTES_PT,
@@ -27,6 +29,10 @@ from .interop import (
     to_tiktoken,
 )
 from .tokenizer import CHAT_SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer
+
+#: The most bytes ``get_token_bytes`` reads: an int32 per token plus torch's
+#: zip framing, for vocabularies far past any in use.
+TOKEN_BYTES_LIMIT = 64 << 20
 
 __all__ = [
     "ExecutionResult",
@@ -75,7 +81,15 @@ def get_tokenizer() -> RustBPETokenizer:
         FileNotFoundError: no tokenizer there.
         VocabularyError: a file there is corrupt.
     """
-    return cast(RustBPETokenizer, RustBPETokenizer.from_directory(nanochat_tokenizer_dir()))
+    directory = nanochat_tokenizer_dir()
+    try:
+        return cast(RustBPETokenizer, RustBPETokenizer.from_directory(directory))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"{exc} (nanochat's tokenizer directory: $NANOCHAT_BASE_DIR/tokenizer, "
+            f"NANOCHAT_BASE_DIR={os.environ.get('NANOCHAT_BASE_DIR', '<unset>, so ~/.cache/nanochat')}; "
+            "nanochat's tok_train.py saves a tokenizer there)"
+        ) from exc
 
 
 def get_token_bytes(device: Any = "cpu") -> Any:
@@ -86,6 +100,8 @@ def get_token_bytes(device: Any = "cpu") -> Any:
     Raises:
         FileNotFoundError: the file is missing (``Tokenizer.save`` with torch
             installed writes it, as does nanochat's ``tok_train.py``).
+        VocabularyError: the path is not a regular file (a FIFO, a device)
+            or is larger than ``TOKEN_BYTES_LIMIT``.
         ImportError: torch is not installed.
     """
     import torch
@@ -93,8 +109,11 @@ def get_token_bytes(device: Any = "cpu") -> Any:
     path = os.path.join(nanochat_tokenizer_dir(), TOKEN_BYTES_PT)
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"{path} not found: Tokenizer.save(dir) writes it when torch is installed "
+            f"{path} not found (the directory is $NANOCHAT_BASE_DIR/tokenizer): "
+            "Tokenizer.save(dir) writes it when torch is installed "
             "(as nanochat's tok_train.py does)"
         )
-    with open(path, "rb") as f:
-        return torch.load(f, map_location=device, weights_only=True)
+    # Read like the tokenizer files: a FIFO or device there is refused instead
+    # of blocking forever, and the size is bounded before torch sees it.
+    data = read_regular_file(path, TOKEN_BYTES_LIMIT, "token_bytes.pt file")
+    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)

