@@ -55,10 +55,11 @@ def stream(dataset, render, batch_size, seq_len, rank=0, world_size=1, skip=Fals
 
 
 def bestfit(dataset, render, batch_size, seq_len, buffer_size=100, overflow="pad",
-            rank=0, world_size=1, skip=False):
+            rank=0, world_size=1, skip=False, keep_long=False):
     return baseline.bestfit_batches(dataset, render, batch_size, seq_len, render.bos,
                                     buffer_size=buffer_size, overflow=overflow, rank=rank,
-                                    world_size=world_size, skip=skip, info=True)
+                                    world_size=world_size, skip=skip, info=True,
+                                    keep_long=keep_long)
 
 
 def varlen(dataset, render, batch_size, seq_len, max_seqs, rank=0, world_size=1, skip=False):

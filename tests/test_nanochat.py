@@ -16,6 +16,7 @@ import pickle
 import random
 import re
 import sys
+import warnings
 from collections import Counter
 
 import pytest
@@ -28,6 +29,7 @@ from reference_render import ReferenceRenderer
 import convpack
 import convpack.execution
 import convpack.nanochat as nc
+from convpack.datagen import NoSupervisedTokensWarning
 from convpack.interop import NanochatFilesWarning
 
 TEXTS = corpus(1500)
@@ -406,3 +408,136 @@ def test_a_fifo_in_place_of_the_saved_pickle_is_refused_without_blocking(trained
     os.mkfifo(tmp_path / "tokenizer.pkl")
     with pytest.raises(convpack.VocabularyError, match="tokenizer.pkl"):
         convpack.Tokenizer.from_directory(tmp_path)
+
+
+# --------------------------------------- nanochat's own tokenizer objects
+
+
+class NanochatStyleTokenizer:
+    """What chat_sft's ``load_model`` returns, restated for the test:
+    nanochat's ``RustBPETokenizer`` holds a ``tiktoken.Encoding`` in ``.enc``
+    and its own methods; nothing of convpack in it."""
+
+    def __init__(self, enc, bos):
+        self.enc = enc
+        self.bos_token_id = enc.encode_single_token(bos)
+
+    def get_bos_token_id(self):
+        return self.bos_token_id
+
+
+def _long_and_short(n, seed=11):
+    """Conversations of which about a third are longer than rows of 33."""
+    rng = random.Random(seed)
+    words = "the cat sat on a mat while 42 dogs ran past".split()
+    out = []
+    for _ in range(n):
+        length = rng.choice([2, 3, 5, 30])
+        text = lambda: " ".join(rng.choice(words) for _ in range(rng.randint(1, length)))  # noqa: E731
+        out.append({"messages": [{"role": "user", "content": text()},
+                                 {"role": "assistant", "content": text()}]})
+    return out
+
+
+def _take(loader, n):
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def _assert_same_batches(got, want):
+    assert len(got) == len(want)
+    for k, (g, w) in enumerate(zip(got, want)):
+        for a, b in zip(g, w):
+            assert a.dtype == b.dtype and a.shape == b.shape, k
+            assert torch.equal(a, b), f"batch {k} differs"
+
+
+@pytest.mark.parametrize("truncate", ["tail", "keep"])
+@pytest.mark.parametrize("wrap", ["nanochat", "encoding"])
+def test_datagenerator_takes_nanochat_tokenizers_and_keeps_long_ones_like_nanochat(
+    truncate, wrap, tt_nano
+):
+    import reference_generators as ref
+
+    from convpack import DataGenerator
+
+    dataset = _long_and_short(300)
+    render = ref.ReferenceRender(tt_nano)
+    long_ones = sum(len(render(c)[0]) > 33 for c in dataset)
+    assert 20 < long_ones < 150  # the regime this test is about
+    tok = NanochatStyleTokenizer(tt_nano, "<|bos|>") if wrap == "nanochat" else tt_nano
+    loader = DataGenerator(dataset, tok, batch_size=3, seq_len=32, mode="bestfit",
+                           buffer_size=8, truncate=truncate, prefetch=0)
+    want = ref.bestfit(dataset, render, 3, 32, buffer_size=8, keep_long=truncate == "keep")
+    with warnings.catch_warnings():
+        # Kept whole, the long ones pile up in the buffer until rows are all
+        # padding: nanochat's loader does the same, and convpack says so once.
+        warnings.simplefilter("ignore", NoSupervisedTokensWarning)
+        got = _take(loader, 60)
+    _assert_same_batches(got, [b for b, _ in (next(want) for _ in range(60))])
+    loader.close()
+
+
+def test_a_state_with_long_conversations_kept_resumes_exactly(tt_nano):
+    from convpack import DataGenerator
+
+    dataset = _long_and_short(200, seed=5)
+    kw = dict(batch_size=2, seq_len=32, mode="bestfit", buffer_size=6, truncate="keep", prefetch=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoSupervisedTokensWarning)
+        first = DataGenerator(dataset, tt_nano, **kw)
+        _take(first, 7)
+        state = first.state_dict()
+        rest = _take(first, 9)
+        again = DataGenerator(dataset, tt_nano, **kw)
+        again.load_state_dict(state)
+        _assert_same_batches(_take(again, 9), rest)
+
+
+def test_the_convpack_twin_of_an_encoding_is_built_once(tt_nano):
+    from convpack.interop import from_tiktoken
+
+    wrapped = NanochatStyleTokenizer(tt_nano, "<|bos|>")
+    assert from_tiktoken(wrapped) is from_tiktoken(tt_nano)
+    texts = corpus(300)
+    assert from_tiktoken(tt_nano).encode(texts) == tt_nano.encode_ordinary_batch(texts)
+
+
+def test_truncate_keep_is_bestfit_only_and_other_tokenizers_are_refused(tt_nano):
+    from convpack import DataGenerator
+
+    with pytest.raises(ValueError, match="truncate='keep' applies to mode='bestfit' only"):
+        DataGenerator([], tt_nano, batch_size=1, seq_len=8, mode="stream", truncate="keep")
+    with pytest.raises(TypeError, match=r"tiktoken\.Encoding .*got object"):
+        DataGenerator(_long_and_short(3), object(), batch_size=1, seq_len=8)
+
+
+# ------------------------------------------------ nanochat's base directory
+
+
+def test_get_token_bytes_refuses_a_fifo_instead_of_blocking(tmp_path):
+    # In a child with a deadline: before the fix the open itself blocked.
+    directory = tmp_path / "base" / "tokenizer"
+    directory.mkdir(parents=True)
+    os.mkfifo(directory / "token_bytes.pt")
+    code = (
+        "import convpack.nanochat as nc\n"
+        "from convpack import VocabularyError\n"
+        "try:\n"
+        "    nc.get_token_bytes()\n"
+        "except VocabularyError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    env = dict(os.environ, NANOCHAT_BASE_DIR=str(tmp_path / "base"))
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused:") and "FIFO" in out.stdout
+
+
+def test_get_tokenizer_names_nanochat_base_dir_when_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"NANOCHAT_BASE_DIR=.*nowhere"):
+        nc.get_tokenizer()

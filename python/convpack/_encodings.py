@@ -23,6 +23,7 @@ __all__ = [
     "ENCODING_NAMES",
     "NAMED_ENCODINGS",
     "NamedEncoding",
+    "REFUSED_ENCODINGS",
     "encoding_of_contents",
     "search_paths",
 ]
@@ -135,27 +136,6 @@ class DerivedEncoding:
     special_tokens: dict = field(hash=False)
 
 
-# o200k_harmony's specials: a few named ones, the rest reserved up to 201087.
-_HARMONY_SPECIALS = {
-    **NAMED_ENCODINGS["o200k_base"].special_tokens,
-    "<|startoftext|>": 199998,
-    _ENDOFTEXT: 199999,
-    "<|reserved_200000|>": 200000,
-    "<|reserved_200001|>": 200001,
-    "<|return|>": 200002,
-    "<|constrain|>": 200003,
-    "<|reserved_200004|>": 200004,
-    "<|channel|>": 200005,
-    "<|start|>": 200006,
-    "<|end|>": 200007,
-    "<|message|>": 200008,
-    "<|reserved_200009|>": 200009,
-    "<|reserved_200010|>": 200010,
-    "<|reserved_200011|>": 200011,
-    "<|call|>": 200012,
-    **{f"<|reserved_{i}|>": i for i in range(200013, 201088)},
-}
-
 DERIVED_ENCODINGS: dict = {
     e.name: e
     for e in [
@@ -166,12 +146,20 @@ DERIVED_ENCODINGS: dict = {
             _R50K_PATTERN,
             {_ENDOFTEXT: 50256, _FIM_PREFIX: 50281, _FIM_MIDDLE: 50282, _FIM_SUFFIX: 50283},
         ),
-        DerivedEncoding("o200k_harmony", "o200k_base", _O200K_PATTERN, _HARMONY_SPECIALS),
     ]
 }
 
 #: Every name ``tiktoken.get_encoding`` accepts that convpack can build.
 ENCODING_NAMES: list = sorted([*NAMED_ENCODINGS, *DERIVED_ENCODINGS])
+
+#: Names in tiktoken's registry that convpack refuses, and why.
+REFUSED_ENCODINGS: dict = {
+    "o200k_harmony": (
+        "o200k_harmony gives two special tokens one id (200018 is both <|endofprompt|> "
+        "and <|reserved_200018|>), which a convpack vocabulary cannot hold: every "
+        "special token has an id of its own"
+    ),
+}
 
 
 def encoding_of_contents(contents: bytes) -> Optional[NamedEncoding]:

@@ -394,6 +394,10 @@ class DataGenerator:
             system message if there is one, and holding whole
             user-assistant exchanges; only a single exchange longer than the
             row is cut. Each piece is packed as a conversation of its own.
+            ``"keep"`` (``bestfit`` only) is nanochat's loader bit for bit:
+            the conversation (rendered to ``max_tokens``) enters the buffer
+            whole, never fits a row and so is never trained on; it takes a
+            buffer place for good (all places taken: rows of padding only).
         cache: keep each conversation's rendering (ids as uint16 when the
             vocabulary allows, else uint32; the mask as run lengths) so later
             epochs neither read nor render it again, only pack. Batches are
@@ -508,8 +512,10 @@ class DataGenerator:
             raise ValueError(f"overflow='crop' applies to mode='bestfit' only, not {mode!r}")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        if truncate not in ("tail", "turns"):
-            raise ValueError(f"truncate must be 'tail' or 'turns', got {truncate!r}")
+        if truncate not in ("tail", "turns", "keep"):
+            raise ValueError(f"truncate must be 'tail', 'turns' or 'keep', got {truncate!r}")
+        if truncate == "keep" and mode != "bestfit":
+            raise ValueError(f"truncate='keep' applies to mode='bestfit' only, not {mode!r}")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH_TOKENS)

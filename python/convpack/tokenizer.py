@@ -16,6 +16,7 @@ from ._encodings import (
     DERIVED_ENCODINGS,
     ENCODING_NAMES,
     NAMED_ENCODINGS,
+    REFUSED_ENCODINGS,
     encoding_of_contents,
     search_paths,
 )
@@ -187,18 +188,21 @@ class Tokenizer:
             name: any name ``tiktoken.get_encoding`` accepts:
                 ``"cl100k_base"``, ``"o200k_base"``, ``"p50k_base"``,
                 ``"r50k_base"``, and those that read one of their rank files
-                with other special tokens: ``"gpt2"`` (r50k_base's),
-                ``"p50k_edit"``, ``"o200k_harmony"``.
+                with other special tokens: ``"gpt2"`` (r50k_base's) and
+                ``"p50k_edit"``. ``"o200k_harmony"`` is refused: it gives
+                two special tokens one id.
 
         Returns:
             The tokenizer, with the encoding's pattern and special tokens
             (ids identical to ``tiktoken.get_encoding(name)``).
 
         Raises:
-            ValueError: ``name`` is not one of these.
+            ValueError: ``name`` is not one of these, or is o200k_harmony.
             FileNotFoundError: no verified rank file was found; the message
                 lists every place looked at.
         """
+        if isinstance(name, str) and name in REFUSED_ENCODINGS:
+            raise ValueError(REFUSED_ENCODINGS[name])
         if not isinstance(name, str) or name not in ENCODING_NAMES:
             raise ValueError(f"unknown encoding {short_repr(name)}; expected one of {ENCODING_NAMES}")
         derived = DERIVED_ENCODINGS.get(name)

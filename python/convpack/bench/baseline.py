@@ -226,6 +226,7 @@ def bestfit_batches(
     world_size: int = 1,
     skip: bool = False,
     info: bool = False,
+    keep_long: bool = False,
 ) -> Iterator[tuple]:
     """Best-fit packing in Python: every row starts at a BOS; the largest
     buffered conversation that fits goes in next (the first of equals);
@@ -233,7 +234,8 @@ def bestfit_batches(
     (BOS, target -1) and ``overflow="crop"`` fills it with the start of the
     shortest buffered conversation (the first of equals), whose remainder
     is dropped. A conversation longer than a row is cut to the row as it
-    enters the buffer (so it fills an empty row). The buffer refills from a
+    enters the buffer (so it fills an empty row); with ``keep_long`` it
+    enters whole and, never fitting, stays there (nanochat's loop as it is). The buffer refills from a
     cursor that starts at ``rank`` and steps by ``world_size``. ``counts``
     (if given) accumulates ``"tokens"`` and ``"pad"``, the row positions
     filled and those that are padding. ``info`` as in ``padded_batches``."""
@@ -256,7 +258,7 @@ def bestfit_batches(
                         consumed += world_size
                     else:
                         ids, mask = r
-                        pool.append((ids[:capacity], mask[:capacity]))
+                        pool.append((ids, mask) if keep_long else (ids[:capacity], mask[:capacity]))
                     cursor = (cursor + world_size) % len(dataset)
                 room = capacity - len(ids_row)
                 best = -1

@@ -294,12 +294,15 @@ impl PyPacker {
         truncate: &str,
         cache_bytes: Option<u64>,
     ) -> PyResult<Self> {
-        let split_turns = match truncate {
-            "tail" => false,
-            "turns" => true,
+        // "keep": nanochat's best-fit, where an over-long conversation stays
+        // whole in the buffer (PackConfig::keep_long).
+        let (split_turns, keep_long) = match truncate {
+            "tail" => (false, false),
+            "turns" => (true, false),
+            "keep" => (false, true),
             t => {
                 return Err(PyValueError::new_err(format!(
-                    "truncate must be 'tail' or 'turns', got {t:?}"
+                    "truncate must be 'tail', 'turns' or 'keep', got {t:?}"
                 )))
             }
         };
@@ -339,6 +342,7 @@ impl PyPacker {
             skip_errors,
             max_tokens,
             split_turns,
+            keep_long,
         };
         let order = cfg.order();
         let err = |e: CoreError| PyValueError::new_err(e.to_string());

@@ -109,6 +109,11 @@ pub struct PackConfig {
     /// Conversations longer than a row are pushed in pieces split at
     /// exchanges (`truncate="turns"`, see `push_turns`).
     pub split_turns: bool,
+    /// `BestFit` only: a conversation longer than a row enters the buffer
+    /// whole, where it never fits and so is never trained on, as in
+    /// nanochat's loader (which this reproduces bit for bit). Otherwise it
+    /// is cut to the row as it enters.
+    pub keep_long: bool,
 }
 
 impl PackConfig {
@@ -137,6 +142,14 @@ impl PackConfig {
                     "buffer_size must be at most {MAX_BUFFER_SIZE}, got {buffer_size}"
                 ));
             }
+        }
+        if self.keep_long && !matches!(self.mode, Mode::BestFit { .. }) {
+            return bad("keeping over-long conversations whole applies to bestfit only".into());
+        }
+        if self.keep_long && self.split_turns {
+            return bad(
+                "over-long conversations are either kept whole or split at turns, not both".into(),
+            );
         }
         match (self.mode, self.seq_len) {
             (Mode::Padded, Some(0)) => bad("seq_len must be at least 1".into()),
@@ -405,6 +418,7 @@ impl Packer {
     pub fn entry_cap(&self) -> Option<usize> {
         match self.cfg.mode {
             Mode::Padded => self.cfg.seq_len.map(|t| t + 1),
+            Mode::BestFit { .. } if self.cfg.keep_long => None,
             Mode::BestFit { .. } => self.cfg.seq_len.map(|t| t + 1),
             Mode::Stream | Mode::Varlen { .. } => None,
         }

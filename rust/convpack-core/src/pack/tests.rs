@@ -123,6 +123,7 @@ fn cfg(mode: Mode, b: usize, t: Option<usize>, skip: bool) -> PackConfig {
         skip_errors: skip,
         max_tokens: 1 << 20,
         split_turns: false,
+        keep_long: false,
     }
 }
 
@@ -623,4 +624,38 @@ fn oversized_configurations_are_refused_before_allocating() {
             "{c:?}"
         );
     }
+}
+
+#[test]
+fn bestfit_keep_long_leaves_over_long_conversations_in_the_buffer() {
+    // Conversations longer than a row (tokens 950, which the others never
+    // use) stay buffered and are never placed; with the cut they fill rows.
+    let (b, t) = (2, 10);
+    let mut data = dataset(7, 40, 9, 0);
+    for i in [0, 5, 17] {
+        data[i] = Ok(Rendered {
+            ids: [BOS].into_iter().chain(std::iter::repeat_n(950, 14)).collect(),
+            mask: [0].into_iter().chain(std::iter::repeat_n(1, 14)).collect(),
+        });
+    }
+    for keep_long in [true, false] {
+        let mode = Mode::BestFit {
+            overflow: Overflow::Pad,
+            buffer_size: 4,
+        };
+        let c = PackConfig {
+            keep_long,
+            ..cfg(mode, b, Some(t), false)
+        };
+        let sched = Schedule::new(data.len(), 0, 1, c.order()).unwrap();
+        let mut p = Packer::new(c, sched).unwrap();
+        let out = run(&mut p, &data, 30, 3).unwrap();
+        let placed = out.iter().flat_map(|x| &x.inputs).filter(|&&x| x == 950).count();
+        assert_eq!(placed == 0, keep_long);
+    }
+    let c = PackConfig {
+        keep_long: true,
+        ..cfg(Mode::Stream, b, Some(t), false)
+    };
+    assert!(c.validate().is_err());
 }
