@@ -430,12 +430,15 @@ def _long_and_short(n, seed=11):
     """Conversations of which about a third are longer than rows of 33."""
     rng = random.Random(seed)
     words = "the cat sat on a mat while 42 dogs ran past".split()
+
+    def text(length):
+        return " ".join(rng.choice(words) for _ in range(rng.randint(1, length)))
+
     out = []
     for _ in range(n):
         length = rng.choice([2, 3, 5, 30])
-        text = lambda: " ".join(rng.choice(words) for _ in range(rng.randint(1, length)))  # noqa: E731
-        out.append({"messages": [{"role": "user", "content": text()},
-                                 {"role": "assistant", "content": text()}]})
+        out.append({"messages": [{"role": "user", "content": text(length)},
+                                 {"role": "assistant", "content": text(length)}]})
     return out
 
 

@@ -325,8 +325,24 @@ def format_conversation(conversation: dict, max_chars: int = 1000) -> str:
 def _cmd_stats(args: argparse.Namespace) -> int:
     task = build_task(args.task, args.data_dir)
     count = len(task) if args.limit is None else args.limit
-    stats = conversation_stats(_iter_task(task, 0, count, f"stats {args.task}"))
+    if (args.tokenizer is None) != (args.seq_len is None):
+        raise ValueError("--tokenizer and --seq-len go together")
+    if args.seq_len is not None and args.seq_len < 1:
+        raise ValueError(f"--seq-len must be at least 1, got {args.seq_len}")
+    conversations = list(_iter_task(task, 0, count, f"stats {args.task}"))
+    stats = conversation_stats(conversations)
     stats["task"] = args.task
+    if args.tokenizer is not None:
+        from .tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_directory(args.tokenizer)
+        # Rendered as DataGenerator renders them (max_tokens=2048).
+        _, _, offsets = tokenizer.render_conversations(conversations)
+        row = args.seq_len + 1
+        stats["row_tokens"] = row
+        stats["longer_than_row"] = sum(
+            int(offsets[i + 1] - offsets[i]) > row for i in range(len(conversations))
+        )
     if args.json:
         print(json.dumps(stats, indent=1))
         return 0
@@ -337,6 +353,11 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     print(f"  medium messages (50-200 chars)   {100 * stats['medium']:.1f}%")
     print(f"  long messages (> 200 chars)      {100 * stats['long']:.1f}%")
     print(f"  with a system message           {100 * stats['system']:5.1f}%")
+    if "longer_than_row" in stats:
+        print(
+            f"  longer than a row of {stats['row_tokens']} tokens  {stats['longer_than_row']} "
+            "(bestfit cuts them; truncate='keep' leaves them in the buffer, as nanochat does)"
+        )
     return 0
 
 
@@ -757,6 +778,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "stats":
             p.add_argument("--limit", type=int, default=None, help="only the first N conversations")
             p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+            p.add_argument(
+                "--tokenizer", default=None, metavar="DIR",
+                help="a tokenizer directory (convpack's or nanochat's): with --seq-len, count "
+                "the conversations longer than a best-fit row",
+            )
+            p.add_argument(
+                "--seq-len", type=int, default=None, metavar="T",
+                help="rows of T + 1 tokens (nanochat's max_seq_len); needs --tokenizer",
+            )
         else:
             p.add_argument("-n", type=int, default=3, help="how many conversations (default 3)")
             p.add_argument(

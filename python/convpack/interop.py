@@ -135,7 +135,7 @@ def _is_convpack(obj: Any) -> bool:
 
 # Per Encoding object, the convpack tokenizer built from it (an Encoding is
 # immutable, so one build serves every generator made with it).
-_FROM_TIKTOKEN: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_FROM_TIKTOKEN: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def from_tiktoken(encoding: Any) -> Any:

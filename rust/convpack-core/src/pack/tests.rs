@@ -634,7 +634,10 @@ fn bestfit_keep_long_leaves_over_long_conversations_in_the_buffer() {
     let mut data = dataset(7, 40, 9, 0);
     for i in [0, 5, 17] {
         data[i] = Ok(Rendered {
-            ids: [BOS].into_iter().chain(std::iter::repeat_n(950, 14)).collect(),
+            ids: [BOS]
+                .into_iter()
+                .chain(std::iter::repeat_n(950, 14))
+                .collect(),
             mask: [0].into_iter().chain(std::iter::repeat_n(1, 14)).collect(),
         });
     }
@@ -650,7 +653,11 @@ fn bestfit_keep_long_leaves_over_long_conversations_in_the_buffer() {
         let sched = Schedule::new(data.len(), 0, 1, c.order()).unwrap();
         let mut p = Packer::new(c, sched).unwrap();
         let out = run(&mut p, &data, 30, 3).unwrap();
-        let placed = out.iter().flat_map(|x| &x.inputs).filter(|&&x| x == 950).count();
+        let placed = out
+            .iter()
+            .flat_map(|x| &x.inputs)
+            .filter(|&&x| x == 950)
+            .count();
         assert_eq!(placed == 0, keep_long);
     }
     let c = PackConfig {
