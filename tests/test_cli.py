@@ -701,14 +701,14 @@ def test_stats_counts_conversations_longer_than_a_row(tokenizer, tt_nano, tmp_pa
 
     tokenizer.save(tmp_path / "tok", nanochat_files=False)
     spec = "spellingbee:size=80"
-    assert cli.main(["stats", spec, "--tokenizer", str(tmp_path / "tok"), "--seq-len", "40",
+    assert cli.main(["stats", spec, "--tokenizer", str(tmp_path / "tok"), "--seq-len", "140",
                      "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     render = ReferenceRenderer(tt_nano)
     task = cli.build_task(spec)
     lengths = [len(render.render(task[i], 2048)[0]) for i in range(len(task))]
-    want = sum(n > 41 for n in lengths)
+    want = sum(n > 141 for n in lengths)
     assert 0 < want < len(lengths)
-    assert stats["row_tokens"] == 41 and stats["longer_than_row"] == want
+    assert stats["row_tokens"] == 141 and stats["longer_than_row"] == want
     assert cli.main(["stats", spec, "--seq-len", "40"]) == 2
     assert "--tokenizer and --seq-len go together" in capsys.readouterr().err
