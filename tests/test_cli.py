@@ -712,3 +712,10 @@ def test_stats_counts_conversations_longer_than_a_row(tokenizer, tt_nano, tmp_pa
     assert stats["row_tokens"] == 141 and stats["longer_than_row"] == want
     assert cli.main(["stats", spec, "--seq-len", "40"]) == 2
     assert "--tokenizer and --seq-len go together" in capsys.readouterr().err
+
+
+def test_customjson_missing_file_names_the_path_once(tmp_path, capsys):
+    missing = str(tmp_path / "nope.jsonl")
+    assert cli.main(["show", f"customjson:path={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count(missing) == 1 and "no such file" in err

@@ -53,7 +53,8 @@ def _read_regular_file(path: str) -> bytes:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise FileNotFoundError(errno.ENOENT, f"CustomJSON: no such file {path!r} ({expected})", path) from None
+        # The path once: OSError's str() appends the filename to the message.
+        raise FileNotFoundError(errno.ENOENT, f"CustomJSON: no such file ({expected})", path) from None
     if stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, f"CustomJSON: {path!r} is a directory ({expected})", path)
     if not stat.S_ISREG(mode):
