@@ -733,6 +733,28 @@ def test_unbounded_recursion():
     assert_still_working()
 
 
+def test_a_thread_pool_runs_while_the_memory_bound_holds():
+    # The stack limit is the default size of every thread's stack: set equal
+    # to the address-space limit it let only a handful of threads start.
+    code = textwrap.dedent(
+        """
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+        barrier = threading.Barrier(24)
+        def work(i):
+            barrier.wait(timeout=5)  # all 24 threads are alive at once
+            return i * i
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            assert sum(pool.map(work, range(24))) == sum(i * i for i in range(24))
+        """
+    )
+    result = execute_code(code, timeout=10)
+    assert result.success, result.error
+    result = execute_code("x = bytearray(512 * 1024 * 1024)", timeout=10)
+    assert not result.success and result.memory_exceeded
+    assert_still_working()
+
+
 def test_hundred_megabyte_print_is_capped():
     start = time.monotonic()
     result = execute_code("print('x' * 100_000_000)\nprint('done')", timeout=10)

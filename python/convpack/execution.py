@@ -119,6 +119,7 @@ DEFAULT_MAX_DISK_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_DISK_INODES = 8192
 DEFAULT_MAX_PROCESSES = 32
 DEFAULT_MAX_OPEN_FILES = 128
+_THREAD_STACK_BYTES = 8 * 1024 * 1024
 _MAX_CHANNEL_BYTES = 64 * 1024
 _SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_supervisor.py")
 # Layers that isolate=True asks for; whichever the kernel refuses is named in
@@ -350,7 +351,14 @@ class _Sandbox:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd="/",
-                env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
+                # One malloc arena: glibc reserves 64 MiB of address space
+                # per extra arena, which under RLIMIT_AS stops a thread pool
+                # after a few threads as surely as a large stack does.
+                env={
+                    "PATH": "/usr/local/bin:/usr/bin:/bin",
+                    "LANG": "C.UTF-8",
+                    "MALLOC_ARENA_MAX": "1",
+                },
                 start_new_session=True,
                 pass_fds=(status_w, outcome_w, *(rpc or ())),
             )
@@ -570,7 +578,11 @@ def _limits(
     if maximum_memory_bytes is not None:
         limits["RLIMIT_AS"] = maximum_memory_bytes
         limits["RLIMIT_DATA"] = maximum_memory_bytes
-        limits["RLIMIT_STACK"] = maximum_memory_bytes
+        # RLIMIT_STACK is also the default size of each new thread's stack
+        # (glibc maps it up front): equal to RLIMIT_AS it let about five
+        # threads start. An ordinary 8 MiB stack keeps thread pools working;
+        # RLIMIT_AS still bounds the memory of all of them together.
+        limits["RLIMIT_STACK"] = min(maximum_memory_bytes, _THREAD_STACK_BYTES)
     if uid is not None:
         limits["RLIMIT_NPROC"] = max_processes
     elif not _root():
