@@ -7,6 +7,7 @@ fill batches for PyTorch.
 
 from . import _core
 from .errors import ConversationError, UnknownSpecialTokenError, VocabularyError
+from .sources import SourceResumeError
 from .tokenizer import CHAT_SPECIAL_TOKENS, CL100K_PATTERN, SPLIT_PATTERN, Tokenizer
 
 __version__: str = _core.__version__
@@ -29,6 +30,7 @@ __all__ = [
     "DataGenerator",
     "NoSupervisedTokensWarning",
     "SPLIT_PATTERN",
+    "SourceResumeError",
     "Tokenizer",
     "UnknownSpecialTokenError",
     "VocabularyError",
