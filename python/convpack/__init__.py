@@ -17,6 +17,10 @@ def __getattr__(name: str):
     # DataGenerator (and its warning) load the packer and, for tensor output,
     # torch: import them only when asked for, so the tokenizer alone stays
     # quick to import.
+    if name in ("RenderedDataset", "render_shards"):
+        from . import shards
+
+        return getattr(shards, name)
     if name in ("DataGenerator", "NoSupervisedTokensWarning"):
         from . import datagen
 
@@ -29,10 +33,12 @@ __all__ = [
     "ConversationError",
     "DataGenerator",
     "NoSupervisedTokensWarning",
+    "RenderedDataset",
     "SPLIT_PATTERN",
     "SourceResumeError",
     "Tokenizer",
     "UnknownSpecialTokenError",
     "VocabularyError",
     "__version__",
+    "render_shards",
 ]

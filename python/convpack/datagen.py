@@ -53,6 +53,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import _core
+from .shards import RenderedDataset
 from .sources import STREAM_LEN, StreamSource, is_stream
 
 __all__ = [
@@ -557,6 +558,10 @@ class DataGenerator:
         else:
             max_seqs = None
         core_tok = _core_tokenizer(tokenizer)
+        if isinstance(dataset, RenderedDataset):
+            # Rows rendered ahead enter at the packer: they must be what this
+            # generator would render.
+            dataset.check(tokenizer, max_tokens, truncate)
         self.device = _resolve_device(device, output)
         # Memory taken before the first batch: the batches in flight (ring
         # slots or queued batches) and the best-fit buffer at its longest.

@@ -15,13 +15,13 @@ use convpack_core::pack::{
 };
 use convpack_core::parallel::InTurn;
 use convpack_core::{
-    ChatTokens, Content, Conversation, ConversationError, CoreError, Message, Part, Renderer,
-    Tokenizer, Turns,
+    ChatTokens, Content, Conversation, ConversationError, CoreError, Message, Part, Rendered,
+    Renderer, Tokenizer, Turns,
 };
-use numpy::{PyArrayDyn, PyArrayMethods};
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyInt, PyList};
+use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyTuple};
 
 use crate::convert::{Arena, ConversationSpec, ExtractError};
 use crate::errors::IntoPyResult;
@@ -201,6 +201,17 @@ impl PyPacker {
                 }
                 continue;
             }
+            if let Ok(row) = item.cast::<PyTuple>() {
+                // A row rendered ahead of time (`RenderedDataset`): it enters
+                // at the packer, like a conversation the cache held.
+                slots.push(match self.rendered_row(row) {
+                    Ok(r) => Slot::Cached(Turns::from(r)),
+                    Err(e) => {
+                        Slot::Failed(ConversationError::new(None, e).with_conversation(index))
+                    }
+                });
+                continue;
+            }
             match arena.add(item) {
                 Ok(s) => {
                     specs.push(s);
@@ -211,6 +222,50 @@ impl PyPacker {
             }
         }
         Ok((slots, specs))
+    }
+
+    /// `(ids uint32, mask uint8)` arrays of a rendered row, checked against
+    /// this packer's vocabulary and `max_tokens`; the error is the rule broken.
+    fn rendered_row(&self, row: &Bound<'_, PyTuple>) -> Result<Rendered, String> {
+        if row.len() != 2 {
+            return Err(format!(
+                "a rendered row is (ids, mask), got a tuple of {}",
+                row.len()
+            ));
+        }
+        let array = |i: usize| row.get_item(i).map_err(|e| e.to_string());
+        let ids = array(0)?;
+        let ids = ids
+            .cast::<PyArray1<u32>>()
+            .map_err(|_| "rendered ids must be a uint32 numpy array".to_string())?
+            .to_vec()
+            .map_err(|e| e.to_string())?;
+        let mask = array(1)?;
+        let mask = mask
+            .cast::<PyArray1<u8>>()
+            .map_err(|_| "a rendered mask must be a uint8 numpy array".to_string())?
+            .to_vec()
+            .map_err(|e| e.to_string())?;
+        if ids.len() != mask.len() {
+            return Err(format!("{} ids but {} mask values", ids.len(), mask.len()));
+        }
+        if ids.len() > self.max_tokens {
+            return Err(format!(
+                "a rendered row of {} tokens, above max_tokens {}",
+                ids.len(),
+                self.max_tokens
+            ));
+        }
+        let vocab = self.tok.vocab_size();
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            ));
+        }
+        if mask.iter().any(|&m| m > 1) {
+            return Err("a rendered mask holds values other than 0 and 1".into());
+        }
+        Ok(Rendered { ids, mask })
     }
 
     /// Puts a chunk's conversations, in order, into the cache and the packer.
