@@ -130,3 +130,21 @@ def test_two_processes_write_the_same_shards(tokenizer, shards, tmp_path):
         with open(tmp_path / name, "rb") as f, open(os.path.join(shards.out_dir, name), "rb") as g:
             assert f.read() == g.read(), name
     assert len(two) == len(DATA)
+
+
+def test_render_command(tokenizer, tmp_path):
+    from convpack.cli import main
+
+    tokdir = tmp_path / "tok"
+    tokenizer.save(tokdir)
+    out = tmp_path / "out"
+    assert main(["render", "spellingbee:size=40", str(out), "--tokenizer", str(tokdir),
+                 "--max-tokens", "300", "--rows-per-shard", "16"]) == 0
+    rendered = RenderedDataset(out)
+    from tasks.spellingbee import SpellingBee
+
+    task = SpellingBee(size=40)
+    assert len(rendered) == 40
+    for i in (0, 17, 39):
+        ids, mask = tokenizer.render_conversation(task[i], max_tokens=300)
+        assert rendered[i][0].tolist() == list(ids) and rendered[i][1].tolist() == list(mask)
