@@ -427,6 +427,13 @@ class DataGenerator:
             or ``"skip"`` (dropped and counted in ``skipped``).
         max_seqs: ``varlen`` only: segments per batch (``cu_seqlens`` has
             ``max_seqs + 1`` entries).
+        shuffle, seed: each epoch reads the dataset (or rendered shards) in
+            its own permutation, drawn from ``seed`` and the epoch alone, so
+            the same on every rank (ranks still cover each epoch once) and
+            after a resume (computed per index: nothing to store). Streams
+            are shuffled at their source.
+        dataset: also an iterable without ``len`` (a stream: see
+            ``convpack.sources``) or a ``convpack.RenderedDataset``.
 
     Yields (iterating never ends; stop on ``last_step``), per mode:
 
@@ -499,6 +506,8 @@ class DataGenerator:
         num_threads: Optional[int] = None,
         on_error: str = "raise",
         max_seqs: Optional[int] = None,
+        shuffle: bool = False,
+        seed: int = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -528,6 +537,9 @@ class DataGenerator:
         if not isinstance(cache, bool):
             raise TypeError(f"cache must be a bool, got {type(cache).__name__}")
         cache_bytes = _check_int("cache_bytes", cache_bytes, 0, 2**63 - 1)
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
+        seed = _check_int("seed", seed, 0, 2**64 - 1)
         # The widest row: padded rows are the longest conversation minus one.
         if mode == "padded":
             max_cols = min(max_tokens, (seq_len or max_tokens) + 1) - 1
@@ -545,6 +557,11 @@ class DataGenerator:
                     "cache=True keeps rendered conversations by dataset index, which a stream "
                     "does not have: render it once with convpack.render_shards instead")
             # The packer reads this rank's stream by ordinal (one rank of one).
+            if shuffle:
+                raise ValueError(
+                    "shuffle=True permutes a dataset's indices per epoch; shuffle a stream at its "
+                    "source (e.g. IterableDataset.shuffle(seed=..., buffer_size=...)) or render "
+                    "it to shards (convpack.render_shards), which shuffle=True permutes")
             source = StreamSource(dataset, rank, world_size)
             n = STREAM_LEN
         else:
@@ -599,6 +616,9 @@ class DataGenerator:
             max_tokens=max_tokens, max_seqs=max_seqs,
             num_threads=num_threads or 0, skip_errors=on_error == "skip", truncate=truncate,
         )
+        if shuffle:
+            self._packer_args["shuffle_seed"] = seed
+        self.shuffle, self.seed = shuffle, seed
         self.cache = cache
         self._core_tok = core_tok
         try:
@@ -739,6 +759,8 @@ class DataGenerator:
             "truncate": self.truncate,
             "rank": self.rank, "world_size": self.world_size,
             "dataset_len": None if self._source else self._packer_args["dataset_len"],
+            # Only with shuffle=True, so states of unshuffled runs stay as they were.
+            **({"shuffle_seed": self.seed} if self.shuffle else {}),
         }
 
     def state_dict(self) -> dict:

@@ -329,7 +329,8 @@ impl PyPacker {
     #[pyo3(signature = (
         tokenizer, mode, *, batch_size, seq_len, dataset_len, rank, world_size,
         overflow = "pad", buffer_size = 100, max_tokens = 2048, max_seqs = None,
-        num_threads = 0, skip_errors = false, truncate = "tail", cache_bytes = None
+        num_threads = 0, skip_errors = false, truncate = "tail", cache_bytes = None,
+        shuffle_seed = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -348,6 +349,7 @@ impl PyPacker {
         skip_errors: bool,
         truncate: &str,
         cache_bytes: Option<u64>,
+        shuffle_seed: Option<u64>,
     ) -> PyResult<Self> {
         let split_turns = match truncate {
             "tail" => false,
@@ -397,7 +399,10 @@ impl PyPacker {
         };
         let order = cfg.order();
         let err = |e: CoreError| PyValueError::new_err(e.to_string());
-        let sched = Schedule::new(dataset_len, rank, world_size, order).map_err(err)?;
+        let mut sched = Schedule::new(dataset_len, rank, world_size, order).map_err(err)?;
+        if let Some(seed) = shuffle_seed {
+            sched = sched.with_shuffle(seed);
+        }
         let cache =
             cache_bytes.map(|b| RenderCache::new(dataset_len, tokenizer.inner.vocab_size(), b));
         Ok(PyPacker {
