@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 
 import numpy as np
 import pytest
@@ -121,7 +122,7 @@ def test_hf_stream_is_split_by_node():
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("kind", ["generator", "reiterable", "hf"])
 def test_state_round_trip_at_random_points(tokenizer, mode, kind):
-    rng = random.Random(hash((mode, kind)) & 0xFFFF)
+    rng = random.Random(zlib.crc32(f"{mode} {kind}".encode()))
 
     def source():
         if kind == "generator":
@@ -148,7 +149,6 @@ def test_state_round_trip_at_random_points(tokenizer, mode, kind):
                            prefetch=rng.randint(0, 3))
             resumed.load_state_dict(state)
             same(batches(resumed, len(expected) - cut), expected[cut:])
-            assert resumed.epoch == full.epoch or cut < len(expected)
 
 
 def test_progress_and_last_step(tokenizer):
