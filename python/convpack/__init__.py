@@ -7,6 +7,7 @@ fill batches for PyTorch.
 
 from . import _core
 from .errors import ConversationError, UnknownSpecialTokenError, VocabularyError
+from .sources import SourceResumeError
 from .tokenizer import CHAT_SPECIAL_TOKENS, CL100K_PATTERN, SPLIT_PATTERN, Tokenizer
 
 __version__: str = _core.__version__
@@ -16,6 +17,10 @@ def __getattr__(name: str):
     # DataGenerator (and its warning) load the packer and, for tensor output,
     # torch: import them only when asked for, so the tokenizer alone stays
     # quick to import.
+    if name in ("RenderedDataset", "render_shards"):
+        from . import shards
+
+        return getattr(shards, name)
     if name in ("DataGenerator", "NoSupervisedTokensWarning"):
         from . import datagen
 
@@ -28,9 +33,12 @@ __all__ = [
     "ConversationError",
     "DataGenerator",
     "NoSupervisedTokensWarning",
+    "RenderedDataset",
     "SPLIT_PATTERN",
+    "SourceResumeError",
     "Tokenizer",
     "UnknownSpecialTokenError",
     "VocabularyError",
     "__version__",
+    "render_shards",
 ]

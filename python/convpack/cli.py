@@ -361,6 +361,18 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_render(args: argparse.Namespace) -> int:
+    from .shards import render_shards
+    from .tokenizer import Tokenizer
+
+    shards = render_shards(build_task(args.task, args.data_dir),
+                           Tokenizer.from_directory(args.tokenizer), args.out_dir,
+                           max_tokens=args.max_tokens, rows_per_shard=args.rows_per_shard,
+                           num_proc=args.num_proc)
+    print(f"{args.out_dir}: {len(shards)} conversations rendered (key {shards.key['hash'][:12]})")
+    return 0
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     task = build_task(args.task, args.data_dir)
     if not 0 <= args.start < max(len(task), 1):
@@ -738,7 +750,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``convpack`` command's argument parser (commands ``demo``,
+    """The ``convpack`` command's argument parser (commands ``demo``, ``render``,
     ``stats``, ``show`` and ``bench``).
 
     Returns:
@@ -796,6 +808,17 @@ def build_parser() -> argparse.ArgumentParser:
                 "--max-chars", type=int, default=1000, help="cut texts longer than this (0: never)"
             )
 
+    render = sub.add_parser(
+        "render", help="render a task once into Parquet shards that DataGenerator reads",
+        description=f"Render a task once into Parquet shards (convpack.render_shards). {_TASK_HELP}")
+    render.add_argument("task", metavar="SOURCE", help="a task, e.g. smoltalk:split=train")
+    render.add_argument("out_dir", metavar="OUT_DIR", help="shard directory (resumed if there)")
+    render.add_argument("--tokenizer", required=True, help="a convpack or nanochat tokenizer dir")
+    render.add_argument("--data-dir", default=None, help="local data directory")
+    render.add_argument("--max-tokens", type=int, default=2048)
+    render.add_argument("--rows-per-shard", type=int, default=16384)
+    render.add_argument("--num-proc", type=int, default=1, help="processes (default 1)")
+
     bench = sub.add_parser(
         "bench", help="benchmarks against tiktoken and the pure-Python path; markdown and plots"
     )
@@ -824,9 +847,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["demo"])
-    handler = {"demo": _cmd_demo, "stats": _cmd_stats, "show": _cmd_show, "bench": _cmd_bench}[
-        args.command
-    ]
+    handler = {"demo": _cmd_demo, "stats": _cmd_stats, "show": _cmd_show, "bench": _cmd_bench,
+               "render": _cmd_render}[args.command]
     from tasks.data import DatasetNotFoundError
 
     from .bench.common import BenchmarkMismatch

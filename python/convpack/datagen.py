@@ -53,6 +53,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import _core
+from .shards import RenderedDataset
+from .sources import STREAM_LEN, StreamSource, is_stream
 
 __all__ = [
     "DataGenerator",
@@ -283,18 +285,24 @@ class _Producer:
         # used (the read-ahead's depth only; batches do not depend on it).
         self.per_batch = float(batch_size)
 
-    def _read(self, n: int) -> None:
+    def _read(self, n: int) -> int:
         """Reads the next ``n`` conversations the packer wants and submits
         them: rendering runs in the background while this thread (holding
         the GIL) reads on."""
         p = self.packer
         indices = p.wanted(n)
         dataset = self.dataset
+        if isinstance(dataset, StreamSource):
+            items = dataset.read(indices)
+            if items:
+                p.submit(items)
+            return len(items)
         if self.cache:
             # Cached conversations are not read again (None stands in).
             p.submit([None if hit else dataset[i] for i, hit in zip(indices, p.cached(indices))])
         else:
             p.submit([dataset[i] for i in indices])
+        return len(indices)
 
     def _read_ahead(self) -> tuple:
         """``(chunks, size)``: chunks to keep rendering after a batch is
@@ -315,7 +323,9 @@ class _Producer:
                 break
             # Bounded chunks: a large best-fit buffer fills over several
             # reads instead of one huge one.
-            self._read(max(self.chunk, min(need, 16 * self.chunk)))
+            if self._read(max(self.chunk, min(need, 16 * self.chunk))) == 0:
+                # A one-shot stream ended: no batch can be completed.
+                raise StopIteration
             if p.in_flight() < 2:
                 # Read the next chunk while that one renders.
                 self._read(self.chunk)
@@ -344,6 +354,8 @@ class _Producer:
                 self.ring.release(slot)
             raise
         state = p.state()
+        if isinstance(self.dataset, StreamSource):
+            self.dataset.prune(state)
         if state["batches"]:
             self.per_batch = max(1.0, state["consumed"] / state["batches"])
         return _Batch(slot, arrays, views, state, p.progress(), p.cache_stats())
@@ -431,6 +443,13 @@ class DataGenerator:
             or ``"skip"`` (dropped and counted in ``skipped``).
         max_seqs: ``varlen`` only: segments per batch (``cu_seqlens`` has
             ``max_seqs + 1`` entries).
+        shuffle, seed: each epoch reads the dataset (or rendered shards) in
+            its own permutation, drawn from ``seed`` and the epoch alone, so
+            the same on every rank (ranks still cover each epoch once) and
+            after a resume (computed per index: nothing to store). Streams
+            are shuffled at their source.
+        dataset: also an iterable without ``len`` (a stream: see
+            ``convpack.sources``) or a ``convpack.RenderedDataset``.
 
     Yields (iterating never ends; stop on ``last_step``), per mode:
 
@@ -503,6 +522,8 @@ class DataGenerator:
         num_threads: Optional[int] = None,
         on_error: str = "raise",
         max_seqs: Optional[int] = None,
+        shuffle: bool = False,
+        seed: int = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -534,6 +555,9 @@ class DataGenerator:
         if not isinstance(cache, bool):
             raise TypeError(f"cache must be a bool, got {type(cache).__name__}")
         cache_bytes = _check_int("cache_bytes", cache_bytes, 0, 2**63 - 1)
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
+        seed = _check_int("seed", seed, 0, 2**64 - 1)
         # The widest row: padded rows are the longest conversation minus one.
         if mode == "padded":
             max_cols = min(max_tokens, (seq_len or max_tokens) + 1) - 1
@@ -543,17 +567,36 @@ class DataGenerator:
             raise ValueError(
                 f"batch_size * (seq_len + 1) = {batch_size} * {max_cols + 1} is above "
                 f"{MAX_BATCH_TOKENS} tokens per batch")
-        n = len(dataset)
-        if n < 1:
-            raise ValueError("the dataset is empty")
+        rank, world_size = resolve_distributed(rank, world_size)
+        source: Optional[StreamSource] = None
+        if is_stream(dataset):
+            if cache:
+                raise ValueError(
+                    "cache=True keeps rendered conversations by dataset index, which a stream "
+                    "does not have: render it once with convpack.render_shards instead")
+            # The packer reads this rank's stream by ordinal (one rank of one).
+            if shuffle:
+                raise ValueError(
+                    "shuffle=True permutes a dataset's indices per epoch; shuffle a stream at its "
+                    "source (e.g. IterableDataset.shuffle(seed=..., buffer_size=...)) or render "
+                    "it to shards (convpack.render_shards), which shuffle=True permutes")
+            source = StreamSource(dataset, rank, world_size)
+            n = STREAM_LEN
+        else:
+            n = len(dataset)
+            if n < 1:
+                raise ValueError("the dataset is empty")
         if mode == "varlen":
             if max_seqs is None:
                 max_seqs = batch_size * max(4, seq_len // 16)
             max_seqs = _check_int("max_seqs", max_seqs, batch_size + 1, MAX_BATCH_TOKENS)
         else:
             max_seqs = None
-        rank, world_size = resolve_distributed(rank, world_size)
         core_tok = _core_tokenizer(tokenizer)
+        if isinstance(dataset, RenderedDataset):
+            # Rows rendered ahead enter at the packer: they must be what this
+            # generator would render.
+            dataset.check(tokenizer, max_tokens, truncate)
         self.device = _resolve_device(device, output)
         # Memory taken before the first batch: the batches in flight (ring
         # slots or queued batches) and the best-fit buffer at its longest.
@@ -583,12 +626,17 @@ class DataGenerator:
         self.on_error = on_error
         self.output = output
         self.truncate = truncate
+        self._source = source
         self._packer_args = dict(
-            batch_size=batch_size, seq_len=seq_len, dataset_len=n, rank=rank,
-            world_size=world_size, overflow=overflow, buffer_size=buffer_size,
+            batch_size=batch_size, seq_len=seq_len, dataset_len=n,
+            rank=0 if source else rank, world_size=1 if source else world_size,
+            overflow=overflow, buffer_size=buffer_size,
             max_tokens=max_tokens, max_seqs=max_seqs,
             num_threads=num_threads or 0, skip_errors=on_error == "skip", truncate=truncate,
         )
+        if shuffle:
+            self._packer_args["shuffle_seed"] = seed
+        self.shuffle, self.seed = shuffle, seed
         self.cache = cache
         self._core_tok = core_tok
         try:
@@ -604,7 +652,7 @@ class DataGenerator:
         if self.device is not None and self.device.type == "cuda":
             self._transfer = _make_transfer(self.device)
             ring = self._new_ring(max(1, max_cols))
-        self._producer = _Producer(dataset, packer, self._chunk, ring, cache,
+        self._producer = _Producer(source or dataset, packer, self._chunk, ring, cache,
                                    ahead=prefetch, batch_size=batch_size)
         self.max_seqs = max_seqs
         self._state: dict = packer.state()
@@ -690,6 +738,8 @@ class DataGenerator:
     # ------------------------------------------------------------ progress
 
     def _set_progress(self, state: dict, progress: tuple, cache: Optional[tuple] = None) -> None:
+        if self._source is not None:
+            progress = self._source.progress(state)
         epoch, fraction, epoch_done = progress
         batches = state["batches"]
         self.epoch: int = epoch
@@ -726,7 +776,9 @@ class DataGenerator:
             "max_tokens": self.max_tokens, "max_seqs": self.max_seqs,
             "truncate": self.truncate,
             "rank": self.rank, "world_size": self.world_size,
-            "dataset_len": self._packer_args["dataset_len"],
+            "dataset_len": None if self._source else self._packer_args["dataset_len"],
+            # Only with shuffle=True, so states of unshuffled runs stay as they were.
+            **({"shuffle_seed": self.seed} if self.shuffle else {}),
         }
 
     def state_dict(self) -> dict:
@@ -735,7 +787,11 @@ class DataGenerator:
         dict for ``load_state_dict``."""
         packer = dict(self._state)
         packer["held"] = list(packer["held"])
-        return {"format": _STATE_FORMAT, "version": _STATE_VERSION, **self._config(), "packer": packer}
+        out = {"format": _STATE_FORMAT, "version": _STATE_VERSION, **self._config(), "packer": packer}
+        if self._source is not None:
+            # The stream's own position and the conversations the packer holds.
+            out["source"] = self._source.state(packer)
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         """Continues exactly where ``state`` (from ``state_dict``) left off.
@@ -757,7 +813,7 @@ class DataGenerator:
             raise ValueError(f"unsupported state version {state.get('version')!r} (field 'version')")
         config = self._config()
         for key in state:
-            if key not in config and key not in ("format", "version", "packer"):
+            if key not in config and key not in ("format", "version", "packer", "source"):
                 raise ValueError(f"the state has an unknown field {key!r}")
         for key, mine in config.items():
             if key not in state:
@@ -766,6 +822,12 @@ class DataGenerator:
             if type(theirs) is not type(mine) or theirs != mine:
                 raise ValueError(
                     f"state was saved with {key}={theirs!r}, this generator has {mine!r}")
+        if (self._source is None) != ("source" not in state):
+            raise ValueError(
+                "the state was saved from a " + ("stream" if "source" in state else "map-style")
+                + " dataset, this generator reads a "
+                + ("stream" if self._source is not None else "map-style dataset")
+                + " (field 'source')")
         packer_state = state.get("packer")
         if not isinstance(packer_state, dict):
             raise ValueError("the state has no 'packer' dict (field 'packer')")
@@ -773,6 +835,8 @@ class DataGenerator:
             # Check on a scratch packer first, so a bad state changes nothing.
             scratch = _core.Packer(self._core_tok, self.mode, **self._packer_args)
             scratch.load_state(dict(packer_state))
+            if self._source is not None:
+                self._source.load(state["source"])
             self._failure = None
             packer = self._producer.packer
             packer.load_state(dict(packer_state))

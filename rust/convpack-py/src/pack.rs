@@ -15,13 +15,13 @@ use convpack_core::pack::{
 };
 use convpack_core::parallel::InTurn;
 use convpack_core::{
-    ChatTokens, Content, Conversation, ConversationError, CoreError, Message, Part, Renderer,
-    Tokenizer, Turns,
+    ChatTokens, Content, Conversation, ConversationError, CoreError, Message, Part, Rendered,
+    Renderer, Tokenizer, Turns,
 };
-use numpy::{PyArrayDyn, PyArrayMethods};
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyInt, PyList};
+use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyTuple};
 
 use crate::convert::{Arena, ConversationSpec, ExtractError};
 use crate::errors::IntoPyResult;
@@ -201,6 +201,17 @@ impl PyPacker {
                 }
                 continue;
             }
+            if let Ok(row) = item.cast::<PyTuple>() {
+                // A row rendered ahead of time (`RenderedDataset`): it enters
+                // at the packer, like a conversation the cache held.
+                slots.push(match self.rendered_row(row) {
+                    Ok(r) => Slot::Cached(Turns::from(r)),
+                    Err(e) => {
+                        Slot::Failed(ConversationError::new(None, e).with_conversation(index))
+                    }
+                });
+                continue;
+            }
             match arena.add(item) {
                 Ok(s) => {
                     specs.push(s);
@@ -211,6 +222,50 @@ impl PyPacker {
             }
         }
         Ok((slots, specs))
+    }
+
+    /// `(ids uint32, mask uint8)` arrays of a rendered row, checked against
+    /// this packer's vocabulary and `max_tokens`; the error is the rule broken.
+    fn rendered_row(&self, row: &Bound<'_, PyTuple>) -> Result<Rendered, String> {
+        if row.len() != 2 {
+            return Err(format!(
+                "a rendered row is (ids, mask), got a tuple of {}",
+                row.len()
+            ));
+        }
+        let array = |i: usize| row.get_item(i).map_err(|e| e.to_string());
+        let ids = array(0)?;
+        let ids = ids
+            .cast::<PyArray1<u32>>()
+            .map_err(|_| "rendered ids must be a uint32 numpy array".to_string())?
+            .to_vec()
+            .map_err(|e| e.to_string())?;
+        let mask = array(1)?;
+        let mask = mask
+            .cast::<PyArray1<u8>>()
+            .map_err(|_| "a rendered mask must be a uint8 numpy array".to_string())?
+            .to_vec()
+            .map_err(|e| e.to_string())?;
+        if ids.len() != mask.len() {
+            return Err(format!("{} ids but {} mask values", ids.len(), mask.len()));
+        }
+        if ids.len() > self.max_tokens {
+            return Err(format!(
+                "a rendered row of {} tokens, above max_tokens {}",
+                ids.len(),
+                self.max_tokens
+            ));
+        }
+        let vocab = self.tok.vocab_size();
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            ));
+        }
+        if mask.iter().any(|&m| m > 1) {
+            return Err("a rendered mask holds values other than 0 and 1".into());
+        }
+        Ok(Rendered { ids, mask })
     }
 
     /// Puts a chunk's conversations, in order, into the cache and the packer.
@@ -274,7 +329,8 @@ impl PyPacker {
     #[pyo3(signature = (
         tokenizer, mode, *, batch_size, seq_len, dataset_len, rank, world_size,
         overflow = "pad", buffer_size = 100, max_tokens = 2048, max_seqs = None,
-        num_threads = 0, skip_errors = false, truncate = "tail", cache_bytes = None
+        num_threads = 0, skip_errors = false, truncate = "tail", cache_bytes = None,
+        shuffle_seed = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -293,6 +349,7 @@ impl PyPacker {
         skip_errors: bool,
         truncate: &str,
         cache_bytes: Option<u64>,
+        shuffle_seed: Option<u64>,
     ) -> PyResult<Self> {
         // "keep": nanochat's best-fit, where an over-long conversation stays
         // whole in the buffer (PackConfig::keep_long).
@@ -346,7 +403,10 @@ impl PyPacker {
         };
         let order = cfg.order();
         let err = |e: CoreError| PyValueError::new_err(e.to_string());
-        let sched = Schedule::new(dataset_len, rank, world_size, order).map_err(err)?;
+        let mut sched = Schedule::new(dataset_len, rank, world_size, order).map_err(err)?;
+        if let Some(seed) = shuffle_seed {
+            sched = sched.with_shuffle(seed);
+        }
         let cache =
             cache_bytes.map(|b| RenderCache::new(dataset_len, tokenizer.inner.vocab_size(), b));
         Ok(PyPacker {

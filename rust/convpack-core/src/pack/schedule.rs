@@ -32,6 +32,10 @@ pub struct Schedule {
     pub rank: usize,
     pub world: usize,
     pub order: Order,
+    /// Per-epoch reshuffle: the `j`-th slot of epoch `e` reads conversation
+    /// `permute(seed, e, j)` instead of `j` (the same on every rank, so ranks
+    /// still cover each epoch once).
+    pub seed: Option<u64>,
 }
 
 /// Where consumption stands.
@@ -65,7 +69,14 @@ impl Schedule {
             rank,
             world,
             order,
+            seed: None,
         })
+    }
+
+    /// This schedule with each epoch in its own permutation of the dataset.
+    pub fn with_shuffle(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
     }
 
     /// Conversations this rank reads per epoch in the strided order.
@@ -76,11 +87,17 @@ impl Schedule {
     /// Dataset index of the conversation with fetch ordinal `k`.
     pub fn index(&self, k: u64) -> usize {
         let (len, rank, world) = (self.len as u64, self.rank as u64, self.world as u64);
-        let i = match self.order {
-            Order::Strided => rank + (k % self.per_rank()) * world,
-            Order::Rolling => (rank + (k % len) * world) % len,
+        let (epoch, slot) = match self.order {
+            Order::Strided => (k / self.per_rank(), rank + (k % self.per_rank()) * world),
+            Order::Rolling => {
+                let p = rank as u128 + k as u128 * world as u128;
+                ((p / len as u128) as u64, (p % len as u128) as u64)
+            }
         };
-        i as usize
+        match self.seed {
+            Some(seed) => permute(seed, epoch, slot, len) as usize,
+            None => slot as usize,
+        }
     }
 
     /// The consumption position after `consumed` conversations.
@@ -119,6 +136,40 @@ impl Schedule {
     }
 }
 
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The image of `j` under epoch `epoch`'s permutation of `0..len`: a
+/// four-round Feistel network over the smallest even number of bits that
+/// holds `len`, walked until it lands below `len` (a bijection of `0..len`,
+/// computed in O(1) expected time without a table, so a resume at any point
+/// costs nothing).
+pub fn permute(seed: u64, epoch: u64, j: u64, len: u64) -> u64 {
+    if len <= 1 {
+        return 0;
+    }
+    let bits = (64 - (len - 1).leading_zeros()).max(2).div_ceil(2) * 2;
+    let half = bits / 2;
+    let lo_mask = (1u64 << half) - 1;
+    let key = splitmix(seed ^ splitmix(epoch));
+    let mut x = j;
+    loop {
+        let (mut l, mut r) = (x >> half, x & lo_mask);
+        for round in 0..4u64 {
+            let f = splitmix(key ^ splitmix(r ^ (round << 56))) & lo_mask;
+            (l, r) = (r, l ^ f);
+        }
+        x = (l << half) | r;
+        if x < len {
+            return x;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +190,46 @@ mod tests {
                         k += 1;
                     }
                     assert_eq!(s.progress(0, k).epoch, 1);
+                }
+                assert!(
+                    seen.iter().all(|&c| c == 1),
+                    "{order:?} {len} {world}: {seen:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn permutations_are_bijections_and_differ_by_epoch() {
+        for len in [1u64, 2, 3, 10, 97, 1000] {
+            for epoch in 0..3 {
+                let mut seen = vec![false; len as usize];
+                for j in 0..len {
+                    let i = permute(7, epoch, j, len) as usize;
+                    assert!(!seen[i], "{len} {epoch}: {i} twice");
+                    seen[i] = true;
+                }
+            }
+        }
+        let e0: Vec<u64> = (0..1000).map(|j| permute(7, 0, j, 1000)).collect();
+        let e1: Vec<u64> = (0..1000).map(|j| permute(7, 1, j, 1000)).collect();
+        let s1: Vec<u64> = (0..1000).map(|j| permute(8, 0, j, 1000)).collect();
+        assert_ne!(e0, e1);
+        assert_ne!(e0, s1);
+    }
+
+    #[test]
+    fn shuffled_ranks_cover_each_epoch_once() {
+        for order in [Order::Strided, Order::Rolling] {
+            for (len, world) in [(10usize, 3usize), (7, 1), (9, 3)] {
+                let mut seen = vec![0u32; len];
+                for r in 0..world {
+                    let s = Schedule::new(len, r, world, order).unwrap().with_shuffle(3);
+                    let mut k = 0;
+                    while !s.progress(0, k).epoch_done {
+                        seen[s.index(k)] += 1;
+                        k += 1;
+                    }
                 }
                 assert!(
                     seen.iter().all(|&c| c == 1),

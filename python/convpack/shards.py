@@ -1,0 +1,317 @@
+"""Rendered shards: a dataset rendered once into Parquet files, read back
+memory-mapped by ``DataGenerator`` (no rendering, only packing).
+
+``render_shards(dataset, tokenizer, out_dir)`` writes ``out_dir``:
+
+* ``convpack-shards.json``: the key (what the rendering depends on), the
+  dataset length and rows per shard, then, once every shard is written,
+  ``"complete": true``.
+* ``shard-00000.parquet``, ...: shard ``s`` holds conversations
+  ``[s * rows_per_shard, (s + 1) * rows_per_shard)`` with the columns
+  ``index`` (uint64, the source index), ``length`` (uint32, tokens),
+  ``ids`` (list of uint16 when the vocabulary fits, else uint32) and
+  ``mask_runs`` (list of uint32: run lengths of the mask, alternating
+  0s and 1s, starting with the run of 0s).
+
+Each shard is written to a temporary name and renamed into place, so a render
+killed midway leaves only whole shards; rendering again with the same key
+writes the missing ones (the same bytes an uninterrupted render writes, since
+rendering is deterministic). Memory is bounded by one shard per process.
+
+The key is a hash of the tokenizer's saved files, the chat format,
+``max_tokens`` and the truncation; a directory rendered under another key is
+refused with a ``ValueError`` naming the fields that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Optional, Union
+
+import numpy as np
+
+__all__ = ["CHAT_FORMAT", "RenderedDataset", "render_key", "render_shards"]
+
+MANIFEST = "convpack-shards.json"
+FORMAT = "convpack.shards"
+VERSION = 1
+# The renderer's identity: a chat format (e.g. a Jinja template) adds its own
+# here, and every key that names it changes with it.
+CHAT_FORMAT = "nanochat"
+OPEN_SHARDS = 4
+
+
+def _tokenizer_hash(tokenizer: Any) -> str:
+    """sha256 over the files ``tokenizer.save`` writes (its vocabulary,
+    pattern and special tokens)."""
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save(d, nanochat_files=False)
+        for name in sorted(os.listdir(d)):
+            with open(os.path.join(d, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()
+
+
+def render_key(tokenizer: Any, max_tokens: int = 2048, truncate: str = "tail",
+               chat_format: Any = CHAT_FORMAT) -> dict:
+    """What a rendering depends on, as a dict of JSON values (``hash`` is
+    over the others). ``chat_format`` is the format's identity: a string or
+    any JSON value (e.g. a template's text and options)."""
+    key = {
+        "tokenizer": _tokenizer_hash(tokenizer),
+        "vocab_size": int(tokenizer.get_vocab_size()),
+        "chat_format": chat_format,
+        "max_tokens": int(max_tokens),
+        "truncate": truncate,
+    }
+    key["hash"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return key
+
+
+def _differs(theirs: dict, mine: dict) -> list:
+    return [k for k in mine if k != "hash" and theirs.get(k) != mine[k]]
+
+
+def _mask_runs(mask: np.ndarray) -> np.ndarray:
+    """Run lengths of a 0/1 mask, starting with the run of 0s (maybe 0 long)."""
+    if mask.size == 0:
+        return np.zeros(0, dtype=np.uint32)
+    change = np.flatnonzero(np.diff(mask)) + 1
+    bounds = np.concatenate(([0], change, [mask.size]))
+    runs = np.diff(bounds).astype(np.uint32)
+    if mask[0] == 1:
+        runs = np.concatenate(([0], runs)).astype(np.uint32)
+    return runs
+
+
+def _runs_to_mask(runs: np.ndarray) -> np.ndarray:
+    values = np.arange(runs.size, dtype=np.uint8) % 2
+    return np.repeat(values, runs.astype(np.int64))
+
+
+# Set in each worker (forked: the dataset is shared, never pickled).
+_JOB: dict = {}
+
+
+def _init_worker(job: dict) -> None:
+    _JOB.clear()
+    _JOB.update(job)
+
+
+def _render_shard(s: int) -> int:
+    """Renders shard ``s`` into place; returns its row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    job = _JOB
+    n, per, out_dir = job["n"], job["rows_per_shard"], job["out_dir"]
+    lo, hi = s * per, min(n, (s + 1) * per)
+    dataset, tok = job["dataset"], job["tokenizer"]
+    ids, mask, offsets = tok.render_conversations(
+        (dataset[i] for i in range(lo, hi)), max_tokens=job["max_tokens"],
+        num_threads=job["num_threads"])
+    id_type = pa.uint16() if job["vocab_size"] <= 2**16 else pa.uint32()
+    lengths = np.diff(offsets).astype(np.uint32)
+    runs = [_mask_runs(mask[offsets[j]:offsets[j + 1]]) for j in range(hi - lo)]
+    run_offsets = np.concatenate(([0], np.cumsum([r.size for r in runs]))).astype(np.int32)
+    table = pa.table({
+        "index": pa.array(np.arange(lo, hi, dtype=np.uint64)),
+        "length": pa.array(lengths),
+        "ids": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
+                                        pa.array(ids.astype(np.uint32)).cast(id_type)),
+        "mask_runs": pa.ListArray.from_arrays(
+            pa.array(run_offsets),
+            pa.array(np.concatenate(runs) if runs else np.zeros(0, np.uint32),
+                     type=pa.uint32())),
+    })
+    final = os.path.join(out_dir, f"shard-{s:05d}.parquet")
+    tmp = final + f".tmp-{os.getpid()}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, final)
+    return hi - lo
+
+
+def render_shards(
+    dataset: Any,
+    tokenizer: Any,
+    out_dir: Union[str, os.PathLike],
+    *,
+    max_tokens: int = 2048,
+    truncate: str = "tail",
+    rows_per_shard: int = 16384,
+    num_proc: int = 1,
+    num_threads: Optional[int] = None,
+    progress: bool = True,
+    chat_format: Any = CHAT_FORMAT,
+) -> RenderedDataset:
+    """Renders ``dataset`` (``len`` + indexing: a Task, a list, an HF
+    ``Dataset``) once into Parquet shards under ``out_dir`` and returns the
+    :class:`RenderedDataset` over them. Resumes a render that was killed
+    (whole shards are kept, the rest rendered).
+
+    Args:
+        num_proc: processes rendering shards in parallel (forked, so the
+            dataset is shared, not pickled).
+        num_threads: Rust threads per process (``None``: all, divided among
+            the processes).
+        progress: a tqdm bar over the conversations.
+
+    Raises:
+        ValueError: ``out_dir`` holds shards of another key (naming the
+            fields that differ) or of another dataset length; a bad argument;
+            ``truncate`` other than ``"tail"`` (``"turns"`` splits rows at
+            the packer's row length, which shards do not know).
+        ConversationError: a bad conversation (its index in the message).
+    """
+    if truncate != "tail":
+        raise ValueError(
+            f"shards are rendered with truncate='tail' (got {truncate!r}): 'turns' splits at the "
+            "packer's row length; render with DataGenerator(truncate='turns') on the fly instead")
+    if not isinstance(rows_per_shard, int) or rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be an int >= 1, got {rows_per_shard!r}")
+    if not isinstance(num_proc, int) or num_proc < 1:
+        raise ValueError(f"num_proc must be an int >= 1, got {num_proc!r}")
+    out_dir = os.fspath(out_dir)
+    n = len(dataset)
+    key = render_key(tokenizer, max_tokens, truncate, chat_format)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, MANIFEST)
+    manifest = {"format": FORMAT, "version": VERSION, "key": key, "num_rows": n,
+                "rows_per_shard": rows_per_shard, "complete": False}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        bad = _differs(old.get("key", {}), key)
+        if bad:
+            raise ValueError(
+                f"{out_dir} holds shards rendered with another {', '.join(bad)} "
+                f"(key {old.get('key', {}).get('hash', '?')[:12]}, this render's "
+                f"{key['hash'][:12]}); use another directory")
+        if (old.get("num_rows"), old.get("rows_per_shard")) != (n, rows_per_shard):
+            raise ValueError(
+                f"{out_dir} holds a render of {old.get('num_rows')} conversations in shards of "
+                f"{old.get('rows_per_shard')}; this one is {n} in shards of {rows_per_shard}")
+    else:
+        _write_json(path, manifest)
+    shards = -(-n // rows_per_shard)
+    todo = [s for s in range(shards)
+            if not os.path.exists(os.path.join(out_dir, f"shard-{s:05d}.parquet"))]
+    from . import _core
+
+    threads = num_threads or max(1, _core.max_threads() // num_proc)
+    job = dict(n=n, rows_per_shard=rows_per_shard, out_dir=out_dir, dataset=dataset,
+               tokenizer=tokenizer, max_tokens=max_tokens, num_threads=threads,
+               vocab_size=key["vocab_size"])
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, initial=n - sum(min(n, (s + 1) * rows_per_shard) - s * rows_per_shard
+                                            for s in todo),
+                   unit="conv", desc="rendering shards")
+    try:
+        if num_proc == 1 or len(todo) <= 1:
+            _init_worker(job)
+            for s in todo:
+                done = _render_shard(s)
+                if bar is not None:
+                    bar.update(done)
+        else:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(job,)) as pool:
+                for done in pool.map(_render_shard, todo):
+                    if bar is not None:
+                        bar.update(done)
+    finally:
+        if bar is not None:
+            bar.close()
+        _JOB.clear()
+    manifest["complete"] = True
+    _write_json(path, manifest)
+    return RenderedDataset(out_dir)
+
+
+def _write_json(path: str, value: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class RenderedDataset:
+    """Shards written by :func:`render_shards`, read memory-mapped
+    (``pyarrow.parquet.read_table(memory_map=True)``, a few shards open at a
+    time). ``dataset[i]`` is ``(ids uint32, mask uint8)``, the rendering of
+    conversation ``i``; ``DataGenerator`` packs these rows as they are.
+
+    Raises ``ValueError`` when the directory holds no finished render."""
+
+    def __init__(self, out_dir: Union[str, os.PathLike]) -> None:
+        self.out_dir = os.fspath(out_dir)
+        path = os.path.join(self.out_dir, MANIFEST)
+        try:
+            with open(path) as f:
+                manifest = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(f"{self.out_dir} holds no rendered shards ({MANIFEST})") from None
+        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+            raise ValueError(f"{path} is not a convpack shards manifest of version {VERSION}")
+        if not manifest.get("complete"):
+            raise ValueError(f"{self.out_dir}: the render is not finished; run it again to "
+                             "complete it")
+        self.key: dict = manifest["key"]
+        self.num_rows: int = manifest["num_rows"]
+        self.rows_per_shard: int = manifest["rows_per_shard"]
+        self._open: OrderedDict = OrderedDict()
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def _shard(self, s: int) -> tuple:
+        if s in self._open:
+            self._open.move_to_end(s)
+            return self._open[s]
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(os.path.join(self.out_dir, f"shard-{s:05d}.parquet"),
+                              memory_map=True)
+        ids = table.column("ids").combine_chunks()
+        runs = table.column("mask_runs").combine_chunks()
+        entry = (ids.offsets.to_numpy(), ids.values.to_numpy().astype(np.uint32),
+                 runs.offsets.to_numpy(), runs.values.to_numpy())
+        self._open[s] = entry
+        if len(self._open) > OPEN_SHARDS:
+            self._open.popitem(last=False)
+        return entry
+
+    def __getitem__(self, i: int) -> tuple:
+        if not isinstance(i, (int, np.integer)) or not 0 <= i < self.num_rows:
+            raise IndexError(f"row {i!r} of {self.num_rows}")
+        s, j = divmod(int(i), self.rows_per_shard)
+        offsets, ids, run_offsets, runs = self._shard(s)
+        row = ids[offsets[j]:offsets[j + 1]]
+        mask = _runs_to_mask(runs[run_offsets[j]:run_offsets[j + 1]])
+        return row, mask
+
+    def check(self, tokenizer: Any, max_tokens: int, truncate: str,
+              chat_format: Any = CHAT_FORMAT) -> None:
+        """``ValueError`` naming what differs when these shards were not
+        rendered with this tokenizer, chat format, ``max_tokens`` and
+        ``truncate``."""
+        mine = render_key(tokenizer, max_tokens, truncate, chat_format)
+        bad = _differs(self.key, mine)
+        if bad:
+            raise ValueError(
+                f"the shards in {self.out_dir} were rendered with another {', '.join(bad)} "
+                f"than this generator's (" + ", ".join(
+                    f"{k}: {self.key.get(k)!r} vs {mine[k]!r}" for k in bad if k != "tokenizer")
+                + ")")

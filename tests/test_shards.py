@@ -1,0 +1,150 @@
+"""Rendered shards: batches from shards equal batches rendered on the fly in
+every mode; a render killed midway (SIGKILL) and run again writes the same
+shards; a directory of another key is refused naming what differs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from test_datagen import make_dataset
+
+pytest.importorskip("pyarrow")
+
+from convpack import RenderedDataset, Tokenizer, render_shards  # noqa: E402
+from convpack.datagen import DataGenerator  # noqa: E402
+from convpack.shards import _mask_runs, _runs_to_mask  # noqa: E402
+
+DATA = make_dataset(57, seed=11)
+MODES = {
+    "padded": dict(mode="padded", batch_size=3),
+    "stream": dict(mode="stream", batch_size=2, seq_len=16),
+    "bestfit": dict(mode="bestfit", batch_size=2, seq_len=48, buffer_size=5),
+    "varlen": dict(mode="varlen", batch_size=2, seq_len=24),
+}
+
+
+def batches(loader, n):
+    return [[np.asarray(t).copy() for t in next(loader)] for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def shards(tokenizer, tmp_path_factory):
+    return render_shards(DATA, tokenizer, tmp_path_factory.mktemp("shards"), max_tokens=200,
+                         rows_per_shard=10, progress=False)
+
+
+def test_rows_are_the_rendering(tokenizer, shards):
+    assert len(shards) == len(DATA)
+    for i, conv in enumerate(DATA):
+        ids, mask = tokenizer.render_conversation(conv, max_tokens=200)
+        got_ids, got_mask = shards[i]
+        assert got_ids.tolist() == list(ids) and got_mask.tolist() == list(mask)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("world", [1, 2])
+def test_batches_equal_on_the_fly(tokenizer, shards, mode, world):
+    for rank in range(world):
+        kw = dict(MODES[mode], output="numpy", max_tokens=200, rank=rank, world_size=world)
+        a = batches(DataGenerator(shards, tokenizer, **kw), 40)
+        b = batches(DataGenerator(DATA, tokenizer, **kw), 40)
+        for x, y in zip(a, b):
+            for u, v in zip(x, y):
+                np.testing.assert_array_equal(u, v)
+
+
+def test_mask_runs_round_trip():
+    rng = np.random.default_rng(0)
+    for n in [0, 1, 2, 7, 100]:
+        for p in [0.0, 0.5, 1.0]:
+            mask = (rng.random(n) < p).astype(np.uint8)
+            runs = _mask_runs(mask)
+            assert runs.sum() == n
+            np.testing.assert_array_equal(_runs_to_mask(runs), mask)
+
+
+def test_other_key_is_refused(tokenizer, shards, tmp_path):
+    with pytest.raises(ValueError, match="max_tokens"):
+        DataGenerator(shards, tokenizer, batch_size=2, seq_len=16, output="numpy")
+    with pytest.raises(ValueError, match="max_tokens"):
+        render_shards(DATA, tokenizer, shards.out_dir, max_tokens=100, rows_per_shard=10,
+                      progress=False)
+    other = Tokenizer.train_from_iterator(["the cat sat on the mat"] * 50, vocab_size=270)
+    with pytest.raises(ValueError, match="tokenizer"):
+        DataGenerator(shards, other, batch_size=2, seq_len=16, output="numpy", max_tokens=200)
+    with pytest.raises(ValueError, match="no rendered shards"):
+        RenderedDataset(tmp_path)
+
+
+KILLED_RENDER = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from test_datagen import make_dataset
+    import convpack
+
+    class Killing(list):
+        def __getitem__(self, i):
+            if i == {kill_at}:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return list.__getitem__(self, i)
+
+    tok = convpack.Tokenizer.from_directory({tokdir!r})
+    convpack.render_shards(Killing(make_dataset(57, seed=11)), tok, {out!r}, max_tokens=200,
+                           rows_per_shard=10, num_proc={num_proc}, progress=False)
+""")
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_killed_render_resumes_to_the_same_shards(tokenizer, shards, tmp_path, num_proc):
+    tokdir = tmp_path / "tok"
+    tokenizer.save(tokdir)
+    out = tmp_path / "out"
+    script = KILLED_RENDER.format(tests=os.path.dirname(__file__), kill_at=34, tokdir=str(tokdir),
+                                  out=str(out), num_proc=num_proc)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert proc.returncode != 0
+    with pytest.raises(ValueError, match="not finished"):
+        RenderedDataset(out)
+    written = sorted(f for f in os.listdir(out) if f.endswith(".parquet"))
+    assert len(written) < 6
+    again = render_shards(DATA, Tokenizer.from_directory(tokdir), out, max_tokens=200,
+                          rows_per_shard=10, progress=False)
+    names = sorted(f for f in os.listdir(out) if f.startswith("shard-"))
+    assert names == sorted(f for f in os.listdir(shards.out_dir) if f.startswith("shard-"))
+    for name in names:
+        with open(out / name, "rb") as f, open(os.path.join(shards.out_dir, name), "rb") as g:
+            assert f.read() == g.read(), name
+    assert [again[i][0].tolist() for i in range(len(DATA))] == \
+        [shards[i][0].tolist() for i in range(len(DATA))]
+
+
+def test_two_processes_write_the_same_shards(tokenizer, shards, tmp_path):
+    two = render_shards(DATA, tokenizer, tmp_path, max_tokens=200, rows_per_shard=10,
+                        num_proc=2, progress=False)
+    for name in sorted(f for f in os.listdir(tmp_path) if f.startswith("shard-")):
+        with open(tmp_path / name, "rb") as f, open(os.path.join(shards.out_dir, name), "rb") as g:
+            assert f.read() == g.read(), name
+    assert len(two) == len(DATA)
+
+
+def test_render_command(tokenizer, tmp_path):
+    from convpack.cli import main
+
+    tokdir = tmp_path / "tok"
+    tokenizer.save(tokdir)
+    out = tmp_path / "out"
+    assert main(["render", "spellingbee:size=40", str(out), "--tokenizer", str(tokdir),
+                 "--max-tokens", "300", "--rows-per-shard", "16"]) == 0
+    rendered = RenderedDataset(out)
+    from tasks.spellingbee import SpellingBee
+
+    task = SpellingBee(size=40)
+    assert len(rendered) == 40
+    for i in (0, 17, 39):
+        ids, mask = tokenizer.render_conversation(task[i], max_tokens=300)
+        assert rendered[i][0].tolist() == list(ids) and rendered[i][1].tolist() == list(mask)
