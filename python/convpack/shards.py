@@ -199,6 +199,11 @@ def render_shards(
                 f"{old.get('rows_per_shard')}; this one is {n} in shards of {rows_per_shard}")
     else:
         _write_json(path, manifest)
+    # A render killed midway leaves at most one half-written temporary file
+    # per process; the shards themselves only ever appear whole (renamed).
+    for name in os.listdir(out_dir):
+        if name.startswith("shard-") and ".parquet.tmp-" in name:
+            os.unlink(os.path.join(out_dir, name))
     shards = -(-n // rows_per_shard)
     todo = [s for s in range(shards)
             if not os.path.exists(os.path.join(out_dir, f"shard-{s:05d}.parquet"))]
