@@ -6,7 +6,8 @@ fill batches for PyTorch.
 """
 
 from . import _core
-from .errors import ConversationError, UnknownSpecialTokenError, VocabularyError
+from .chat_format import NANOCHAT, ChatTemplate
+from .errors import ConversationError, TemplateError, UnknownSpecialTokenError, VocabularyError
 from .tokenizer import CHAT_SPECIAL_TOKENS, CL100K_PATTERN, SPLIT_PATTERN, Tokenizer
 
 __version__: str = _core.__version__
@@ -24,11 +25,14 @@ def __getattr__(name: str):
 
 __all__ = [
     "CHAT_SPECIAL_TOKENS",
+    "ChatTemplate",
     "CL100K_PATTERN",
     "ConversationError",
     "DataGenerator",
+    "NANOCHAT",
     "NoSupervisedTokensWarning",
     "SPLIT_PATTERN",
+    "TemplateError",
     "Tokenizer",
     "UnknownSpecialTokenError",
     "VocabularyError",

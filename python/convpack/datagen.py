@@ -53,6 +53,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import _core
+from .chat_format import resolve_chat_format
 
 __all__ = [
     "DataGenerator",
@@ -415,6 +416,10 @@ class DataGenerator:
             or ``"skip"`` (dropped and counted in ``skipped``).
         max_seqs: ``varlen`` only: segments per batch (``cu_seqlens`` has
             ``max_seqs + 1`` entries).
+        chat_format: as for ``Tokenizer.render_conversation`` (``None``: the
+            tokenizer's ``chat_template`` if it has one, else nanochat's
+            format). With a template, rows are padded with its
+            ``bos_token`` (else ``eos_token``) id.
 
     Yields (iterating never ends; stop on ``last_step``), per mode:
 
@@ -487,6 +492,7 @@ class DataGenerator:
         num_threads: Optional[int] = None,
         on_error: str = "raise",
         max_seqs: Optional[int] = None,
+        chat_format: Any = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -536,6 +542,7 @@ class DataGenerator:
             max_seqs = None
         rank, world_size = resolve_distributed(rank, world_size)
         core_tok = _core_tokenizer(tokenizer)
+        template = resolve_chat_format(tokenizer, chat_format)
         self.device = _resolve_device(device, output)
         # Memory taken before the first batch: the batches in flight (ring
         # slots or queued batches) and the best-fit buffer at its longest.
@@ -570,8 +577,10 @@ class DataGenerator:
             world_size=world_size, overflow=overflow, buffer_size=buffer_size,
             max_tokens=max_tokens, max_seqs=max_seqs,
             num_threads=num_threads or 0, skip_errors=on_error == "skip", truncate=truncate,
+            chat_format=None if template is None else template._core,
         )
         self.cache = cache
+        self.chat_format = template
         self._core_tok = core_tok
         try:
             packer = _core.Packer(core_tok, mode, **self._packer_args,

@@ -498,6 +498,14 @@ impl ChatTemplate {
         &self.name
     }
 
+    /// A string variable the template gets (`bos_token`, ...).
+    pub fn variable(&self, name: &str) -> Option<&str> {
+        self.globals
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_str())
+    }
+
     /// Whether the template marks assistant text with `{% generation %}`.
     pub fn has_generation_markers(&self) -> bool {
         self.generation
