@@ -317,17 +317,18 @@ def test_render_conversations_in_batch_equals_one_by_one(twins):
 def test_default_format_is_the_tokenizers_chat_template(twins):
     ours, hf_path = twins
 
-    class WithTemplate:
-        # What Tokenizer.from_hf gives: the directory's template and tokens.
-        def __init__(self, tok):
-            self._core = tok._core
-            self.chat_template = LLAMA3
-            self.special_token_roles = {"bos_token": "<|begin_of_text|>"}
-
-    wrapped = WithTemplate(ours)
+    # What Tokenizer.from_hf gives: the directory's template and tokens.
+    wrapped = convpack.Tokenizer(ours._core)
+    wrapped.chat_template = LLAMA3
+    wrapped.special_token_roles = {"bos_token": "<|begin_of_text|>"}
     hf = tf.hf_fast(hf_path, LLAMA3, bos_token="<|begin_of_text|>")
-    got = convpack.Tokenizer.render_conversation(wrapped, {"messages": CONVS[0]})
+    got = wrapped.render_conversation({"messages": CONVS[0]})
     assert got[0] == hf_ids(hf, CONVS[0])
+    # Asked for explicitly, nanochat's format needs nanochat's tokens.
+    with pytest.raises(ValueError, match="<\\|bos\\|>"):
+        wrapped.render_conversation({"messages": CONVS[0]}, chat_format=convpack.NANOCHAT)
+    with pytest.raises(ValueError, match="<\\|bos\\|>"):
+        ours.render_conversation({"messages": CONVS[0]})
 
 
 text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\ue000\ue001\ue010\ue011"),
@@ -390,5 +391,9 @@ def test_datagenerator_over_a_templated_mixture(twins, mode, truncate):
         assert inputs.shape[0] == 2
         seen |= {int(t) for t in targets.ravel() if t >= 0}
     if mode != "stream":
-        assert seen and seen <= supervised
+        assert seen
+    if mode != "stream" and truncate == "tail":
+        # (A piece of a split conversation may keep a <think> block the
+        # whole one strips, so this holds for whole conversations only.)
+        assert seen <= supervised
     gen.close()

@@ -425,7 +425,22 @@ fn template_env(source: &str) -> Result<(Environment<'static>, bool), Error> {
             .lstrip_blocks(true)
             .build()?,
     );
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_unknown_method_callback(|state, value, method, args| {
+        // Python's whitespace (str.isspace) is Rust's plus U+001C..U+001F.
+        if let (Some(s), [], "strip" | "lstrip" | "rstrip") = (value.as_str(), args, method) {
+            let out = match method {
+                "strip" => s.trim_matches(python_space),
+                "lstrip" => s.trim_start_matches(python_space),
+                _ => s.trim_end_matches(python_space),
+            };
+            return Ok(Value::from(out));
+        }
+        minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+    });
+    env.add_filter("trim", |s: String, chars: Option<String>| match chars {
+        Some(c) => s.trim_matches(|x| c.contains(x)).to_string(),
+        None => s.trim_matches(python_space).to_string(),
+    });
     env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
         Err(Error::new(ErrorKind::InvalidOperation, msg))
     });
@@ -454,6 +469,11 @@ fn template_env(source: &str) -> Result<(Environment<'static>, bool), Error> {
     env.add_filter("__convpack_gen_close", |_: Value| GEN_CLOSE.to_string());
     env.add_template_owned(TEMPLATE_NAME, source)?;
     Ok((env, generation))
+}
+
+/// Python's `str.isspace` for one character.
+fn python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
 /// `e` and its causes, in one line.
