@@ -9,13 +9,12 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+import template_fixtures as tf  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import convpack  # noqa: E402
 from convpack import ChatTemplate, TemplateError  # noqa: E402
-
-import template_fixtures as tf  # noqa: E402
 
 # ChatML as Qwen writes it: earlier assistant turns lose their <think> block.
 QWEN = (
