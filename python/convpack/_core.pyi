@@ -11,6 +11,7 @@ __all__ = [
     "CHAT_SPECIAL_TOKENS",
     "CL100K_PATTERN",
     "CL100K_TIKTOKEN_PATTERN",
+    "ChatTemplate",
     "CoreTokenizer",
     "MAX_VOCAB_SIZE",
     "Packer",
