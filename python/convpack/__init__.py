@@ -6,7 +6,8 @@ fill batches for PyTorch.
 """
 
 from . import _core
-from .errors import ConversationError, UnknownSpecialTokenError, VocabularyError
+from .chat_format import NANOCHAT, ChatTemplate
+from .errors import ConversationError, TemplateError, UnknownSpecialTokenError, VocabularyError
 from .sources import SourceResumeError
 from .tokenizer import CHAT_SPECIAL_TOKENS, CL100K_PATTERN, SPLIT_PATTERN, Tokenizer
 
@@ -29,13 +30,16 @@ def __getattr__(name: str):
 
 __all__ = [
     "CHAT_SPECIAL_TOKENS",
+    "ChatTemplate",
     "CL100K_PATTERN",
     "ConversationError",
     "DataGenerator",
+    "NANOCHAT",
     "NoSupervisedTokensWarning",
     "RenderedDataset",
     "SPLIT_PATTERN",
     "SourceResumeError",
+    "TemplateError",
     "Tokenizer",
     "UnknownSpecialTokenError",
     "VocabularyError",

@@ -11,6 +11,7 @@ __all__ = [
     "CHAT_SPECIAL_TOKENS",
     "CL100K_PATTERN",
     "CL100K_TIKTOKEN_PATTERN",
+    "ChatTemplate",
     "CoreTokenizer",
     "MAX_VOCAB_SIZE",
     "Packer",
@@ -63,11 +64,37 @@ class CoreTokenizer:
     def token_bytes(self, id: int) -> bytes: ...
     def check_id(self, id: int, what: str) -> int: ...
     def token_id(self, bytes: bytes) -> Optional[int]: ...
-    def render_conversation(self, conversation: Any, max_tokens: int) -> tuple[list[int], list[int]]: ...
-    def render_for_completion(self, conversation: Any, max_tokens: int) -> list[int]: ...
+    def render_conversation(
+        self, conversation: Any, max_tokens: int, chat_format: Optional[ChatTemplate] = None
+    ) -> tuple[list[int], list[int]]: ...
+    def render_for_completion(
+        self, conversation: Any, max_tokens: int, chat_format: Optional[ChatTemplate] = None
+    ) -> list[int]: ...
     def render_conversations(
-        self, conversations: Iterable[Any], max_tokens: int, num_threads: int
+        self,
+        conversations: Iterable[Any],
+        max_tokens: int,
+        num_threads: int,
+        chat_format: Optional[ChatTemplate] = None,
     ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint8], npt.NDArray[np.int64]]: ...
+
+@final
+class ChatTemplate:
+    def __new__(
+        cls,
+        source: str,
+        *,
+        name: str,
+        variables: dict[str, Any],
+        train_on: str = "all",
+        end_of_turn: bool = True,
+    ) -> ChatTemplate: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def has_generation_markers(self) -> bool: ...
 
 @final
 class BpeTrainer:
@@ -98,6 +125,7 @@ class Packer:
         truncate: str = "tail",
         cache_bytes: Optional[int] = None,
         shuffle_seed: Optional[int] = None,
+        chat_format: Optional[ChatTemplate] = None,
     ) -> Packer: ...
     def plan(self) -> int: ...
     def wanted(self, n: int) -> list[int]: ...

@@ -55,6 +55,7 @@ import numpy as np
 from . import _core
 from .shards import RenderedDataset
 from .sources import STREAM_LEN, StreamSource, is_stream
+from .chat_format import format_identity, resolve_chat_format
 
 __all__ = [
     "DataGenerator",
@@ -450,6 +451,10 @@ class DataGenerator:
             are shuffled at their source.
         dataset: also an iterable without ``len`` (a stream: see
             ``convpack.sources``) or a ``convpack.RenderedDataset``.
+        chat_format: as for ``Tokenizer.render_conversation`` (``None``: the
+            tokenizer's ``chat_template`` if it has one, else nanochat's
+            format). With a template, rows are padded with its
+            ``bos_token`` (else ``eos_token``) id.
 
     Yields (iterating never ends; stop on ``last_step``), per mode:
 
@@ -524,6 +529,7 @@ class DataGenerator:
         max_seqs: Optional[int] = None,
         shuffle: bool = False,
         seed: int = 0,
+        chat_format: Any = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -593,10 +599,11 @@ class DataGenerator:
         else:
             max_seqs = None
         core_tok = _core_tokenizer(tokenizer)
+        template = resolve_chat_format(tokenizer, chat_format)
         if isinstance(dataset, RenderedDataset):
             # Rows rendered ahead enter at the packer: they must be what this
             # generator would render.
-            dataset.check(tokenizer, max_tokens, truncate)
+            dataset.check(tokenizer, max_tokens, truncate, format_identity(template))
         self.device = _resolve_device(device, output)
         # Memory taken before the first batch: the batches in flight (ring
         # slots or queued batches) and the best-fit buffer at its longest.
@@ -633,11 +640,13 @@ class DataGenerator:
             overflow=overflow, buffer_size=buffer_size,
             max_tokens=max_tokens, max_seqs=max_seqs,
             num_threads=num_threads or 0, skip_errors=on_error == "skip", truncate=truncate,
+            chat_format=None if template is None else template._core,
         )
         if shuffle:
             self._packer_args["shuffle_seed"] = seed
         self.shuffle, self.seed = shuffle, seed
         self.cache = cache
+        self.chat_format = template
         self._core_tok = core_tok
         try:
             packer = _core.Packer(core_tok, mode, **self._packer_args,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["ConversationError", "UnknownSpecialTokenError", "VocabularyError"]
+__all__ = ["ConversationError", "TemplateError", "UnknownSpecialTokenError", "VocabularyError"]
 
 
 class ConversationError(ValueError):
@@ -38,6 +38,33 @@ class ConversationError(ValueError):
         return (
             type(self),
             (str(self), self.conversation_index, self.message_index, self.reason),
+        )
+
+
+class TemplateError(ConversationError):
+    """A chat template cannot render a conversation, or convpack cannot tell
+    which of its output an assistant message produced (so no mask is made).
+
+    Attributes:
+        template: the template's name.
+        (and those of :class:`ConversationError`)
+    """
+
+    def __init__(
+        self,
+        message: str,
+        conversation_index: Optional[int] = None,
+        message_index: Optional[int] = None,
+        reason: Optional[str] = None,
+        template: str = "",
+    ) -> None:
+        super().__init__(message, conversation_index, message_index, reason)
+        self.template = template
+
+    def __reduce__(self):
+        return (
+            type(self),
+            (str(self), self.conversation_index, self.message_index, self.reason, self.template),
         )
 
 

@@ -115,7 +115,7 @@ def _render_shard(s: int) -> int:
     dataset, tok = job["dataset"], job["tokenizer"]
     ids, mask, offsets = tok.render_conversations(
         (dataset[i] for i in range(lo, hi)), max_tokens=job["max_tokens"],
-        num_threads=job["num_threads"])
+        num_threads=job["num_threads"], chat_format=job["chat_format"])
     id_type = pa.uint16() if job["vocab_size"] <= 2**16 else pa.uint32()
     lengths = np.diff(offsets).astype(np.uint32)
     runs = [_mask_runs(mask[offsets[j]:offsets[j + 1]]) for j in range(hi - lo)]
@@ -148,7 +148,7 @@ def render_shards(
     num_proc: int = 1,
     num_threads: Optional[int] = None,
     progress: bool = True,
-    chat_format: Any = CHAT_FORMAT,
+    chat_format: Any = None,
 ) -> RenderedDataset:
     """Renders ``dataset`` (``len`` + indexing: a Task, a list, an HF
     ``Dataset``) once into Parquet shards under ``out_dir`` and returns the
@@ -179,7 +179,10 @@ def render_shards(
         raise ValueError(f"num_proc must be an int >= 1, got {num_proc!r}")
     out_dir = os.fspath(out_dir)
     n = len(dataset)
-    key = render_key(tokenizer, max_tokens, truncate, chat_format)
+    from .chat_format import NANOCHAT, format_identity, resolve_chat_format
+
+    template = resolve_chat_format(tokenizer, chat_format)
+    key = render_key(tokenizer, max_tokens, truncate, format_identity(template))
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, MANIFEST)
     manifest = {"format": FORMAT, "version": VERSION, "key": key, "num_rows": n,
@@ -212,7 +215,8 @@ def render_shards(
     threads = num_threads or max(1, _core.max_threads() // num_proc)
     job = dict(n=n, rows_per_shard=rows_per_shard, out_dir=out_dir, dataset=dataset,
                tokenizer=tokenizer, max_tokens=max_tokens, num_threads=threads,
-               vocab_size=key["vocab_size"])
+               vocab_size=key["vocab_size"],
+               chat_format=NANOCHAT if template is None else template)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -21,6 +21,7 @@ from ._encodings import (
     search_paths,
 )
 from ._pickle import load_encoding_state, read_regular_file, short_repr
+from .chat_format import ChatFormat, resolve_chat_format
 from .errors import UnknownSpecialTokenError, VocabularyError
 from .interop import nanochat_pickle_replaced, write_nanochat_files
 
@@ -642,29 +643,43 @@ class Tokenizer:
 
     # ------------------------------------------------------------- rendering
 
-    def render_conversation(self, conversation: Conversation, max_tokens: int = 2048) -> tuple:
+    def _template_core(self, chat_format: ChatFormat) -> Any:
+        t = resolve_chat_format(self, chat_format)
+        return None if t is None else t._core
+
+    def render_conversation(self, conversation: Conversation, max_tokens: int = 2048,
+                            *, chat_format: ChatFormat = None) -> tuple:
         """``(ids, mask)`` lists for one conversation (see SPEC's table).
 
         Args:
             conversation: ``{"messages": [...]}``.
             max_tokens: the result is truncated to this many tokens.
+            chat_format: ``convpack.NANOCHAT``, a ``convpack.ChatTemplate``
+                or a template str; ``None``: the tokenizer's
+                ``chat_template`` when it has one, else nanochat's format.
 
         Returns:
             ``(ids, mask)``, two lists of ints of equal length.
 
         Raises:
-            ConversationError: naming the message and the rule broken.
+            ConversationError: naming the message and the rule broken
+                (``TemplateError`` when a template cannot render it or its
+                assistant spans cannot be told).
             TypeError, ValueError: ``max_tokens`` is not an int >= 1.
         """
-        return self._core.render_conversation(conversation, _max_tokens(max_tokens))
+        return self._core.render_conversation(
+            conversation, _max_tokens(max_tokens), self._template_core(chat_format))
 
-    def render_for_completion(self, conversation: Conversation, max_tokens: int = 2048) -> list:
+    def render_for_completion(self, conversation: Conversation, max_tokens: int = 2048,
+                              *, chat_format: ChatFormat = None) -> list:
         """Ids of the conversation without its final assistant message, then
-        ``<|assistant_start|>``: the prompt for generating that message.
+        ``<|assistant_start|>``: the prompt for generating that message (with
+        a template: rendered with ``add_generation_prompt=True``).
 
         Args:
             conversation: ``{"messages": [...]}`` ending with an assistant message.
             max_tokens: the result is truncated to this many tokens.
+            chat_format: as for :meth:`render_conversation`.
 
         Returns:
             A list of ids.
@@ -673,13 +688,16 @@ class Tokenizer:
             ConversationError: naming the message and the rule broken.
             TypeError, ValueError: ``max_tokens`` is not an int >= 1.
         """
-        return self._core.render_for_completion(conversation, _max_tokens(max_tokens))
+        return self._core.render_for_completion(
+            conversation, _max_tokens(max_tokens), self._template_core(chat_format))
 
     def render_conversations(
         self,
         conversations: Iterable[Conversation],
         max_tokens: int = 2048,
         num_threads: Optional[int] = None,
+        *,
+        chat_format: ChatFormat = None,
     ) -> tuple:
         """Renders many conversations on Rust threads with the GIL released.
 
@@ -688,6 +706,7 @@ class Tokenizer:
                 only the output is held in memory).
             max_tokens: each conversation is truncated to this many tokens.
             num_threads: Rust threads (``None``: all).
+            chat_format: as for :meth:`render_conversation`.
 
         Returns:
             ``(ids, mask, offsets)`` numpy arrays: conversation ``i`` is
@@ -701,7 +720,8 @@ class Tokenizer:
             TypeError, ValueError: a bad ``max_tokens`` or ``num_threads``.
         """
         return self._core.render_conversations(
-            conversations, _max_tokens(max_tokens), _threads(num_threads)
+            conversations, _max_tokens(max_tokens), _threads(num_threads),
+            self._template_core(chat_format),
         )
 
     def visualize_tokenization(self, ids: Sequence[int], mask: Sequence[int], with_token_id: bool = False) -> str:

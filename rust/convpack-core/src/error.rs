@@ -12,6 +12,8 @@ pub struct ConversationError {
     pub message_index: Option<usize>,
     /// The rule that was broken, in words.
     pub reason: String,
+    /// The chat template that could not render it, when one was used.
+    pub template: Option<String>,
 }
 
 impl ConversationError {
@@ -20,6 +22,7 @@ impl ConversationError {
             conversation_index: None,
             message_index,
             reason: reason.into(),
+            template: None,
         }
     }
 
@@ -36,6 +39,10 @@ impl ConversationError {
 impl fmt::Display for ConversationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut sep = "";
+        if let Some(t) = &self.template {
+            write!(f, "chat template {t}")?;
+            sep = ", ";
+        }
         if let Some(c) = self.conversation_index {
             write!(f, "conversation {c}")?;
             sep = ", ";

@@ -5,7 +5,8 @@
 //! * [`train`]: learning a BPE vocabulary from text;
 //! * [`vocab`]: `.tiktoken` rank files;
 //! * [`conversation`]: the conversation format and its validation;
-//! * [`render`]: conversations to token ids with a loss mask;
+//! * [`render`]: conversations to token ids with a loss mask (nanochat's format);
+//! * [`template`]: the same through a Jinja chat template;
 //! * [`pack`]: packing rendered conversations into training batches.
 
 pub mod bpe;
@@ -15,11 +16,14 @@ pub mod pack;
 pub mod parallel;
 pub mod pretokenize;
 pub mod render;
+pub mod template;
 pub mod train;
 pub mod vocab;
 
 pub use bpe::{Rank, Tokenizer, CHAT_SPECIAL_TOKENS, MAX_VOCAB_SIZE};
 pub use conversation::{Content, Conversation, Message, Part, PartKind, Role};
 pub use error::{ConversationError, CoreError};
+pub use minijinja::Value as TemplateValue;
 pub use pretokenize::{Splitter, CL100K_PATTERN, CL100K_TIKTOKEN_PATTERN, SPLIT_PATTERN};
 pub use render::{ChatTokens, Rendered, Renderer, Turns};
+pub use template::{ChatTemplate, MaskPolicy, TemplateConversation, TemplateMessage, TrainOn};

@@ -10,6 +10,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
 static CONVERSATION_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static TEMPLATE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static VOCABULARY_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 fn error_type(
@@ -26,13 +27,25 @@ fn error_type(
 
 pub fn conversation_error(py: Python<'_>, e: &ConversationError) -> PyErr {
     let build = || -> PyResult<PyErr> {
-        let cls = error_type(py, &CONVERSATION_ERROR, "ConversationError")?;
-        let exc = cls.bind(py).call1((
-            e.to_string(),
-            e.conversation_index,
-            e.message_index,
-            e.reason.clone(),
-        ))?;
+        let exc = match &e.template {
+            Some(t) => error_type(py, &TEMPLATE_ERROR, "TemplateError")?
+                .bind(py)
+                .call1((
+                    e.to_string(),
+                    e.conversation_index,
+                    e.message_index,
+                    e.reason.clone(),
+                    t.clone(),
+                ))?,
+            None => error_type(py, &CONVERSATION_ERROR, "ConversationError")?
+                .bind(py)
+                .call1((
+                    e.to_string(),
+                    e.conversation_index,
+                    e.message_index,
+                    e.reason.clone(),
+                ))?,
+        };
         Ok(PyErr::from_value(exc))
     };
     build().unwrap_or_else(|err| err)

@@ -5,6 +5,7 @@
 mod convert;
 mod errors;
 mod pack;
+mod template;
 
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -22,6 +23,7 @@ use rustc_hash::FxHashMap;
 
 use crate::convert::{Arena, ExtractError};
 use crate::errors::{conversation_error, panic_error, IntoPyResult};
+use crate::template::PyChatTemplate;
 
 fn py_int(py: Python<'_>, i: Rank) -> Bound<'_, PyAny> {
     let Ok(o) = i.into_pyobject(py);
@@ -451,13 +453,24 @@ impl PyTokenizer {
         self.inner.token_id(bytes)
     }
 
-    /// `(ids, mask)` as lists, like nanochat's `render_conversation`.
+    /// `(ids, mask)` as lists, like nanochat's `render_conversation`; with
+    /// `chat_format`, rendered by that chat template.
+    #[pyo3(signature = (conversation, max_tokens, chat_format = None))]
     fn render_conversation<'py>(
         &self,
         py: Python<'py>,
         conversation: Bound<'py, PyAny>,
         max_tokens: usize,
+        chat_format: Option<PyRef<'py, PyChatTemplate>>,
     ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        if let Some(t) = chat_format {
+            let conv = template::extract(&conversation).map_err(|e| extract_error(py, e, None))?;
+            let (tmpl, tok) = (&t.inner, &self.inner);
+            let r =
+                detached(py, "rendering", || tmpl.render(tok, &conv, max_tokens))?.py_err(py)?;
+            let mask: Vec<Rank> = r.mask.into_iter().map(Rank::from).collect();
+            return Ok((self.id_list(py, &r.ids)?, self.id_list(py, &mask)?));
+        }
         let renderer = self.renderer()?;
         let mut arena = Arena::default();
         let spec = arena
@@ -473,12 +486,22 @@ impl PyTokenizer {
         Ok((self.id_list(py, &r.ids)?, self.id_list(py, &mask)?))
     }
 
+    #[pyo3(signature = (conversation, max_tokens, chat_format = None))]
     fn render_for_completion(
         &self,
         py: Python<'_>,
         conversation: Bound<'_, PyAny>,
         max_tokens: usize,
+        chat_format: Option<PyRef<'_, PyChatTemplate>>,
     ) -> PyResult<Vec<Rank>> {
+        if let Some(t) = chat_format {
+            let conv = template::extract(&conversation).map_err(|e| extract_error(py, e, None))?;
+            let (tmpl, tok) = (&t.inner, &self.inner);
+            return detached(py, "rendering", || {
+                tmpl.render_for_completion(tok, &conv, max_tokens)
+            })?
+            .py_err(py);
+        }
         let renderer = self.renderer()?;
         let mut arena = Arena::default();
         let spec = arena
@@ -500,18 +523,24 @@ impl PyTokenizer {
     /// endless iterator costs only the output, which grows fallibly: running
     /// out of memory raises `MemoryError`.
     #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (conversations, max_tokens, num_threads, chat_format = None))]
     fn render_conversations<'py>(
         &self,
         py: Python<'py>,
         conversations: Bound<'py, PyAny>,
         max_tokens: usize,
         num_threads: usize,
+        chat_format: Option<PyRef<'py, PyChatTemplate>>,
     ) -> PyResult<(
         Bound<'py, PyArray1<Rank>>,
         Bound<'py, PyArray1<u8>>,
         Bound<'py, PyArray1<i64>>,
     )> {
-        let renderer = self.renderer()?;
+        let template = chat_format.map(|t| Arc::clone(&t.inner));
+        let renderer = match &template {
+            Some(_) => None,
+            None => Some(self.renderer()?),
+        };
         let mut ids: Vec<Rank> = Vec::new();
         let mut mask: Vec<u8> = Vec::new();
         let mut offsets: Vec<i64> = vec![0];
@@ -520,12 +549,14 @@ impl PyTokenizer {
         loop {
             let mut arena = Arena::default();
             let mut specs = Vec::new();
+            let mut rich = Vec::new();
             // An error met while extracting; raised only after the
             // conversations before it rendered cleanly, so the error always
             // names the first bad conversation.
             let mut pending: Option<PyErr> = None;
             let mut exhausted = false;
-            while specs.len() < RENDER_CHUNK {
+            while specs.len() + rich.len() < RENDER_CHUNK {
+                let at = base + specs.len() + rich.len();
                 match iter.next() {
                     None => {
                         exhausted = true;
@@ -535,20 +566,29 @@ impl PyTokenizer {
                         pending = Some(e);
                         break;
                     }
-                    Some(Ok(c)) => match arena.add(&c) {
-                        Ok(spec) => specs.push(spec),
-                        Err(e) => {
-                            pending = Some(extract_error(py, e, Some(base + specs.len())));
+                    Some(Ok(c)) => {
+                        let r = match template {
+                            Some(_) => template::extract(&c).map(|t| rich.push(t)),
+                            None => arena.add(&c).map(|spec| specs.push(spec)),
+                        };
+                        if let Err(e) = r {
+                            pending = Some(extract_error(py, e, Some(at)));
                             break;
                         }
-                    },
+                    }
                 }
             }
             let convs: Vec<Conversation<Cow<'_, str>>> =
                 specs.iter().map(|s| arena.view(s)).collect();
-            let results = detached(py, "rendering", || {
-                renderer.render_batch(&convs, max_tokens, num_threads)
+            let tok = &self.inner;
+            let results = detached(py, "rendering", || match (&renderer, &template) {
+                (Some(r), _) => r.render_batch(&convs, max_tokens, num_threads),
+                (None, Some(t)) => convpack_core::parallel::map_chunked(&rich, num_threads, |c| {
+                    t.render(tok, c, max_tokens)
+                }),
+                (None, None) => Vec::new(),
             })?;
+            let count = convs.len() + rich.len();
             for (i, r) in results.into_iter().enumerate() {
                 let r = r.map_err(|e| e.with_conversation(base + i)).py_err(py)?;
                 ids.try_reserve(r.ids.len())
@@ -565,7 +605,7 @@ impl PyTokenizer {
             if exhausted {
                 break;
             }
-            base += convs.len();
+            base += count;
         }
         Ok((
             ids.into_pyarray(py),
@@ -662,6 +702,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyBpeTrainer>()?;
     m.add_function(wrap_pyfunction!(max_threads, m)?)?;
     pack::register(m)?;
+    template::register(m)?;
     m.add("SPLIT_PATTERN", convpack_core::SPLIT_PATTERN)?;
     m.add("CL100K_PATTERN", convpack_core::CL100K_PATTERN)?;
     m.add(

@@ -15,8 +15,8 @@ use convpack_core::pack::{
 };
 use convpack_core::parallel::InTurn;
 use convpack_core::{
-    ChatTokens, Content, Conversation, ConversationError, CoreError, Message, Part, Rendered,
-    Renderer, Tokenizer, Turns,
+    ChatTemplate, ChatTokens, Content, Conversation, ConversationError, CoreError, Message, Part,
+    Rendered, Renderer, TemplateConversation, Tokenizer, Turns,
 };
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -25,6 +25,7 @@ use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyTuple};
 
 use crate::convert::{Arena, ConversationSpec, ExtractError};
 use crate::errors::IntoPyResult;
+use crate::template::{self, PyChatTemplate};
 use crate::{detached, PyTokenizer};
 
 fn core<T>(py: Python<'_>, r: Result<T, CoreError>) -> PyResult<T> {
@@ -36,6 +37,8 @@ fn core<T>(py: Python<'_>, r: Result<T, CoreError>) -> PyResult<T> {
 pub struct PyPacker {
     inner: Packer,
     tok: Arc<Tokenizer>,
+    /// The chat template, when not nanochat's format.
+    template: Option<Arc<ChatTemplate>>,
     max_tokens: usize,
     num_threads: usize,
     cache: Option<RenderCache>,
@@ -66,6 +69,8 @@ struct Chunk {
     /// The conversations, shared with the render thread: a process forked
     /// while the thread ran has no such thread and renders them itself.
     convs: Arc<Vec<Conversation<String>>>,
+    /// The same for a chat template (one of the two is empty).
+    rich: Arc<Vec<TemplateConversation>>,
     /// The process that started the thread.
     pid: u32,
     rendered: std::thread::JoinHandle<RenderResults>,
@@ -83,6 +88,7 @@ impl Chunk {
             slots,
             indices,
             convs,
+            rich,
             pid,
             rendered,
         } = self;
@@ -93,7 +99,7 @@ impl Chunk {
             // Joining or detaching a thread of the parent would touch a
             // thread this process does not have.
             std::mem::forget(rendered);
-            detached(py, "rendering", || job.run(&convs))?
+            detached(py, "rendering", || job.run(&convs, &rich))?
         };
         Ok((slots, indices, results))
     }
@@ -114,6 +120,7 @@ impl Drop for PyPacker {
 /// thread).
 struct RenderJob {
     tok: Arc<Tokenizer>,
+    template: Option<Arc<ChatTemplate>>,
     split: bool,
     limit: usize,
     max_tokens: usize,
@@ -121,7 +128,21 @@ struct RenderJob {
 }
 
 impl RenderJob {
-    fn run<S: AsRef<str> + Sync>(&self, convs: &[Conversation<S>]) -> RenderResults {
+    fn run<S: AsRef<str> + Sync>(
+        &self,
+        convs: &[Conversation<S>],
+        rich: &[TemplateConversation],
+    ) -> RenderResults {
+        if let Some(t) = &self.template {
+            let tok = &self.tok;
+            return convpack_core::parallel::map_chunked(rich, self.threads, |c| {
+                if self.split {
+                    t.render_turns(tok, c, self.limit)
+                } else {
+                    t.render(tok, c, self.max_tokens).map(Turns::from)
+                }
+            });
+        }
         if convs.is_empty() {
             return Vec::new();
         }
@@ -172,6 +193,7 @@ impl PyPacker {
     fn job(&self) -> RenderJob {
         RenderJob {
             tok: Arc::clone(&self.tok),
+            template: self.template.clone(),
             split: self.inner.config().split_turns,
             limit: self.inner.piece_limit(),
             max_tokens: self.max_tokens,
@@ -186,8 +208,9 @@ impl PyPacker {
         arena: &mut Arena<'py>,
         items: &[Bound<'py, PyAny>],
         indices: &[usize],
-    ) -> PyResult<(Vec<Slot>, Vec<ConversationSpec>)> {
+    ) -> PyResult<(Vec<Slot>, Vec<ConversationSpec>, Vec<TemplateConversation>)> {
         let mut specs = Vec::with_capacity(items.len());
+        let mut rich = Vec::new();
         let mut slots: Vec<Slot> = Vec::with_capacity(items.len());
         for (item, &index) in items.iter().zip(indices) {
             if item.is_none() {
@@ -212,16 +235,17 @@ impl PyPacker {
                 });
                 continue;
             }
-            match arena.add(item) {
-                Ok(s) => {
-                    specs.push(s);
-                    slots.push(Slot::Render);
-                }
+            let added = match self.template {
+                Some(_) => template::extract(item).map(|c| rich.push(c)),
+                None => arena.add(item).map(|s| specs.push(s)),
+            };
+            match added {
+                Ok(()) => slots.push(Slot::Render),
                 Err(ExtractError::Rule(e)) => slots.push(Slot::Failed(e.with_conversation(index))),
                 Err(ExtractError::Python(e)) => return Err(e),
             }
         }
-        Ok((slots, specs))
+        Ok((slots, specs, rich))
     }
 
     /// `(ids uint32, mask uint8)` arrays of a rendered row, checked against
@@ -330,7 +354,8 @@ impl PyPacker {
         tokenizer, mode, *, batch_size, seq_len, dataset_len, rank, world_size,
         overflow = "pad", buffer_size = 100, max_tokens = 2048, max_seqs = None,
         num_threads = 0, skip_errors = false, truncate = "tail", cache_bytes = None,
-        shuffle_seed = None
+        shuffle_seed = None,
+        chat_format = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -350,6 +375,7 @@ impl PyPacker {
         truncate: &str,
         cache_bytes: Option<u64>,
         shuffle_seed: Option<u64>,
+        chat_format: Option<PyRef<'_, PyChatTemplate>>,
     ) -> PyResult<Self> {
         // "keep": nanochat's best-fit, where an over-long conversation stays
         // whole in the buffer (PackConfig::keep_long).
@@ -388,14 +414,31 @@ impl PyPacker {
                 )))
             }
         };
-        let chat =
-            ChatTokens::of(&tokenizer.inner).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let template = chat_format.map(|t| Arc::clone(&t.inner));
+        // A template's rows are padded with its BOS token (else its EOS, else
+        // the vocabulary's first special token): nanochat's ids are not there.
+        let (bos, pad) = match &template {
+            None => {
+                let chat = ChatTokens::of(&tokenizer.inner)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                (chat.bos, chat.assistant_end)
+            }
+            Some(t) => {
+                let tok = &tokenizer.inner;
+                let id = ["bos_token", "eos_token"]
+                    .iter()
+                    .find_map(|v| t.variable(v).and_then(|s| tok.special_id(s)))
+                    .or_else(|| tok.specials().iter().map(|(_, id)| *id).min())
+                    .unwrap_or(0);
+                (id, id)
+            }
+        };
         let cfg = PackConfig {
             mode,
             batch_size,
             seq_len,
-            bos: chat.bos,
-            pad: chat.assistant_end,
+            bos,
+            pad,
             skip_errors,
             max_tokens,
             split_turns,
@@ -412,6 +455,7 @@ impl PyPacker {
         Ok(PyPacker {
             inner: Packer::new(cfg, sched).map_err(err)?,
             tok: Arc::clone(&tokenizer.inner),
+            template,
             max_tokens,
             num_threads,
             cache,
@@ -466,10 +510,10 @@ impl PyPacker {
         let items: Vec<Bound<'_, PyAny>> = conversations.try_iter()?.collect::<PyResult<_>>()?;
         let indices = self.inner.wanted(items.len());
         let mut arena = Arena::default();
-        let (slots, specs) = self.extract(&mut arena, &items, &indices)?;
+        let (slots, specs, rich) = self.extract(&mut arena, &items, &indices)?;
         let convs: Vec<Conversation<Cow<'_, str>>> = specs.iter().map(|s| arena.view(s)).collect();
         let job = self.job();
-        let rendered = detached(py, "rendering", || job.run(&convs))?;
+        let rendered = detached(py, "rendering", || job.run(&convs, &rich))?;
         self.finish(py, slots, indices, rendered)
     }
 
@@ -484,11 +528,13 @@ impl PyPacker {
         let items: Vec<Bound<'_, PyAny>> = conversations.try_iter()?.collect::<PyResult<_>>()?;
         let indices = self.wanted(items.len());
         let mut arena = Arena::default();
-        let (slots, specs) = self.extract(&mut arena, &items, &indices)?;
+        let (slots, specs, rich) = self.extract(&mut arena, &items, &indices)?;
         let convs: Arc<Vec<Conversation<String>>> =
             Arc::new(specs.iter().map(|s| owned(arena.view(s))).collect());
+        let rich = Arc::new(rich);
         let job = self.job();
         let shared = Arc::clone(&convs);
+        let shared_rich = Arc::clone(&rich);
         let pid = std::process::id();
         if self.turns.1 != pid {
             self.turns = (Arc::default(), pid);
@@ -498,7 +544,7 @@ impl PyPacker {
         let in_thread = Arc::clone(&turns);
         let rendered = match std::thread::Builder::new()
             .name("convpack-render".into())
-            .spawn(move || in_thread.run(ticket, || job.run(&shared)))
+            .spawn(move || in_thread.run(ticket, || job.run(&shared, &shared_rich)))
         {
             Ok(handle) => handle,
             Err(e) => {
@@ -514,6 +560,7 @@ impl PyPacker {
             slots,
             indices,
             convs,
+            rich,
             pid,
             rendered,
         });
