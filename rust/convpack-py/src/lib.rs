@@ -4,6 +4,7 @@
 
 mod convert;
 mod errors;
+mod hf;
 mod pack;
 
 use std::borrow::Cow;
@@ -662,6 +663,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyBpeTrainer>()?;
     m.add_function(wrap_pyfunction!(max_threads, m)?)?;
     pack::register(m)?;
+    hf::register(m)?;
     m.add("SPLIT_PATTERN", convpack_core::SPLIT_PATTERN)?;
     m.add("CL100K_PATTERN", convpack_core::CL100K_PATTERN)?;
     m.add(
