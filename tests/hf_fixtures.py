@@ -80,7 +80,7 @@ def spell(data: bytes) -> str:
     return "".join(_B2U[b] for b in data)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ranks_and_specials(family: str) -> tuple:
     """``({token bytes: rank}, [(special text, id)])`` of a family, from quicktok."""
     import quicktok
@@ -101,7 +101,7 @@ def ranks_and_specials(family: str) -> tuple:
     return ranks, specials
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def merges_from_ranks(family: str) -> list:
     """The merges list of a family: for each token of two or more bytes, the
     last pair that merging its bytes by rank (only lower ranks) leaves."""
@@ -126,7 +126,7 @@ def merges_from_ranks(family: str) -> list:
     return merges
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def merges_all_splits(family: str) -> list:
     """The merges list as ``transformers`` converts tiktoken ranks (the
     layout of the published Llama 3 and GPT-4/GPT-4o files): every split of
@@ -134,7 +134,7 @@ def merges_all_splits(family: str) -> list:
     ranks."""
     ranks, _ = ranks_and_specials(family)
     merges = []
-    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+    for token, _ in sorted(ranks.items(), key=lambda kv: kv[1]):
         local = []
         for i in range(1, len(token)):
             left, right = token[:i], token[i:]

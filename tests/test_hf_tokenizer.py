@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 import os
 
+import corpus
+import hf_fixtures
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convpack import Tokenizer, _core
+from convpack.hf import HfTokenizerError
 
 pytest.importorskip("quicktok")
 tokenizers = pytest.importorskip("tokenizers")
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-import corpus  # noqa: E402
-import hf_fixtures  # noqa: E402
-from convpack import Tokenizer  # noqa: E402
-from convpack import _core  # noqa: E402
-from convpack.hf import HfTokenizerError  # noqa: E402
 
 EDGE = [
     "1234567890",

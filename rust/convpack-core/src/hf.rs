@@ -53,7 +53,12 @@ fn merge_below(bytes: &[u8], limit: Rank, encoder: &FxHashMap<&[u8], Rank>) -> V
     }
     bounds
         .windows(2)
-        .map(|w| encoder.get(&bytes[w[0]..w[1]]).copied().unwrap_or(Rank::MAX))
+        .map(|w| {
+            encoder
+                .get(&bytes[w[0]..w[1]])
+                .copied()
+                .unwrap_or(Rank::MAX)
+        })
         .collect()
 }
 
@@ -71,7 +76,9 @@ pub fn check_merges_follow_ranks(ranks: &[Vec<u8>], merges: &[(Rank, Rank)]) -> 
     let token = |id: Rank, i: usize| -> Result<&[u8], String> {
         match ranks.get(id as usize) {
             Some(b) if !b.is_empty() => Ok(b.as_slice()),
-            _ => Err(format!("merge {i} names id {id}, which is not a token of the vocabulary")),
+            _ => Err(format!(
+                "merge {i} names id {id}, which is not a token of the vocabulary"
+            )),
         }
     };
     let mut merge_of: FxHashMap<Rank, (Rank, Rank)> = FxHashMap::default();
