@@ -152,6 +152,16 @@ def test_save_round_trip(hf_dir, tmp_path):
     assert again.chat_template == tok.chat_template
 
 
+def test_pickle_keeps_the_merges_list(hf_dir):
+    import pickle
+
+    tok = Tokenizer.from_hf(hf_dir("llama3-strip"))
+    again = pickle.loads(pickle.dumps(tok))
+    assert _core.hf_merges_by_list(again._core)
+    for t in EDGE:
+        assert again.encode(t) == tok.encode(t)
+
+
 def test_nanochat_format_needs_its_specials(hf_dir):
     tok = Tokenizer.from_hf(hf_dir("qwen3"))
     conv = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}

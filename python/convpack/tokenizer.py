@@ -302,7 +302,12 @@ class Tokenizer:
         """
         from . import hf
 
-        vocab = hf.load(path)
+        return cls._of_hf_vocabulary(hf.load(path))
+
+    @classmethod
+    def _of_hf_vocabulary(cls, vocab: Any) -> Tokenizer:
+        from . import hf
+
         try:
             core = _core.CoreTokenizer.from_ranks(vocab.ranks, vocab.specials, vocab.pattern)
             if not hf.merges_follow_ranks(vocab):
@@ -864,6 +869,8 @@ class Tokenizer:
         )
 
     def __getstate__(self) -> dict:
+        if self._hf is not None:  # the merges list and added-token rules travel too
+            return {"hf": self._hf}
         return {
             "ranks": self._core.ranks(),
             "pattern": self._core.pattern,
@@ -871,6 +878,11 @@ class Tokenizer:
         }
 
     def __setstate__(self, state: dict) -> None:
+        if "hf" in state:
+            built = Tokenizer._of_hf_vocabulary(state["hf"])
+            self.__init__(built._core)
+            self._hf, self._hf_splitter = built._hf, built._hf_splitter
+            return
         self.__init__(
             _core.CoreTokenizer.from_ranks(state["ranks"], state["special_tokens"], state["pattern"])
         )
