@@ -15,19 +15,31 @@ __all__ = [
     "CoreTokenizer",
     "MAX_VOCAB_SIZE",
     "Packer",
+    "QWEN2_PATTERN",
     "SPLIT_PATTERN",
     "__version__",
+    "hf_check_merges",
+    "hf_encode",
+    "hf_encode_batch",
+    "hf_merges_by_list",
+    "hf_with_merge_list",
     "max_threads",
 ]
 
 SPLIT_PATTERN: str
 CL100K_PATTERN: str
 CL100K_TIKTOKEN_PATTERN: str
+QWEN2_PATTERN: str
 MAX_VOCAB_SIZE: int
 CHAT_SPECIAL_TOKENS: list[str]
 __version__: str
 
 def max_threads() -> int: ...
+def hf_check_merges(ranks: list[bytes], merges: list[tuple[int, int]]) -> None: ...
+def hf_encode(tok: CoreTokenizer, text: str) -> list[int]: ...
+def hf_encode_batch(tok: CoreTokenizer, texts: Any, num_threads: int) -> list[list[int]]: ...
+def hf_with_merge_list(tok: CoreTokenizer, merges: list[tuple[int, int]], ignore_merges: bool) -> CoreTokenizer: ...
+def hf_merges_by_list(tok: CoreTokenizer) -> bool: ...
 
 @final
 class CoreTokenizer:

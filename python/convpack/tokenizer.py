@@ -6,6 +6,7 @@ import json
 import numbers
 import os
 import sys
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional, Union
 
@@ -92,6 +93,9 @@ class Tokenizer:
         """Wraps a compiled tokenizer (use the ``from_*`` constructors)."""
         self._core = core
         self._special_ids = dict(core.special_tokens)
+        #: The Hugging Face file this tokenizer came from (see :meth:`from_hf`).
+        self._hf: Optional[Any] = None
+        self._hf_splitter: Optional[Any] = None
 
     # ----------------------------------------------------------- constructors
 
@@ -258,6 +262,8 @@ class Tokenizer:
         directory = os.fspath(directory)
         config_path = os.path.join(directory, _CONFIG)
         config = _read_config(config_path) if os.path.lexists(config_path) else None
+        if config is not None and config.get("hf_tokenizer") == "tokenizer.json":
+            return cls.from_hf(directory)
         if config is not None and not nanochat_pickle_replaced(directory, config):
             specials = {}
             for item in config["special_tokens"]:
@@ -287,6 +293,94 @@ class Tokenizer:
             f"no tokenizer in {directory!r}: expected {_CONFIG} (written by Tokenizer.save) "
             "or tokenizer.pkl (a nanochat tokenizer directory)"
         )
+
+    @classmethod
+    def from_hf(cls, path: Union[str, os.PathLike]) -> Tokenizer:
+        """A tokenizer from a Hugging Face ``tokenizer.json``.
+
+        ``path`` is the file or a directory holding it; the directory's
+        ``tokenizer_config.json``, ``special_tokens_map.json`` and
+        ``chat_template.jinja`` give :attr:`special_token_roles` and
+        :attr:`chat_template`. :meth:`encode` then returns the ids of
+        ``tokenizers``' ``encode(text, add_special_tokens=False)`` on the same
+        file (added tokens in the text become their ids), or, with
+        ``add_special_tokens=True``, those of its post-processor.
+
+        Args:
+            path: a ``tokenizer.json`` or a directory holding one.
+
+        Returns:
+            The tokenizer.
+
+        Raises:
+            FileNotFoundError: there is no tokenizer.json.
+            convpack.hf.HfTokenizerError: the file holds a component convpack
+                does not reproduce exactly (named in the message, with the
+                supported families).
+            VocabularyError: the file is not valid or is inconsistent.
+        """
+        from . import hf
+
+        return cls._of_hf_vocabulary(hf.load(path))
+
+    @classmethod
+    def _of_hf_vocabulary(cls, vocab: Any) -> Tokenizer:
+        from . import hf
+
+        try:
+            core = _core.CoreTokenizer.from_ranks(vocab.ranks, vocab.specials, vocab.pattern)
+            if not hf.merges_follow_ranks(vocab):
+                core = _core.hf_with_merge_list(core, vocab.merges, vocab.ignore_merges)
+        except ValueError as e:
+            raise VocabularyError(f"{vocab.path}: {e}", vocab.path) from None
+        tok = cls(core)
+        tok._hf = vocab
+        tok._hf_splitter = None if vocab.plain_added else hf.AddedSplitter(vocab.added, vocab.nfc)
+        return tok
+
+    @property
+    def special_token_roles(self) -> dict:
+        """``{"bos_token": text, "eos_token": ..., "pad_token": ...}`` from a
+        Hugging Face directory's configuration (roles it does not give are
+        absent); for other tokenizers, ``bos_token`` only."""
+        if self._hf is not None:
+            return dict(self._hf.special_token_roles)
+        try:
+            return {"bos_token": self._bos_token()}
+        except ValueError:
+            return {}
+
+    @property
+    def chat_template(self) -> Optional[str]:
+        """The Hugging Face directory's chat template (Jinja source; of a list
+        of named templates, the one named ``default``), or None."""
+        return None if self._hf is None else self._hf.chat_template
+
+    def _hf_encode(self, text: str, add_special_tokens: bool = False) -> list:
+        hfv = self._hf
+        if self._hf_splitter is None and not (hfv.nfc and not unicodedata.is_normalized("NFC", text)):
+            ids = _core.hf_encode(self._core, text)
+        else:
+            from . import hf
+
+            splitter = self._hf_splitter or hf.AddedSplitter(hfv.added, hfv.nfc)
+            ids = []
+            for seg, tid in splitter.segments(text):
+                if tid is not None:
+                    ids.append(tid)
+                elif seg:
+                    ids.extend(self._core.encode_ordinary(seg))
+        return self._hf_with_template(ids) if add_special_tokens else ids
+
+    def _hf_with_template(self, ids: list) -> list:
+        hfv = self._hf
+        if hfv.template is None:
+            raise ValueError(
+                f"{hfv.path}: add_special_tokens=True needs the post-processor, and "
+                f"{hfv.template_problem} is not supported"
+            )
+        prefix, suffix = hfv.template
+        return prefix + ids + suffix if prefix or suffix else ids
 
     @classmethod
     def train_from_iterator(
@@ -369,6 +463,11 @@ class Tokenizer:
             "pattern": self._core.pattern,
             "special_tokens": [list(s) for s in self._core.special_tokens],
         }
+        if self._hf is not None:  # keep the tokenizer.json, which from_directory reloads
+            from . import hf
+
+            hf.save_files(self._hf, directory)
+            config["hf_tokenizer"] = "tokenizer.json"
         config["nanochat_files"] = write_nanochat_files(self, directory, nanochat_files)
         with open(os.path.join(directory, _CONFIG), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
@@ -518,8 +617,11 @@ class Tokenizer:
                 the text holds a special token that is not allowed.
             UnknownSpecialTokenError: ``prepend``/``append`` names no special token.
         """
-        if type(text) is str and prepend is None and append is None and allowed_special is None:
-            return self._core.encode_ordinary(text)  # the common call, with nothing to check
+        if self._hf is None:
+            if type(text) is str and prepend is None and append is None and allowed_special is None:
+                return self._core.encode_ordinary(text)  # the common call, with nothing to check
+        elif allowed_special is None and prepend is None and append is None:
+            return self.encode_hf(text, num_threads=num_threads)
         pre = self._token(prepend, "prepend")
         post = self._token(append, "append")
         if isinstance(text, str):
@@ -545,6 +647,41 @@ class Tokenizer:
         raise TypeError(f"encode expects a str or a list of str, got {type(text).__name__}")
 
     __call__ = encode
+
+    def encode_hf(
+        self,
+        text: Union[str, Sequence[str]],
+        add_special_tokens: bool = False,
+        num_threads: Optional[int] = None,
+    ) -> list:
+        """Ids of ``text`` (a str, or each str of a list) as the ``tokenizers``
+        library encodes them with this tokenizer's ``tokenizer.json``:
+        added tokens in the text become their ids; ``add_special_tokens``
+        applies the post-processor (e.g. Llama 3's leading
+        ``<|begin_of_text|>``). :meth:`encode` does the same for a tokenizer
+        from :meth:`from_hf`.
+
+        Raises:
+            ValueError: the tokenizer is not from a ``tokenizer.json``, or
+                ``add_special_tokens`` is asked of a post-processor convpack
+                does not reproduce.
+            TypeError: ``text`` is neither a str nor a list of str.
+        """
+        if self._hf is None:
+            raise ValueError("encode_hf needs a tokenizer from Tokenizer.from_hf")
+        if isinstance(text, str):
+            return self._hf_encode(text, add_special_tokens)
+        if isinstance(text, (list, tuple)):
+            fast = self._hf_splitter is None and (
+                not self._hf.nfc or all(type(t) is str and unicodedata.is_normalized("NFC", t) for t in text)
+            )
+            if not fast:
+                return [self._hf_encode(t, add_special_tokens) for t in text]
+            rows = _core.hf_encode_batch(self._core, text, _threads(num_threads))
+            if add_special_tokens:
+                rows = [self._hf_with_template(r) for r in rows]
+            return rows
+        raise TypeError(f"encode expects a str or a list of str, got {type(text).__name__}")
 
     def encode_ordinary(self, text: str) -> list:
         """Ids of ``text`` with special tokens' text encoded as ordinary text.
@@ -647,6 +784,15 @@ class Tokenizer:
         t = resolve_chat_format(self, chat_format)
         return None if t is None else t._core
 
+    def _check_nanochat_format(self) -> None:
+        missing = [t for t in CHAT_SPECIAL_TOKENS if t not in self._special_ids]
+        if missing:
+            raise ValueError(
+                f"{self._hf.path}: nanochat's chat format needs its special tokens, and this vocabulary "
+                f"lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; render this model's "
+                "conversations with its chat template instead (tokenizer.chat_template)"
+            )
+
     def render_conversation(self, conversation: Conversation, max_tokens: int = 2048,
                             *, chat_format: ChatFormat = None) -> tuple:
         """``(ids, mask)`` lists for one conversation (see SPEC's table).
@@ -667,8 +813,10 @@ class Tokenizer:
                 assistant spans cannot be told).
             TypeError, ValueError: ``max_tokens`` is not an int >= 1.
         """
-        return self._core.render_conversation(
-            conversation, _max_tokens(max_tokens), self._template_core(chat_format))
+        template = self._template_core(chat_format)
+        if template is None and self._hf is not None:
+            self._check_nanochat_format()
+        return self._core.render_conversation(conversation, _max_tokens(max_tokens), template)
 
     def render_for_completion(self, conversation: Conversation, max_tokens: int = 2048,
                               *, chat_format: ChatFormat = None) -> list:
@@ -688,8 +836,10 @@ class Tokenizer:
             ConversationError: naming the message and the rule broken.
             TypeError, ValueError: ``max_tokens`` is not an int >= 1.
         """
-        return self._core.render_for_completion(
-            conversation, _max_tokens(max_tokens), self._template_core(chat_format))
+        template = self._template_core(chat_format)
+        if template is None and self._hf is not None:
+            self._check_nanochat_format()
+        return self._core.render_for_completion(conversation, _max_tokens(max_tokens), template)
 
     def render_conversations(
         self,
@@ -719,9 +869,11 @@ class Tokenizer:
             MemoryError: the output does not fit in memory.
             TypeError, ValueError: a bad ``max_tokens`` or ``num_threads``.
         """
+        template = self._template_core(chat_format)
+        if template is None and self._hf is not None:
+            self._check_nanochat_format()
         return self._core.render_conversations(
-            conversations, _max_tokens(max_tokens), _threads(num_threads),
-            self._template_core(chat_format),
+            conversations, _max_tokens(max_tokens), _threads(num_threads), template,
         )
 
     def visualize_tokenization(self, ids: Sequence[int], mask: Sequence[int], with_token_id: bool = False) -> str:
@@ -755,6 +907,8 @@ class Tokenizer:
         )
 
     def __getstate__(self) -> dict:
+        if self._hf is not None:  # the merges list and added-token rules travel too
+            return {"hf": self._hf}
         return {
             "ranks": self._core.ranks(),
             "pattern": self._core.pattern,
@@ -762,6 +916,11 @@ class Tokenizer:
         }
 
     def __setstate__(self, state: dict) -> None:
+        if "hf" in state:
+            built = Tokenizer._of_hf_vocabulary(state["hf"])
+            self.__init__(built._core)
+            self._hf, self._hf_splitter = built._hf, built._hf_splitter
+            return
         self.__init__(
             _core.CoreTokenizer.from_ranks(state["ranks"], state["special_tokens"], state["pattern"])
         )

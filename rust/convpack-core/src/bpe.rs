@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use std::hash::Hasher;
 
@@ -328,8 +329,21 @@ pub struct Tokenizer {
     special_matcher: Option<AhoCorasick>,
     pattern: String,
     splitter: Splitter,
+    /// A `tokenizer.json` merges list to merge by instead of by rank (see
+    /// [`Tokenizer::with_merge_list`]).
+    merge_list: Option<Arc<MergeList>>,
     /// Identity for the per-thread piece cache.
     id: u64,
+}
+
+/// A Hugging Face BPE merges list: `(left, right)` -> `(list index,
+/// result id)`, merged lowest index first, leftmost on a tie, as
+/// `tokenizers` merges; with `ignore_merges` a piece that is a token is that
+/// token.
+#[derive(Clone, Debug)]
+pub struct MergeList {
+    pairs: FxHashMap<u64, (u32, Rank)>,
+    ignore_merges: bool,
 }
 
 impl Tokenizer {
@@ -440,8 +454,101 @@ impl Tokenizer {
             special_matcher,
             pattern: pattern.to_string(),
             splitter,
+            merge_list: None,
             id: NEXT_TOKENIZER_ID.fetch_add(1, Ordering::Relaxed),
         })
+    }
+
+    /// The same vocabulary merging by a `tokenizer.json` merges list
+    /// (`(left id, right id)` in list order) the way `tokenizers` does,
+    /// for files whose merges are not equivalent to a rank order.
+    pub fn with_merge_list(
+        mut self,
+        merges: &[(Rank, Rank)],
+        ignore_merges: bool,
+    ) -> Result<Self, CoreError> {
+        let mut pairs = FxHashMap::default();
+        pairs.reserve(merges.len());
+        let mut joined = Vec::new();
+        for (i, &(a, b)) in merges.iter().enumerate() {
+            let part = |id: Rank| match self.ranks.get(id as usize) {
+                Some(bytes) if !bytes.is_empty() => Ok(bytes.as_slice()),
+                _ => Err(CoreError::Invalid(format!(
+                    "merge {i} names id {id}, which is not an ordinary token"
+                ))),
+            };
+            joined.clear();
+            joined.extend_from_slice(part(a)?);
+            joined.extend_from_slice(part(b)?);
+            let Some(&result) = self.encoder.get(&joined) else {
+                return Err(CoreError::Invalid(format!(
+                    "merge {i} ({a}, {b}) makes {joined:?}, which is not a token"
+                )));
+            };
+            // A pair listed twice keeps its first (lowest) index.
+            pairs.entry(pair_key(a, b)).or_insert((i as u32, result));
+        }
+        self.merge_list = Some(Arc::new(MergeList {
+            pairs,
+            ignore_merges,
+        }));
+        Ok(self.with_new_identity())
+    }
+
+    /// True when pieces merge by a merges list (not by rank).
+    pub fn merges_by_list(&self) -> bool {
+        self.merge_list.is_some()
+    }
+
+    /// Merges `piece` by the merges list, lowest index first and leftmost on
+    /// a tie (a heap over the pairs, as `tokenizers` does).
+    fn merge_by_list(&self, list: &MergeList, piece: &[u8], out: &mut Vec<Rank>) {
+        let n = piece.len();
+        let mut ids: Vec<Rank> = piece.iter().map(|&b| self.byte_ranks[b as usize]).collect();
+        // len[i]: bytes of the part starting at i (0: merged into a left part).
+        let mut len: Vec<u32> = vec![1; n];
+        let mut prev: Vec<u32> = (0..n as u32).map(|i| i.saturating_sub(1)).collect();
+        let mut heap: BinaryHeap<Reverse<(u32, u32, Rank, Rank)>> = BinaryHeap::new();
+        let priority = |a: Rank, b: Rank| list.pairs.get(&pair_key(a, b)).copied();
+        for i in 0..n.saturating_sub(1) {
+            if let Some((p, _)) = priority(ids[i], ids[i + 1]) {
+                heap.push(Reverse((p, i as u32, ids[i], ids[i + 1])));
+            }
+        }
+        while let Some(Reverse((_, pos, a, b))) = heap.pop() {
+            let pos = pos as usize;
+            if len[pos] == 0 || ids[pos] != a {
+                continue;
+            }
+            let next = pos + len[pos] as usize;
+            if next >= n || ids[next] != b {
+                continue;
+            }
+            let Some((_, result)) = priority(a, b) else {
+                continue;
+            };
+            ids[pos] = result;
+            len[pos] += len[next];
+            len[next] = 0;
+            let after = pos + len[pos] as usize;
+            if after < n {
+                prev[after] = pos as u32;
+                if let Some((p, _)) = priority(result, ids[after]) {
+                    heap.push(Reverse((p, pos as u32, result, ids[after])));
+                }
+            }
+            if pos > 0 {
+                let left = prev[pos] as usize;
+                if let Some((p, _)) = priority(ids[left], result) {
+                    heap.push(Reverse((p, left as u32, ids[left], result)));
+                }
+            }
+        }
+        let mut i = 0;
+        while i < n {
+            out.push(ids[i]);
+            i += len[i] as usize;
+        }
     }
 
     pub fn pattern(&self) -> &str {
@@ -542,6 +649,31 @@ impl Tokenizer {
         Ok(out)
     }
 
+    /// Encodes text with every special token recognised where its text
+    /// occurs (leftmost, longest on a tie), the way `tokenizers` splits out
+    /// a `tokenizer.json`'s added tokens before pre-tokenizing.
+    pub fn encode_with_specials(&self, text: &str) -> Vec<Rank> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        let Some(matcher) = &self.special_matcher else {
+            self.encode_ordinary_into(text, &mut out);
+            return out;
+        };
+        let mut done = 0;
+        for m in matcher.find_iter(text) {
+            self.encode_ordinary_into(&text[done..m.start()], &mut out);
+            out.push(self.specials[m.pattern().as_usize()].1);
+            done = m.end();
+        }
+        self.encode_ordinary_into(&text[done..], &mut out);
+        out
+    }
+
+    /// [`Tokenizer::encode_with_specials`] of many texts on up to
+    /// `num_threads` threads.
+    pub fn encode_with_specials_batch(&self, texts: &[&str], num_threads: usize) -> Vec<Vec<Rank>> {
+        crate::parallel::map_chunked(texts, num_threads, |t| self.encode_with_specials(t))
+    }
+
     /// Encodes many texts on up to `num_threads` threads of the process-wide
     /// pool (`0` means all of them).
     pub fn encode_ordinary_batch(&self, texts: &[&str], num_threads: usize) -> Vec<Vec<Rank>> {
@@ -556,13 +688,20 @@ impl Tokenizer {
             out.push(self.byte_ranks[*b as usize]);
             return;
         }
-        let whole = self.token_of(piece);
-        if whole != Rank::MAX {
-            out.push(whole);
-            return;
+        let list = self.merge_list.as_deref();
+        if list.is_none_or(|l| l.ignore_merges) {
+            let whole = self.token_of(piece);
+            if whole != Rank::MAX {
+                out.push(whole);
+                return;
+            }
         }
         if piece.len() >= HEAP_MERGE_MIN_LEN {
-            PIECE_CACHE.with(|cell| self.merge_heap(piece, &mut cell.borrow_mut().heap, out));
+            match list {
+                Some(l) => self.merge_by_list(l, piece, out),
+                None => PIECE_CACHE
+                    .with(|cell| self.merge_heap(piece, &mut cell.borrow_mut().heap, out)),
+            }
             return;
         }
         // Pieces that need merging repeat (names, rare words, code
@@ -589,7 +728,9 @@ impl Tokenizer {
             }
             let start = out.len();
             let cache = &mut *cache;
-            if piece.len() >= SCAN_MERGE_MAX_LEN {
+            if let Some(l) = list {
+                self.merge_by_list(l, piece, out);
+            } else if piece.len() >= SCAN_MERGE_MAX_LEN {
                 self.merge_heap(piece, &mut cache.heap, out);
             } else {
                 self.merge_small(piece, &mut cache.scratch, out);

@@ -4,6 +4,7 @@
 //! * [`bpe`]: byte-level BPE encode/decode, tiktoken-compatible;
 //! * [`train`]: learning a BPE vocabulary from text;
 //! * [`vocab`]: `.tiktoken` rank files;
+//! * [`hf`]: when a `tokenizer.json` merges list runs on the rank encoder;
 //! * [`conversation`]: the conversation format and its validation;
 //! * [`render`]: conversations to token ids with a loss mask (nanochat's format);
 //! * [`template`]: the same through a Jinja chat template;
@@ -12,6 +13,7 @@
 pub mod bpe;
 pub mod conversation;
 pub mod error;
+pub mod hf;
 pub mod pack;
 pub mod parallel;
 pub mod pretokenize;
@@ -24,6 +26,8 @@ pub use bpe::{Rank, Tokenizer, CHAT_SPECIAL_TOKENS, MAX_VOCAB_SIZE};
 pub use conversation::{Content, Conversation, Message, Part, PartKind, Role};
 pub use error::{ConversationError, CoreError};
 pub use minijinja::Value as TemplateValue;
-pub use pretokenize::{Splitter, CL100K_PATTERN, CL100K_TIKTOKEN_PATTERN, SPLIT_PATTERN};
+pub use pretokenize::{
+    Splitter, CL100K_PATTERN, CL100K_TIKTOKEN_PATTERN, QWEN2_PATTERN, SPLIT_PATTERN,
+};
 pub use render::{ChatTokens, Rendered, Renderer, Turns};
 pub use template::{ChatTemplate, MaskPolicy, TemplateConversation, TemplateMessage, TrainOn};

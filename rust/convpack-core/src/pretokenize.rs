@@ -378,14 +378,19 @@ pub const CL100K_TIKTOKEN_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{
 /// [`CL100K_PATTERN`].
 pub const GPT4_PATTERN_PLAIN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Qwen 2's (and Qwen 2.5's, Qwen 3's) spelling in `tokenizer.json`: GPT-4's
+/// plain spelling with one digit per number piece.
+pub const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// Spellings the hand-written scanner serves: (pattern, name, digits per
 /// number piece, `\s++$`). Each is proven equal to the general regex engine
 /// on the same string by the tests below; any other pattern uses the engine.
-const FAST_PATTERNS: [(&str, &str, usize, bool); 4] = [
+const FAST_PATTERNS: [(&str, &str, usize, bool); 5] = [
     (SPLIT_PATTERN, "nanochat", 2, false),
     (CL100K_PATTERN, "gpt4", 3, false),
     (GPT4_PATTERN_PLAIN, "gpt4", 3, false),
     (CL100K_TIKTOKEN_PATTERN, "cl100k_base", 3, true),
+    (QWEN2_PATTERN, "qwen2", 1, false),
 ];
 
 /// Splits text with a pattern: the hand-written scanner where the pattern is

@@ -4,6 +4,7 @@
 
 mod convert;
 mod errors;
+mod hf;
 mod pack;
 mod template;
 
@@ -703,6 +704,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(max_threads, m)?)?;
     pack::register(m)?;
     template::register(m)?;
+    hf::register(m)?;
     m.add("SPLIT_PATTERN", convpack_core::SPLIT_PATTERN)?;
     m.add("CL100K_PATTERN", convpack_core::CL100K_PATTERN)?;
     m.add(

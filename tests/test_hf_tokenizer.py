@@ -1,0 +1,229 @@
+"""Tokenizer.from_hf against the ``tokenizers`` library on the same file."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import corpus
+import hf_fixtures
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convpack import Tokenizer, _core
+from convpack.hf import HfTokenizerError
+
+pytest.importorskip("quicktok")
+tokenizers = pytest.importorskip("tokenizers")
+
+EDGE = [
+    "1234567890",
+    "12345678901234567890 1 12 123 1234",
+    "a\u0301 e\u0301\u0301 \u0041\u030a \u1e0b\u0323",
+    " " * 200 + "x" + "\n" * 50 + "\t \t" * 30,
+    "x" + " " * 5000,
+    "\U0001F468\u200D\U0001F469\u200D\U0001F467 \U0001F44D\U0001F3FD 🎉🎉🎉",
+    "hi <|begin_of_text|> there<|im_end|>x <think>y</think>",
+    "<|endoftext|>",
+    "<|endoftext|><|endoftext|>a<|im_start|>user\nhello<|im_end|>",
+    "x <|reserved_special_token_10|> y<|reserved_special_token_11|> <|reserved_special_token_11|> z",
+    "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>",
+    "",
+    "'s 'S 'll 'LL don't WON'T",
+]
+
+
+def texts() -> list:
+    return corpus.corpus(1500) + EDGE
+
+
+@pytest.fixture(scope="session")
+def hf_dir(tmp_path_factory):
+    made = {}
+
+    def get(family: str) -> str:
+        if family not in made:
+            d = tmp_path_factory.mktemp(family)
+            hf_fixtures.write_tokenizer_json(family, d)
+            made[family] = str(d)
+        return made[family]
+
+    return get
+
+
+def pair(hf_dir, family):
+    d = hf_dir(family)
+    return Tokenizer.from_hf(d), tokenizers.Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+
+
+def mismatches(ours, theirs, items) -> list:
+    bad = []
+    for t in items:
+        want = theirs.encode(t, add_special_tokens=False).ids
+        if ours.encode(t) != want:
+            bad.append(t)
+    return bad
+
+
+@pytest.mark.parametrize("family", hf_fixtures.FAMILIES + hf_fixtures.VARIANTS)
+def test_ids_equal_tokenizers(hf_dir, family):
+    ours, theirs = pair(hf_dir, family)
+    items = texts()
+    bad = mismatches(ours, theirs, items)
+    assert not bad, f"{len(bad)} of {len(items)} texts differ, e.g. {bad[0]!r}"
+    # The batch path gives the same rows.
+    want = [e.ids for e in theirs.encode_batch_fast(items, add_special_tokens=False)]
+    assert ours.encode(items) == want
+    # add_special_tokens=True applies the post-processor as tokenizers does.
+    for t in EDGE[:4] + ["hello"]:
+        assert ours.encode_hf(t, add_special_tokens=True) == theirs.encode(t).ids
+
+
+def test_paths(hf_dir):
+    # Which encoder each family runs on: by rank where the core proved the
+    # merges equivalent (one merge per token), by the list otherwise.
+    assert not _core.hf_merges_by_list(Tokenizer.from_hf(hf_dir("qwen3"))._core)
+    assert not _core.hf_merges_by_list(Tokenizer.from_hf(hf_dir("cl100k-one"))._core)
+    assert _core.hf_merges_by_list(Tokenizer.from_hf(hf_dir("llama3"))._core)
+    assert Tokenizer.from_hf(hf_dir("llama3")).pretokenizer == "fast:gpt4"
+    assert Tokenizer.from_hf(hf_dir("qwen3")).pretokenizer == "fast:qwen2"
+    assert Tokenizer.from_hf(hf_dir("o200k")).pretokenizer == "regex"
+
+
+def test_quicktok_agrees(hf_dir):
+    import quicktok
+
+    for family, name in (("llama3", "llama3"), ("cl100k-one", "cl100k_base")):
+        ours = Tokenizer.from_hf(hf_dir(family))
+        enc = quicktok.get_encoding(name)
+        for t in corpus.corpus(300):
+            assert ours.encode(t) == enc.encode_ordinary(t), t
+
+
+def test_possessive_digits_follow_oniguruma(hf_dir):
+    # tiktoken reads \p{N}{1,3}+ as possessive; Oniguruma as (\p{N}{1,3})+.
+    ours, theirs = pair(hf_dir, "cl100k-possessive")
+    ids = theirs.encode("1234567890", add_special_tokens=False).ids
+    assert ours.encode("1234567890") == ids
+    assert len(ids) == 4  # one piece of ten digits, merged: not "123" "456" ...
+    tiktoken_style = Tokenizer.from_hf(hf_dir("cl100k-one")).encode("1234567890")
+    assert tiktoken_style != ids or len(tiktoken_style) == len(ids)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60))
+def test_hypothesis_text(hf_dir, text):
+    for family in ("llama3", "qwen3"):
+        ours, theirs = _cached_pair(hf_dir, family)
+        assert ours.encode(text) == theirs.encode(text, add_special_tokens=False).ids, (family, text)
+
+
+_PAIRS: dict = {}
+
+
+def _cached_pair(hf_dir, family):
+    if family not in _PAIRS:
+        _PAIRS[family] = pair(hf_dir, family)
+    return _PAIRS[family]
+
+
+def test_roles_and_chat_template(hf_dir):
+    llama = Tokenizer.from_hf(hf_dir("llama3"))
+    assert llama.special_token_roles == {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
+    assert llama.chat_template == hf_fixtures.LLAMA3_CHAT_TEMPLATE
+    qwen = Tokenizer.from_hf(os.path.join(hf_dir("qwen3"), "tokenizer.json"))
+    assert qwen.special_token_roles == {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+    assert qwen.chat_template == hf_fixtures.QWEN3_CHAT_TEMPLATE  # the list's "default"
+    # Each id's bytes: what decode and token_bytes give back for the text.
+    text = "héllo <|im_end|> 世界"
+    ids = qwen.encode(text)
+    assert b"".join(qwen.token_bytes(i) for i in ids).decode("utf-8") == text
+    assert qwen.decode(ids) == text
+
+
+def test_save_round_trip(hf_dir, tmp_path):
+    tok = Tokenizer.from_hf(hf_dir("llama3"))
+    tok.save(tmp_path / "saved", nanochat_files=False)
+    assert os.path.isfile(tmp_path / "saved" / "tokenizer.json")
+    again = Tokenizer.from_directory(tmp_path / "saved")
+    for t in EDGE:
+        assert again.encode(t) == tok.encode(t)
+    assert again.chat_template == tok.chat_template
+
+
+def test_pickle_keeps_the_merges_list(hf_dir):
+    import pickle
+
+    tok = Tokenizer.from_hf(hf_dir("llama3-strip"))
+    again = pickle.loads(pickle.dumps(tok))
+    assert _core.hf_merges_by_list(again._core)
+    for t in EDGE:
+        assert again.encode(t) == tok.encode(t)
+
+
+def test_nanochat_format_needs_its_specials(hf_dir):
+    tok = Tokenizer.from_hf(hf_dir("qwen3"))
+    conv = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    with pytest.raises(ValueError, match="chat template"):
+        tok.render_conversation(conv)
+
+
+def _doc(hf_dir, family="qwen3"):
+    with open(os.path.join(hf_dir(family), "tokenizer.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize(
+    "change, component",
+    [
+        (lambda d: d["model"].update(type="Unigram"), "model"),
+        (lambda d: d["model"].update(byte_fallback=True), "byte_fallback"),
+        (lambda d: d.update(normalizer={"type": "Lowercase"}), "normalizer"),
+        (lambda d: d.update(pre_tokenizer={"type": "Metaspace", "replacement": "\u2581"}), "pre_tokenizer"),
+        (lambda d: d["pre_tokenizer"]["pretokenizers"][0].update(invert=True), "Split"),
+        (lambda d: d["pre_tokenizer"]["pretokenizers"][1].update(add_prefix_space=True), "add_prefix_space"),
+        (lambda d: d.update(decoder={"type": "Metaspace"}), "decoder"),
+    ],
+)
+def test_unsupported_components_are_refused(hf_dir, tmp_path, change, component):
+    doc = _doc(hf_dir)
+    change(doc)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(HfTokenizerError, match=component) as info:
+        Tokenizer.from_hf(path)
+    assert "supported are" in str(info.value)
+
+
+def test_merge_list_disagreeing_with_ranks(tmp_path):
+    # "abc" listed only as a + bc while "ab" has the lower id: by rank the
+    # text "abc" would be [ab, c] -> abc; tokenizers never merges (ab, c).
+    chars = [hf_fixtures.spell(bytes([b])) for b in range(256)]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({"ab": 256, "bc": 257, "abc": 258})
+    doc = {
+        "version": "1.0",
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "vocab": vocab, "merges": [["a", "b"], ["b", "c"], ["a", "bc"]]},
+    }
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    theirs = tokenizers.Tokenizer.from_file(str(path))
+    ours = Tokenizer.from_hf(path)
+    assert _core.hf_merges_by_list(ours._core)
+    by_rank = Tokenizer.from_ranks([bytes([b]) for b in range(256)] + [b"ab", b"bc", b"abc"], special_tokens=[])
+    for t in ("abc", "abcabc", "xabcbc", "bcabc"):
+        want = theirs.encode(t, add_special_tokens=False).ids
+        assert ours.encode(t) == want
+    assert by_rank.encode_ordinary("abc") != theirs.encode("abc", add_special_tokens=False).ids
+
+
+def test_datagen_with_nanochat_specials_missing_is_clear(hf_dir):
+    tok = Tokenizer.from_hf(hf_dir("llama3"))
+    with pytest.raises(ValueError, match="chat template"):
+        tok.render_conversations([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
