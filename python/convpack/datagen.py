@@ -53,9 +53,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import _core
+from .chat_format import format_identity, resolve_chat_format
 from .shards import RenderedDataset
 from .sources import STREAM_LEN, StreamSource, is_stream
-from .chat_format import format_identity, resolve_chat_format
 
 __all__ = [
     "DataGenerator",
