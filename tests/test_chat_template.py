@@ -4,6 +4,9 @@ tokenizers, masks against references written here from each format's rules
 
 from __future__ import annotations
 
+import shutil
+import os
+import json
 import pytest
 
 pytest.importorskip("transformers")
@@ -316,10 +319,14 @@ def test_render_conversations_in_batch_equals_one_by_one(twins):
 def test_default_format_is_the_tokenizers_chat_template(twins):
     ours, hf_path = twins
 
-    # What Tokenizer.from_hf gives: the directory's template and tokens.
-    wrapped = convpack.Tokenizer(ours._core)
-    wrapped.chat_template = LLAMA3
-    wrapped.special_token_roles = {"bos_token": "<|begin_of_text|>"}
+    # A Hugging Face directory whose tokenizer_config.json has the template.
+    directory = os.path.join(os.path.dirname(hf_path), "with_template")
+    os.makedirs(directory, exist_ok=True)
+    shutil.copy(hf_path, os.path.join(directory, "tokenizer.json"))
+    with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"chat_template": LLAMA3, "bos_token": "<|begin_of_text|>"}, f)
+    wrapped = convpack.Tokenizer.from_hf(directory)
+    assert wrapped.chat_template == LLAMA3
     hf = tf.hf_fast(hf_path, LLAMA3, bos_token="<|begin_of_text|>")
     got = wrapped.render_conversation({"messages": CONVS[0]})
     assert got[0] == hf_ids(hf, CONVS[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 
 import corpus
 import hf_fixtures
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convpack import Tokenizer, _core
+from convpack import NANOCHAT, Tokenizer, _core
 from convpack.hf import HfTokenizerError
 
 pytest.importorskip("quicktok")
@@ -165,8 +166,10 @@ def test_pickle_keeps_the_merges_list(hf_dir):
 def test_nanochat_format_needs_its_specials(hf_dir):
     tok = Tokenizer.from_hf(hf_dir("qwen3"))
     conv = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    # The directory's chat template is the default; nanochat's format is
+    # asked for by name.
     with pytest.raises(ValueError, match="chat template"):
-        tok.render_conversation(conv)
+        tok.render_conversation(conv, chat_format=NANOCHAT)
 
 
 def _doc(hf_dir, family="qwen3"):
@@ -226,4 +229,39 @@ def test_merge_list_disagreeing_with_ranks(tmp_path):
 def test_datagen_with_nanochat_specials_missing_is_clear(hf_dir):
     tok = Tokenizer.from_hf(hf_dir("llama3"))
     with pytest.raises(ValueError, match="chat template"):
-        tok.render_conversations([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
+        tok.render_conversations([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}],
+                                 chat_format=NANOCHAT)
+
+
+# Texts a template's render must encode as the tokenizer.json does: Qwen's
+# NFC ("a" + combining acute is one character after it), digit runs, and
+# added-token text inside a message.
+TEMPLATED = [
+    [{"role": "user", "content": "cafe\u0301 1234567890?"},
+     {"role": "assistant", "content": "Oui: a\u0301 \u00e9 \U0001F600"}],
+    [{"role": "system", "content": "be terse"}, {"role": "user", "content": "x  \n\n  y"},
+     {"role": "assistant", "content": "z<|im_end|> done"},
+     {"role": "user", "content": "again\u0301"}, {"role": "assistant", "content": " ok "}],
+]
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama3"])
+def test_directory_chat_template_renders_as_transformers(hf_dir, family):
+    transformers = pytest.importorskip("transformers")
+    d = hf_dir(family)
+    tok = Tokenizer.from_hf(d)
+    assert tok.chat_template
+    theirs = transformers.PreTrainedTokenizerFast.from_pretrained(d)
+    for messages in TEMPLATED:
+        want = theirs.apply_chat_template(messages, tokenize=True)
+        if hasattr(want, "keys"):  # transformers 5 returns a BatchEncoding
+            want = want["input_ids"]
+        ids, mask = tok.render_conversation({"messages": messages})
+        assert ids == list(want)
+        batch, _, offsets = tok.render_conversations([{"messages": messages}])
+        assert batch[offsets[0]:offsets[1]].tolist() == ids
+        # The trained tokens decode to the assistant texts (NFC for Qwen).
+        trained = tok.decode([i for i, m in zip(ids, mask) if m])
+        for m in messages:
+            if m["role"] == "assistant":
+                assert unicodedata.normalize("NFC", m["content"].strip()) in unicodedata.normalize("NFC", trained)

@@ -43,6 +43,7 @@ numpy; ``output="torch"`` (the default) needs ``pip install torch``.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -275,8 +276,12 @@ class _Producer:
     flight."""
 
     def __init__(self, dataset, packer, chunk: int, ring: Optional[PinnedRing],
-                 cache: bool = False, ahead: int = 0, batch_size: int = 1) -> None:
+                 cache: bool = False, ahead: int = 0, batch_size: int = 1,
+                 prepare: Optional[Callable[[Any], Any]] = None) -> None:
         self.dataset = dataset
+        # What each conversation goes through before the packer sees it (a
+        # Hugging Face vocabulary's NFC for templates), or None.
+        self.prepare = prepare
         self.packer = packer
         self.chunk = chunk
         self.ring = ring
@@ -293,16 +298,20 @@ class _Producer:
         p = self.packer
         indices = p.wanted(n)
         dataset = self.dataset
+        prepare = self.prepare
         if isinstance(dataset, StreamSource):
             items = dataset.read(indices)
             if items:
-                p.submit(items)
+                p.submit(items if prepare is None else [prepare(x) for x in items])
             return len(items)
         if self.cache:
             # Cached conversations are not read again (None stands in).
-            p.submit([None if hit else dataset[i] for i, hit in zip(indices, p.cached(indices))])
+            items = [None if hit else dataset[i] for i, hit in zip(indices, p.cached(indices))]
         else:
-            p.submit([dataset[i] for i in indices])
+            items = [dataset[i] for i in indices]
+        if prepare is not None:
+            items = [x if x is None else prepare(x) for x in items]
+        p.submit(items)
         return len(indices)
 
     def _read_ahead(self) -> tuple:
@@ -600,6 +609,13 @@ class DataGenerator:
             max_seqs = None
         core_tok = _core_tokenizer(tokenizer)
         template = resolve_chat_format(tokenizer, chat_format)
+        prepare = None
+        if template is not None and getattr(tokenizer, "_hf", None) is not None:
+            # Refused here, not at the first batch, when the vocabulary's
+            # added-token rules cannot apply to a template's render.
+            tokenizer._template_text(template, {"messages": []})
+            if tokenizer._hf.nfc:
+                prepare = functools.partial(tokenizer._template_text, template)
         if isinstance(dataset, RenderedDataset):
             # Rows rendered ahead enter at the packer: they must be what this
             # generator would render.
@@ -662,7 +678,7 @@ class DataGenerator:
             self._transfer = _make_transfer(self.device)
             ring = self._new_ring(max(1, max_cols))
         self._producer = _Producer(source or dataset, packer, self._chunk, ring, cache,
-                                   ahead=prefetch, batch_size=batch_size)
+                                   ahead=prefetch, batch_size=batch_size, prepare=prepare)
         self.max_seqs = max_seqs
         self._state: dict = packer.state()
         self._failure: Optional[BaseException] = None

@@ -127,6 +127,29 @@ class HfVocabulary:
         )
 
 
+    @property
+    def rule_tokens(self) -> list:
+        """The added tokens with ``lstrip``/``rstrip``/``single_word`` rules."""
+        return [t for t in self.added if t.lstrip or t.rstrip or t.single_word]
+
+
+def nfc_deep(value: Any) -> Any:
+    """``value`` with every str in it (through dicts, lists and tuples) in
+    NFC; the caller's objects are never changed, and a value already in NFC is
+    returned as it is."""
+    if isinstance(value, str):
+        return value if unicodedata.is_normalized("NFC", value) else unicodedata.normalize("NFC", value)
+    if isinstance(value, dict):
+        out = {k: nfc_deep(v) for k, v in value.items()}
+        return value if all(out[k] is value[k] for k in value) else out
+    if isinstance(value, (list, tuple)):
+        items = [nfc_deep(v) for v in value]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        return items if isinstance(value, list) else tuple(items)
+    return value
+
+
 def _fail(path: str, component: str, what: str) -> HfTokenizerError:
     return HfTokenizerError(
         f"{path}: {component}: {what} is not supported; supported are {SUPPORTED}",

@@ -784,6 +784,29 @@ class Tokenizer:
         t = resolve_chat_format(self, chat_format)
         return None if t is None else t._core
 
+    def _template_text(self, template: Any, conversation: Any) -> Any:
+        """The conversation as a template of this tokenizer must see it.
+
+        A template's render is encoded in Rust with the added tokens split out
+        as plain matches; a Hugging Face vocabulary that normalises to NFC
+        gets its messages normalised first (template text is ASCII markup, so
+        normalising the parts equals normalising the render at every boundary
+        a template has), and added tokens with ``lstrip``/``rstrip``/
+        ``single_word`` rules, which only the Python path applies, are refused
+        rather than matched without their rules.
+        """
+        if template is None or self._hf is None:
+            return conversation
+        from . import hf
+
+        if self._hf.rule_tokens:
+            raise ValueError(
+                f"{self._hf.path}: the added tokens "
+                + ", ".join(repr(t.content) for t in self._hf.rule_tokens[:3])
+                + " have lstrip/rstrip/single_word rules, which chat-template rendering does not "
+                "apply; render with nanochat's format or encode the template's text with encode()")
+        return hf.nfc_deep(conversation) if self._hf.nfc else conversation
+
     def _check_nanochat_format(self) -> None:
         missing = [t for t in CHAT_SPECIAL_TOKENS if t not in self._special_ids]
         if missing:
@@ -816,6 +839,7 @@ class Tokenizer:
         template = self._template_core(chat_format)
         if template is None and self._hf is not None:
             self._check_nanochat_format()
+        conversation = self._template_text(template, conversation)
         return self._core.render_conversation(conversation, _max_tokens(max_tokens), template)
 
     def render_for_completion(self, conversation: Conversation, max_tokens: int = 2048,
@@ -839,6 +863,7 @@ class Tokenizer:
         template = self._template_core(chat_format)
         if template is None and self._hf is not None:
             self._check_nanochat_format()
+        conversation = self._template_text(template, conversation)
         return self._core.render_for_completion(conversation, _max_tokens(max_tokens), template)
 
     def render_conversations(
@@ -872,6 +897,8 @@ class Tokenizer:
         template = self._template_core(chat_format)
         if template is None and self._hf is not None:
             self._check_nanochat_format()
+        if template is not None and self._hf is not None:
+            conversations = (self._template_text(template, c) for c in conversations)
         return self._core.render_conversations(
             conversations, _max_tokens(max_tokens), _threads(num_threads), template,
         )
