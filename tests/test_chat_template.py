@@ -4,9 +4,10 @@ tokenizers, masks against references written here from each format's rules
 
 from __future__ import annotations
 
-import shutil
-import os
 import json
+import os
+import shutil
+
 import pytest
 
 pytest.importorskip("transformers")
