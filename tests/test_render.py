@@ -293,3 +293,21 @@ def test_batch_work_releases_the_gil(tokenizer):
             assert during > 0
     finally:
         sys.setswitchinterval(interval)
+
+
+def test_conversation_texts_are_the_texts_rendering_encodes():
+    from convpack import conversation_texts
+
+    convs = [
+        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                      {"role": "assistant", "content": [
+                          {"type": "text", "text": "a"}, {"type": "python", "text": "1+1"},
+                          {"type": "python_output", "text": "2"}]}]},
+        {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "b"}]},
+    ]
+    # Written out by hand from the conversations above.
+    assert list(conversation_texts(convs)) == ["s", "u", "a", "1+1", "2", "", "b"]
+    with pytest.raises(TypeError, match="conversation 1, message 0"):
+        list(conversation_texts([convs[0], {"messages": [{"role": "user", "content": 3}]}]))
+    with pytest.raises(TypeError, match="conversation 0: expected"):
+        list(conversation_texts([["not a dict"]]))

@@ -9,6 +9,7 @@ from . import _core
 from .chat_format import NANOCHAT, ChatTemplate
 from .errors import ConversationError, TemplateError, UnknownSpecialTokenError, VocabularyError
 from .sources import SourceResumeError
+from .texts import conversation_texts
 from .tokenizer import CHAT_SPECIAL_TOKENS, CL100K_PATTERN, SPLIT_PATTERN, Tokenizer
 
 __version__: str = _core.__version__
@@ -44,5 +45,6 @@ __all__ = [
     "UnknownSpecialTokenError",
     "VocabularyError",
     "__version__",
+    "conversation_texts",
     "render_shards",
 ]
