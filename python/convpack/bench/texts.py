@@ -7,8 +7,13 @@ machines time the same text.
   with the ``english-words`` package's list, both with Zipf weights
   (frequent words dominate and rare ones form a long tail, as in real text).
 - Source code: the Python standard library's own ``.py`` files.
-- Multilingual: words of random letters from ten scripts (CJK, kana,
-  Hangul, Cyrillic, Greek, Arabic, Hebrew, Devanagari, Thai, accented Latin).
+- Multilingual: real translations, the message catalogs (``.mo``) of the
+  system's locale directory and of installed packages (a Debian machine has
+  a few thousand in about 190 languages), taken a catalog per language in
+  turn so that every script is represented. Where a machine has none, words
+  of random letters from ten scripts (CJK, kana, Hangul, Cyrillic, Greek,
+  Arabic, Hebrew, Devanagari, Thai, accented Latin) stand in, and
+  ``multilingual_source()`` says which one was used.
 - Conversations: short ones sized like SpellingBee and MMLU, long ones
   shaped like SmolTalk (about 4.7 messages of about 845 characters).
 """
@@ -16,14 +21,20 @@ machines time the same text.
 from __future__ import annotations
 
 import functools
+import gettext
+import glob
 import os
 import random
+import sys
 from collections.abc import Iterator
 
 __all__ = [
     "english_docs",
     "code_docs",
     "multilingual_docs",
+    "multilingual_source",
+    "script_docs",
+    "translation_catalogs",
     "corpus",
     "CORPORA",
     "mmlu_like_conversations",
@@ -164,8 +175,8 @@ def _script_text(rng: random.Random, n_chars: int) -> str:
     return sep.join(out)
 
 
-def multilingual_docs(total_chars: int, seed: int = 0, doc_chars: int = 1500) -> list[str]:
-    """Documents that switch script every few hundred characters."""
+def script_docs(total_chars: int, seed: int = 0, doc_chars: int = 1500) -> list[str]:
+    """Documents of random-letter words that switch script every few hundred characters."""
     rng = random.Random(f"multilingual/{seed}")
     docs, size = [], 0
     while size < total_chars:
@@ -178,6 +189,88 @@ def multilingual_docs(total_chars: int, seed: int = 0, doc_chars: int = 1500) ->
         doc = rng.choice(("\n", " ", "\n\n")).join(parts)
         docs.append(doc)
         size += len(doc)
+    return docs
+
+
+def _catalog_dirs() -> list[str]:
+    dirs = ["/usr/share/locale", "/usr/local/share/locale"]
+    for prefix in {sys.prefix, sys.base_prefix}:
+        dirs.append(os.path.join(prefix, "share", "locale"))
+    return dirs
+
+
+@functools.lru_cache(maxsize=1)
+def translation_catalogs() -> tuple[tuple[str, str], ...]:
+    """``(language, path)`` of every readable ``.mo`` catalog, in a fixed order.
+
+    The order takes one catalog of each language in turn (languages sorted,
+    each language's catalogs sorted by path), so a prefix of the list covers
+    as many languages as it can.
+    """
+    by_lang: dict[str, list[str]] = {}
+    seen = set()
+    for base in _catalog_dirs():
+        for path in sorted(glob.glob(os.path.join(base, "*", "LC_MESSAGES", "*.mo"))):
+            real = os.path.realpath(path)
+            if real in seen:
+                continue
+            seen.add(real)
+            lang = os.path.basename(os.path.dirname(os.path.dirname(path)))
+            by_lang.setdefault(lang, []).append(path)
+    order: list[tuple[str, str]] = []
+    depth = 0
+    while True:
+        row = [
+            (lang, paths[depth]) for lang, paths in sorted(by_lang.items()) if depth < len(paths)
+        ]
+        if not row:
+            return tuple(order)
+        order.extend(row)
+        depth += 1
+
+
+def _catalog_text(path: str) -> str:
+    """The translated strings of one catalog, one per line ('' when unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            catalog = gettext.GNUTranslations(f)._catalog  # type: ignore[attr-defined]
+    except (OSError, UnicodeDecodeError, IndexError, ValueError):
+        return ""
+    # Keys are msgids (str) or (msgid, n) for plural forms; "" is the header.
+    return "\n".join(v for k, v in catalog.items() if k and isinstance(v, str) and v.strip())
+
+
+def multilingual_source() -> str:
+    """Which text ``multilingual_docs`` is made of on this machine."""
+    n = len(translation_catalogs())
+    if n == 0:
+        return "random-letter words in ten scripts (no .mo catalogs on this machine)"
+    langs = len({lang for lang, _ in translation_catalogs()})
+    return f"translation catalogs: {n} .mo files in {langs} languages"
+
+
+def multilingual_docs(total_chars: int, seed: int = 0, doc_chars: int = 1500) -> list[str]:
+    """Real translations: documents of about ``doc_chars`` cut from the catalogs.
+
+    ``seed`` rotates where in the catalog order the documents start, so
+    different seeds give different (still many-language) text.
+    """
+    catalogs = translation_catalogs()
+    if not catalogs:
+        return script_docs(total_chars, seed=seed, doc_chars=doc_chars)
+    docs: list[str] = []
+    size = 0
+    start = (seed * 7919) % len(catalogs)
+    for i in range(len(catalogs)):
+        text = _catalog_text(catalogs[(start + i) % len(catalogs)][1])
+        # At most a few documents per catalog, so that one large catalog
+        # does not stand for its whole language.
+        for at in range(0, min(len(text), 4 * doc_chars), doc_chars):
+            doc = text[at : at + doc_chars]
+            docs.append(doc)
+            size += len(doc)
+            if size >= total_chars:
+                return docs
     return docs
 
 
