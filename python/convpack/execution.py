@@ -115,7 +115,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -310,46 +310,58 @@ def _package_copies() -> tuple[str, ...]:
 def _other_links(hidden: tuple[str, ...]) -> tuple[str, ...]:
     """Other names, inside the runtime, of the regular files in ``hidden``
     that have more than one (hard links): covering one name leaves the file
-    readable through the others."""
+    readable through the others. The runtime is searched only when such a
+    file exists, once per process for a given ``hidden``."""
     roots = _runtime_roots()
     linked: set[tuple[int, int]] = set()
     for path in hidden:
         if any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots):
-            for name in _walk(path, None):
-                st = os.lstat(name)
+            for _name, st in _walk(path, None):
                 if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                     linked.add((st.st_dev, st.st_ino))
     if not linked:
         return ()
-    devices = {dev for dev, _ in linked}
+    inodes = {ino for _, ino in linked}
     found = []
     for root in roots:
-        for name in _walk(root, devices):
-            st = os.lstat(name)
+        for name, st in _walk(root, {dev for dev, _ in linked}, inodes):
             if (st.st_dev, st.st_ino) in linked:
                 found.append(name)
     return tuple(found)
 
 
-def _walk(top: str, devices: set[int] | None) -> list[str]:
-    """``top`` and every name under it (not following links, staying on
-    ``devices`` when given); unreadable directories are skipped."""
-    names, pending = [], [top]
+def _walk(
+    top: str, devices: set[int] | None, inodes: set[int] | None = None
+) -> Iterator[tuple[str, os.stat_result]]:
+    """``top`` and the names under it with their ``lstat``, not following
+    links, staying on ``devices`` when given; with ``inodes``, only the names
+    of those inode numbers (and no other file is stat'ed). Unreadable
+    directories are skipped."""
+    try:
+        st = os.lstat(top)
+    except OSError:
+        return
+    pending = [(top, st)]
     while pending:
-        path = pending.pop()
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
+        path, st = pending.pop()
         if devices is not None and st.st_dev not in devices:
             continue
-        names.append(path)
-        if stat.S_ISDIR(st.st_mode):
-            try:
-                pending += [os.path.join(path, n) for n in os.listdir(path)]
-            except OSError:
-                pass
-    return names
+        if inodes is None or st.st_ino in inodes:
+            yield path, st
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append((entry.path, entry.stat(follow_symlinks=False)))
+                        elif inodes is None or entry.inode() in inodes:
+                            yield entry.path, entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+        except OSError:
+            continue
 
 
 def remove_tree(path: str) -> None:
@@ -883,6 +895,7 @@ def execute_code(
     limits = _limits(
         timeout, maximum_memory_bytes, max_file_bytes, max_open_files, max_processes, uid
     )
+    hidden = task_data_paths(hide)
     deadline = time.monotonic() + timeout
     sb = _Sandbox(
         "program",
@@ -893,7 +906,7 @@ def execute_code(
         isolate,
         max_disk_bytes,
         DEFAULT_MAX_DISK_INODES,
-        hidden=task_data_paths(hide),
+        hidden=hidden,
     )
     try:
         timed_out, overflow = _collect([sb], sb, deadline, max_output_bytes)
@@ -952,7 +965,9 @@ def check_program(
         timeout: wall-clock seconds for everything (program and tests).
         prompt: trusted text run in the harness before the tests (e.g. the
             HumanEval prompt: its imports, helpers and the entry point's
-            signature); the names it defines are what the tests use.
+            signature); the names it defines are what the tests use. A
+            prompt ending in a bare signature gets an empty body; one that
+            is not Python defines nothing.
         hide: as for :func:`execute_code` (hidden from both sandboxes).
         other arguments: as for :func:`execute_code`, for each sandbox.
 

@@ -496,12 +496,19 @@ def build_view(
         shown.append((path, real))
     targets, refused = covered_targets(hidden, shown)
     if targets:
-        # The source of the file covers; unlinked below, it lives on in them.
-        empty = root + "/.empty"
+        # The empty file that covers files lives on a small tmpfs of its own,
+        # detached afterwards (the covers keep it): nothing of it stays in
+        # the view, and the root can still be made read-only (an unlinked
+        # file in use would keep it writable).
+        scratch = root + "/.covers"
+        os.mkdir(scratch, 0o700)
+        mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,nr_inodes=4,mode=700")
+        empty = scratch + "/empty"
         os.close(os.open(empty, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
         for target in targets:
             cover(root + target, empty)
-        os.unlink(empty)
+        _check(_libc.umount2(_bytes(scratch), MNT_DETACH), "umount the covers' scratch")
+        os.rmdir(scratch)
     mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.chdir(root)
     number = _PIVOT_ROOT.get(platform.machine())
@@ -671,6 +678,22 @@ def _run(code: Any, globals_: dict[str, Any]) -> tuple[str, str | None]:
     return "ok", None
 
 
+def compile_prompt(prompt: str) -> Any:
+    """The code of a problem's prompt, to run in the harness; None if it is
+    not Python (a prompt in words defines nothing).
+
+    A prompt usually ends with the entry point's signature and docstring,
+    which compiles as it is; one that ends with a bare signature
+    (``def f(x):``) gets an empty body.
+    """
+    for text in (prompt, prompt.rstrip() + "\n    pass\n"):
+        try:
+            return compile(text, "prompt.py", "exec")
+        except (SyntaxError, ValueError):
+            continue
+    return None
+
+
 def run_harness(cfg: dict[str, Any], channel: Channel) -> tuple[str, str | None]:
     """The harness role: define the prompt's names, run the tests, call
     ``check`` on the program's entry point; return (outcome, error).
@@ -687,19 +710,22 @@ def run_harness(cfg: dict[str, Any], channel: Channel) -> tuple[str, str | None]
     entry = cfg["entry_point"]
     # Fresh, real builtins: nothing the tests look up comes from the program.
     globals_: dict[str, Any] = {"__builtins__": builtins}
-    for text, filename in ((cfg.get("prompt") or "", "prompt.py"), (cfg["code"], cfg["filename"])):
-        try:
-            code = compile(text, filename, "exec")
-        except (SyntaxError, ValueError) as exc:
-            return "exception", f"{type(exc).__name__} in {filename}: {exc}"
-        outcome, error = _run(code, globals_)
+    prompt = compile_prompt(cfg.get("prompt") or "")
+    if prompt is not None:
+        outcome, error = _run(prompt, globals_)
         if outcome != "ok":
-            return outcome, error
-        if filename == "prompt.py":
-            # The prompt declares the entry point (a signature and docstring):
-            # any use of that name, in a helper or in the tests, reaches the
-            # program's function, never the prompt's empty one.
-            globals_[entry] = RemoteFunction(entry, channel)
+            return outcome, f"{error} (in the prompt)"
+    # The prompt declares the entry point (a signature, maybe a docstring):
+    # any use of that name, in a helper or in the tests, reaches the
+    # program's function, never the prompt's empty one.
+    globals_[entry] = RemoteFunction(entry, channel)
+    try:
+        code = compile(cfg["code"], cfg["filename"], "exec")
+    except (SyntaxError, ValueError) as exc:
+        return "exception", f"{type(exc).__name__}: {exc}"
+    outcome, error = _run(code, globals_)
+    if outcome != "ok":
+        return outcome, error
     if not callable(globals_.get("check")):
         # Only the tests' own check counts, never one the program defines.
         return "exception", "NameError: the tests define no check(candidate)"

@@ -54,7 +54,6 @@ __all__ = [
     "DatasetNotFoundError",
     "HubDataset",
     "MissingColumnError",
-    "Row",
     "hub_offline",
     "load_hub_dataset",
     "load_local_file",
@@ -102,7 +101,7 @@ class MissingColumnError(DataFileError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class Row(dict):  # type: ignore[type-arg]
+class _Row(dict):  # type: ignore[type-arg]
     """One row of a :class:`HubDataset`: a plain dict of column name to value
     whose missing keys raise :class:`MissingColumnError` naming where the
     row comes from."""
@@ -155,7 +154,8 @@ class HubDataset:
 
     A minimal stand-in for an HF ``datasets.Dataset`` (and nanochat's class of
     the same name): ``len(ds)``, ``ds[i]`` (a dict of column name to Python
-    value) and ``ds.shuffle(seed)``.
+    value; a column the row lacks raises :class:`MissingColumnError` naming
+    ``source``, the row and the column) and ``ds.shuffle(seed)``.
 
     Args:
         table: a ``pyarrow.Table``, or a sequence of row dicts (what a jsonl
@@ -240,9 +240,9 @@ class HubDataset:
         """
         physical = self._physical(index)
         if hasattr(self.table, "num_rows"):
-            row = Row(self.table.slice(physical, 1).to_pylist()[0])
+            row = _Row(self.table.slice(physical, 1).to_pylist()[0])
         else:
-            row = Row(self.table[physical])
+            row = _Row(self.table[physical])
         where = f"{self.source or 'data'}, row {physical}"
         if self.lines is not None and physical < len(self.lines):
             where += f" (line {self.lines[physical]})"
@@ -302,8 +302,13 @@ _PATHS_READ: set[str] = set()
 
 
 def local_paths_read() -> tuple[str, ...]:
-    """The local data files and cache folders the tasks of this process
-    have read (resolved through symbolic links), sorted."""
+    """What the tasks of this process have read from disk, for the sandbox
+    to hide (``convpack.execution.task_data_paths``).
+
+    Returns:
+        The local data files and cache folders, resolved through symbolic
+        links, sorted.
+    """
     return tuple(sorted(_PATHS_READ))
 
 
