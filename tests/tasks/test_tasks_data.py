@@ -191,3 +191,22 @@ def test_local_files_read_are_recorded_for_the_sandbox(tmp_path):
     path = _gsm8k_file(tmp_path, GSM8K_ROWS)
     GSM8K(subset="main", split="test", data_dir=str(tmp_path))
     assert str(path.resolve()) in local_paths_read()
+
+
+def test_a_nested_row_without_a_column_is_named_too(tmp_path):
+    from task_fixtures import MMLU_AUX_ROWS, write_jsonl
+
+    from tasks.data import MissingColumnError
+    from tasks.mmlu import MMLU
+
+    rows = [{"train": dict(row["train"])} for row in MMLU_AUX_ROWS]
+    for row in rows:
+        del row["train"]["choices"]
+    path = write_jsonl(tmp_path / "cais" / "mmlu" / "auxiliary_train" / "train.jsonl", rows)
+    task = MMLU(subset="auxiliary_train", split="train", data_dir=str(tmp_path))
+    physical = task.ds._physical(0)
+    with pytest.raises(MissingColumnError) as info:
+        task[0]
+    assert str(info.value).startswith(
+        f"{path}, row {physical} (line {physical + 1}), column 'train': no column 'choices'"
+    ), str(info.value)

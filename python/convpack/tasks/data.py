@@ -60,6 +60,7 @@ __all__ = [
     "load_task_dataset",
     "local_candidates",
     "local_paths_read",
+    "nested_row",
     "nanochat_base_dir",
     "nanochat_cache_dir",
     "read_nanochat_cache",
@@ -293,6 +294,25 @@ def local_candidates(root: Path, hub_id: str, subset: str | None, split: str) ->
     """
     folder = root.joinpath(*hub_id.split("/"), subset or "default")
     return [folder / f"{split}.{ext}" for ext in EXTENSIONS]
+
+
+def nested_row(row: dict[str, Any], column: str) -> dict[str, Any]:
+    """The dict in ``row[column]`` (a row nested in a column, as MMLU's
+    auxiliary_train has) whose missing keys are named like the row's own.
+
+    Args:
+        row: a row of a :class:`HubDataset`.
+        column: the column holding the nested row.
+
+    Returns:
+        A dict of the nested row's columns.
+
+    Raises:
+        MissingColumnError: if ``row`` has no ``column``.
+    """
+    nested = _Row(row[column])
+    nested.where = f"{getattr(row, 'where', 'a data row')}, column {column!r}"
+    return nested
 
 
 # Every local file and cache folder read in this process, resolved:
