@@ -265,7 +265,8 @@ def task_data_paths(extra: Iterable[str | os.PathLike[str]] = ()) -> tuple[str, 
 
 def _runtime_roots() -> list[str]:
     # The directories the sandbox's view holds (see the supervisor's
-    # runtime_paths), as the host resolves them.
+    # runtime_paths and SYSTEM_DIRS), as the host resolves them, without
+    # those inside another.
     roots = {
         sys.prefix,
         sys.base_prefix,
@@ -273,9 +274,15 @@ def _runtime_roots() -> list[str]:
         sys.base_exec_prefix,
         os.path.dirname(sys.executable),
         "/usr",
-        "/usr/local",
+        "/bin",
+        "/sbin",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
     }
-    return sorted({os.path.realpath(r) for r in roots if r and os.path.isdir(r)})
+    real = sorted({os.path.realpath(r) for r in roots if r and os.path.isdir(r)})
+    return [r for r in real if not any(r.startswith(o.rstrip("/") + "/") for o in real)]
 
 
 def _default_hidden() -> list[str]:
@@ -289,7 +296,7 @@ def _default_hidden() -> list[str]:
 @functools.lru_cache(maxsize=1)
 def _package_copies() -> tuple[str, ...]:
     paths: set[str] = set()
-    for root in _runtime_roots():
+    for root in {*_runtime_roots(), os.path.realpath("/usr/local")}:
         for pattern in _PACKAGE_GLOBS:
             paths.update(glob.glob(os.path.join(glob.escape(root), pattern)))
     try:

@@ -30,8 +30,9 @@ an empty read-only tmpfs holding read-only, non-recursive bind mounts of the
 system and Python runtime directories, a few device nodes, a fresh ``/proc``
 for the PID namespace and a size-limited tmpfs at ``/tmp`` (the program's
 working directory). The task data that the caller names (``hidden``) is
-covered by empty read-only mounts wherever the runtime's binds show it. The old root is detached with ``pivot_root``, so no path
-leads back to the host's files, and the tmpfs vanishes with the namespace.
+covered by empty read-only mounts wherever the runtime's binds show it. The
+old root is detached with ``pivot_root``, so no path leads back to the
+host's files, and the tmpfs vanishes with the namespace.
 """
 
 from __future__ import annotations
@@ -502,7 +503,8 @@ def build_view(
         # file in use would keep it writable).
         scratch = root + "/.covers"
         os.mkdir(scratch, 0o700)
-        mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,nr_inodes=4,mode=700")
+        flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+        mount("tmpfs", scratch, "tmpfs", flags, "size=4k,nr_inodes=4,mode=700")
         empty = scratch + "/empty"
         os.close(os.open(empty, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
         for target in targets:
@@ -555,7 +557,10 @@ def covered_targets(
             except OSError as exc:
                 refused.append(f"{host}: {exc.strerror}")
                 continue
-            pending += [(os.path.join(host, name), False) for name in names]
+            # A symbolic link among them shows nothing by itself (where it
+            # leads is hidden or not on its own account).
+            children = [os.path.join(host, name) for name in names]
+            pending += [(c, False) for c in children if not os.path.islink(c)]
             continue
         for path, real in shown:
             if host.startswith(real.rstrip("/") + "/"):
