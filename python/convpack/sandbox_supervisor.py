@@ -29,8 +29,10 @@ The filesystem view (when the kernel grants a mount namespace) is a new root:
 an empty read-only tmpfs holding read-only, non-recursive bind mounts of the
 system and Python runtime directories, a few device nodes, a fresh ``/proc``
 for the PID namespace and a size-limited tmpfs at ``/tmp`` (the program's
-working directory). The old root is detached with ``pivot_root``, so no path
-leads back to the host's files, and the tmpfs vanishes with the namespace.
+working directory). The task data that the caller names (``hidden``) is
+covered by empty read-only mounts wherever the runtime's binds show it. The
+old root is detached with ``pivot_root``, so no path leads back to the
+host's files, and the tmpfs vanishes with the namespace.
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ import json
 import os
 import platform
 import signal
+import stat
 import struct
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # --- constants from <sched.h>, <sys/mount.h> and <linux/prctl.h> -------------
@@ -323,20 +326,6 @@ class Channel:
         raise KeyError(name)
 
 
-class _BuiltinsWithProgramNames(dict):  # type: ignore[type-arg]
-    """The harness's builtins: a name that neither the tests nor the builtins
-    define comes from the program (e.g. a helper the prompt defined)."""
-
-    def __init__(self, channel: Channel) -> None:
-        super().__init__(builtins.__dict__)
-        self.channel = channel
-
-    def __missing__(self, name: str) -> Any:
-        value = self.channel.lookup(name)
-        self[name] = value
-        return value
-
-
 def serve(globals_: dict[str, Any], request_fd: int, reply_fd: int) -> None:
     """Answer the harness's requests with the program's globals until the
     harness closes the channel."""
@@ -454,9 +443,19 @@ def runtime_paths() -> list[str]:
     return sorted(paths, key=lambda p: (p.count("/"), p))
 
 
-def build_view(root: str, uid: int, disk_bytes: int, disk_inodes: int) -> None:
+def build_view(
+    root: str, uid: int, disk_bytes: int, disk_inodes: int, hidden: Sequence[str] = ()
+) -> list[str]:
     """Make ``root`` (an empty directory) the program's filesystem and switch
-    to it; see the module docstring. Raises OSError on any refusal."""
+    to it; see the module docstring. The host paths ``hidden`` (task data:
+    files or directories) are covered wherever the runtime shows them.
+
+    Returns:
+        The reasons some of ``hidden`` could not be covered (empty when all were).
+
+    Raises:
+        OSError: on any refusal of the kernel.
+    """
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,nr_inodes=4096,mode=755")
     os.mkdir(root + "/dev", 0o755)
@@ -481,6 +480,7 @@ def build_view(root: str, uid: int, disk_bytes: int, disk_inodes: int) -> None:
     # The runtime last, so that an installation below one of the view's own
     # mount points (a virtualenv under /tmp) is bound inside it, read-only.
     bound: list[str] = []
+    shown: list[tuple[str, str]] = []  # (path in the view, what the host holds there)
     for path in runtime_paths():
         if any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound):
             continue  # already visible through a parent
@@ -494,6 +494,23 @@ def build_view(root: str, uid: int, disk_bytes: int, disk_inodes: int) -> None:
         os.makedirs(inside, mode=0o755, exist_ok=True)
         bind_readonly(real, inside)
         bound.append(path)
+        shown.append((path, real))
+    targets, refused = covered_targets(hidden, shown)
+    if targets:
+        # The empty file that covers files lives on a small tmpfs of its own,
+        # detached afterwards (the covers keep it): nothing of it stays in
+        # the view, and the root can still be made read-only (an unlinked
+        # file in use would keep it writable).
+        scratch = root + "/.covers"
+        os.mkdir(scratch, 0o700)
+        flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+        mount("tmpfs", scratch, "tmpfs", flags, "size=4k,nr_inodes=4,mode=700")
+        empty = scratch + "/empty"
+        os.close(os.open(empty, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
+        for target in targets:
+            cover(root + target, empty)
+        _check(_libc.umount2(_bytes(scratch), MNT_DETACH), "umount the covers' scratch")
+        os.rmdir(scratch)
     mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.chdir(root)
     number = _PIVOT_ROOT.get(platform.machine())
@@ -503,6 +520,71 @@ def build_view(root: str, uid: int, disk_bytes: int, disk_inodes: int) -> None:
         mount(root, "/", None, MS_MOVE)
         os.chroot(".")
     os.chdir("/")
+    return refused
+
+
+def covered_targets(
+    hidden: Sequence[str], shown: Sequence[tuple[str, str]]
+) -> tuple[list[str], list[str]]:
+    """Where the view shows each of the host paths ``hidden``.
+
+    ``shown`` pairs each bound path of the view with the host directory
+    bound there. A hidden path inside one is shown (and covered) at the
+    matching path of every such bind, whatever the name it was given by; one
+    that holds a bound directory is covered entry by entry around it (the
+    runtime stays); one that is a bound directory cannot be covered.
+
+    Returns:
+        (paths in the view to cover, reasons for those that cannot be).
+    """
+    targets: list[str] = []
+    refused: list[str] = []
+    pending = [(os.path.realpath(h), True) for h in hidden]
+    seen: set[str] = set()
+    while pending:
+        host, given = pending.pop()
+        if host in seen:
+            continue
+        seen.add(host)
+        holds = [real for _, real in shown if real == host or real.startswith(host.rstrip("/") + "/")]
+        if host in holds:
+            if given:
+                refused.append(f"{host} is a directory of the Python runtime")
+            continue
+        if holds:
+            try:
+                names = os.listdir(host)
+            except OSError as exc:
+                refused.append(f"{host}: {exc.strerror}")
+                continue
+            # A symbolic link among them shows nothing by itself (where it
+            # leads is hidden or not on its own account).
+            children = [os.path.join(host, name) for name in names]
+            pending += [(c, False) for c in children if not os.path.islink(c)]
+            continue
+        for path, real in shown:
+            if host.startswith(real.rstrip("/") + "/"):
+                targets.append(path.rstrip("/") + host[len(real.rstrip("/")) :])
+    return sorted(set(targets)), refused
+
+
+def cover(target: str, empty_file: str) -> None:
+    """Mount an empty, read-only directory (or file) over ``target``.
+
+    The kernel locks a mount made here together with the view in any mount
+    namespace the program could make later, so it cannot be unmounted to
+    show what lies below. A target that is gone is fine.
+    """
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+        mount("tmpfs", target, "tmpfs", flags, "size=4k,nr_inodes=2,mode=555")
+    else:
+        mount(empty_file, target, None, MS_BIND)
+        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def drop_identity(uid: int | None) -> str | None:
@@ -601,6 +683,70 @@ def _run(code: Any, globals_: dict[str, Any]) -> tuple[str, str | None]:
     return "ok", None
 
 
+def compile_prompt(prompt: str) -> Any:
+    """The code of a problem's prompt, to run in the harness; None if it is
+    not Python (a prompt in words defines nothing).
+
+    A prompt usually ends with the entry point's signature and docstring,
+    which compiles as it is; one that ends with a bare signature
+    (``def f(x):``) gets an empty body.
+    """
+    for text in (prompt, prompt.rstrip() + "\n    pass\n"):
+        try:
+            return compile(text, "prompt.py", "exec")
+        except (SyntaxError, ValueError):
+            continue
+    return None
+
+
+def run_harness(cfg: dict[str, Any], channel: Channel) -> tuple[str, str | None]:
+    """The harness role: define the prompt's names, run the tests, call
+    ``check`` on the program's entry point; return (outcome, error).
+
+    Only the entry point comes from the program. Everything else the tests
+    use comes from trusted text run here: the prompt (the problem's own
+    helpers, such as HumanEval's ``poly`` or ``encode_cyclic``, and its
+    imports) and the tests themselves. Whatever the program does to its own
+    namespace (redefining a helper, rebinding it through ``globals()``, a
+    decorator or ``builtins``) stays in the program's process: the tests
+    compute their expectations with these helpers and only compare plain
+    values with the program's replies.
+    """
+    entry = cfg["entry_point"]
+    # Fresh, real builtins: nothing the tests look up comes from the program.
+    globals_: dict[str, Any] = {"__builtins__": builtins}
+    prompt = compile_prompt(cfg.get("prompt") or "")
+    if prompt is not None:
+        outcome, error = _run(prompt, globals_)
+        if outcome != "ok":
+            return outcome, f"{error} (in the prompt)"
+    # The prompt declares the entry point (a signature, maybe a docstring):
+    # any use of that name, in a helper or in the tests, reaches the
+    # program's function, never the prompt's empty one.
+    globals_[entry] = RemoteFunction(entry, channel)
+    try:
+        code = compile(cfg["code"], cfg["filename"], "exec")
+    except (SyntaxError, ValueError) as exc:
+        return "exception", f"{type(exc).__name__}: {exc}"
+    outcome, error = _run(code, globals_)
+    if outcome != "ok":
+        return outcome, error
+    if not callable(globals_.get("check")):
+        # Only the tests' own check counts, never one the program defines.
+        return "exception", "NameError: the tests define no check(candidate)"
+
+    def candidate() -> Any:
+        # Always the program's function, even if the tests define a global
+        # of the same name.
+        try:
+            return channel.lookup(entry)
+        except KeyError:
+            raise NameError(f"name {entry!r} is not defined by the program") from None
+
+    globals_["__program_candidate__"] = candidate
+    return _run(compile("check(__program_candidate__())", "check", "exec"), globals_)
+
+
 def worker(cfg: dict[str, Any], outcome_fd: int) -> None:
     """The worker process: limits, identity, then the role's code. Never returns."""
     os.setsid()
@@ -619,32 +765,7 @@ def worker(cfg: dict[str, Any], outcome_fd: int) -> None:
     sys.argv[:] = [cfg["filename"]]
     rpc = cfg.get("rpc")
     if cfg["role"] == "harness":
-        channel = Channel(rpc["request"], rpc["reply"])
-        globals_: dict[str, Any] = {"__builtins__": _BuiltinsWithProgramNames(channel)}
-        outcome, error = "ok", None
-        try:
-            code = compile(cfg["code"], cfg["filename"], "exec")
-        except (SyntaxError, ValueError) as exc:
-            outcome, error = "exception", f"{type(exc).__name__}: {exc}"
-        if outcome == "ok":
-            outcome, error = _run(code, globals_)
-        if outcome == "ok" and not callable(globals_.get("check")):
-            # Only the tests' own check counts, never one the program defines.
-            outcome, error = "exception", "NameError: the tests define no check(candidate)"
-        if outcome == "ok":
-            entry = cfg["entry_point"]
-
-            def candidate() -> Any:
-                # Always the program's function, even if the tests define
-                # a global of the same name.
-                try:
-                    return channel.lookup(entry)
-                except KeyError:
-                    raise NameError(f"name {entry!r} is not defined by the program") from None
-
-            globals_["__program_candidate__"] = candidate
-            call = compile("check(__program_candidate__())", "check", "exec")
-            outcome, error = _run(call, globals_)
+        outcome, error = run_harness(cfg, Channel(rpc["request"], rpc["reply"]))
         _flush()
         _write_outcome(outcome_fd, outcome, error)
         os._exit(0 if outcome == "ok" else 1)
@@ -696,13 +817,18 @@ def init(
     applied = ["process", "rlimits", *namespaces]
     if "mount_namespace" in namespaces:
         try:
-            build_view(
+            refused = build_view(
                 cfg["host_dir"],
                 cfg["uid"] if cfg["uid"] is not None else os.getuid(),
                 cfg["disk_bytes"],
                 cfg["disk_inodes"],
+                cfg.get("hidden") or (),
             )
             applied += ["filesystem", "own_proc", "disk_quota"]
+            if refused:
+                missing.append(f"hidden_data ({'; '.join(refused)})")
+            else:
+                applied.append("hidden_data")
             cfg["workdir"] = "/tmp"
         except OSError as exc:
             missing.append(f"filesystem ({exc})")

