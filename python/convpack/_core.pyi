@@ -13,6 +13,7 @@ __all__ = [
     "CL100K_TIKTOKEN_PATTERN",
     "ChatTemplate",
     "CoreTokenizer",
+    "MAX_SPECIAL_TOKENS",
     "MAX_VOCAB_SIZE",
     "Packer",
     "QWEN2_PATTERN",
@@ -30,6 +31,7 @@ SPLIT_PATTERN: str
 CL100K_PATTERN: str
 CL100K_TIKTOKEN_PATTERN: str
 QWEN2_PATTERN: str
+MAX_SPECIAL_TOKENS: int
 MAX_VOCAB_SIZE: int
 CHAT_SPECIAL_TOKENS: list[str]
 __version__: str
@@ -65,7 +67,10 @@ class CoreTokenizer:
     def ranks(self) -> list[bytes]: ...
     def special_id(self, name: str) -> Optional[int]: ...
     def encode_ordinary(self, text: str) -> list[int]: ...
-    def encode(self, text: str, allowed_special: list[str]) -> list[int]: ...
+    def encode(self, text: str, allowed_special: str | Iterable[str]) -> list[int]: ...
+    def encode_batch(
+        self, texts: Iterable[str], allowed_special: str | Iterable[str], num_threads: int
+    ) -> list[list[int]]: ...
     def encode_ordinary_batch(self, texts: Iterable[str], num_threads: int) -> list[list[int]]: ...
     def time_encode_ordinary(self, texts: Iterable[str], repeats: int) -> tuple[int, float]: ...
     def encode_ordinary_flat(

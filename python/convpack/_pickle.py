@@ -21,12 +21,16 @@ import reprlib
 import stat
 from typing import Any
 
+from . import _core
 from .errors import VocabularyError
 
-__all__ = ["MAX_PICKLE_BYTES", "load_encoding_state", "read_regular_file", "short_repr"]
+__all__ = ["MAX_PICKLE_BYTES", "MAX_SPECIAL_TOKENS", "load_encoding_state", "read_regular_file", "short_repr"]
 
 #: Largest ``tokenizer.pkl`` read (a pickled o200k_base is about 4 MB).
 MAX_PICKLE_BYTES = 256 << 20
+#: Most special tokens a pickled Encoding may hold (the core's bound, checked
+#: here to name the file and field).
+MAX_SPECIAL_TOKENS: int = _core.MAX_SPECIAL_TOKENS
 #: Deepest nesting of MARK-delimited containers in a pickle (an Encoding's
 #: state needs 3).
 MAX_PICKLE_NESTING = 64
@@ -188,6 +192,13 @@ def load_encoding_state(path: str) -> dict:
                 f"got {type(state.get(field)).__name__}",
                 path,
             )
+    # Checked before anything is built from them (see MAX_SPECIAL_TOKENS).
+    if len(state["special_tokens"]) > MAX_SPECIAL_TOKENS:
+        raise VocabularyError(
+            f"{path}: field 'special_tokens' has {len(state['special_tokens'])} entries, more than "
+            f"the {MAX_SPECIAL_TOKENS} special tokens a tokenizer may have",
+            path,
+        )
     for k, v in state["special_tokens"].items():
         if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int):
             raise VocabularyError(

@@ -98,6 +98,10 @@ def _import_torch() -> Any:
     return torch
 
 
+#: The most ranks a job may have (ranks and sizes are 64-bit in the core).
+MAX_WORLD_SIZE = 2**63 - 1
+
+
 def _check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
     """``value`` as an int in ``[low, high]``: ``TypeError`` for a non-int
     (bools and floats included), ``ValueError`` out of range."""
@@ -126,9 +130,9 @@ def resolve_distributed(rank: Optional[int] = None, world_size: Optional[int] = 
     out-of-range rank or a malformed variable.
     """
     if rank is not None:
-        _check_int("rank", rank, 0)
+        _check_int("rank", rank, 0, MAX_WORLD_SIZE - 1)
     if world_size is not None:
-        _check_int("world_size", world_size, 1)
+        _check_int("world_size", world_size, 1, MAX_WORLD_SIZE)
     if rank is None or world_size is None:
         detected_rank, detected_world = 0, 1
         # torch.distributed can only be initialised if torch was imported.
@@ -145,8 +149,8 @@ def resolve_distributed(rank: Optional[int] = None, world_size: Optional[int] = 
             detected_world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = detected_rank if rank is None else rank
         world_size = detected_world if world_size is None else world_size
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if not 1 <= world_size <= MAX_WORLD_SIZE:
+        raise ValueError(f"world_size must be in [1, {MAX_WORLD_SIZE}], got {world_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     return int(rank), int(world_size)
@@ -558,7 +562,7 @@ class DataGenerator:
         buffer_size = _check_int("buffer_size", buffer_size, 1, MAX_BUFFER_SIZE)
         max_tokens = _check_int("max_tokens", max_tokens, 1, MAX_BATCH_TOKENS)
         prefetch = _check_int("prefetch", prefetch, 0, MAX_PREFETCH)
-        num_iterations = _check_int("num_iterations", num_iterations, -1)
+        num_iterations = _check_int("num_iterations", num_iterations, -1, 2**63 - 1)
         if num_iterations == 0:
             raise ValueError("num_iterations must be -1 (one epoch) or >= 1, got 0")
         if seq_len is None and mode != "padded":

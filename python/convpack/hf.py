@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from . import _core
+from ._atomic import AtomicFiles
 from ._pickle import read_regular_file
 from .errors import VocabularyError
 
@@ -586,13 +587,23 @@ class AddedSplitter:
         return out
 
 
-def save_files(vocab: HfVocabulary, directory: str) -> None:
-    """Copies the HF files the vocabulary came from into ``directory``."""
+def save_files(vocab: HfVocabulary, directory: str, files: AtomicFiles) -> None:
+    """Stages copies of the HF files the vocabulary came from in ``files``
+    (an :class:`~convpack._atomic.AtomicFiles` on ``directory``), which the
+    caller commits with its own files."""
     source = os.path.dirname(vocab.path) or "."
     if os.path.abspath(source) == os.path.abspath(directory):
         return  # saved over its own directory: the files are already there
-    shutil.copyfile(vocab.path, os.path.join(directory, "tokenizer.json"))
+    files.write("tokenizer.json", _copier(vocab.path))
     for name in HF_FILES[1:]:
         p = os.path.join(source, name)
         if os.path.isfile(p):
-            shutil.copyfile(p, os.path.join(directory, name))
+            files.write(name, _copier(p))
+
+
+def _copier(path: str):
+    def copy(f) -> None:
+        with open(path, "rb") as src:
+            shutil.copyfileobj(src, f)
+
+    return copy

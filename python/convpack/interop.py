@@ -28,8 +28,9 @@ import os
 import pickle
 import warnings
 import weakref
-from typing import Any, TypeVar
+from typing import IO, Any, Callable, Optional, TypeVar
 
+from ._atomic import AtomicFiles
 from .tasks.data import nanochat_base_dir as _nanochat_base_path
 
 __all__ = [
@@ -201,7 +202,8 @@ def token_byte_lengths(tokenizer: Any) -> list:
 
 def write_tokenizer_pkl(tokenizer: Any, directory: str) -> str:
     """Writes ``directory/tokenizer.pkl``: the pickled :func:`to_tiktoken`
-    encoding, the file nanochat's ``RustBPETokenizer.from_directory`` loads.
+    encoding, the file nanochat's ``RustBPETokenizer.from_directory`` loads
+    (atomically: see :mod:`convpack._atomic`).
 
     Returns:
         The file's path.
@@ -210,16 +212,21 @@ def write_tokenizer_pkl(tokenizer: Any, directory: str) -> str:
         ImportError: tiktoken is not installed.
         OSError: the file cannot be written.
     """
+    with AtomicFiles(directory) as files:
+        files.write(TOKENIZER_PKL, _tokenizer_pkl_writer(tokenizer))
+        files.commit()
+    return os.path.join(directory, TOKENIZER_PKL)
+
+
+def _tokenizer_pkl_writer(tokenizer: Any) -> Callable[[IO[bytes]], None]:
     encoding = to_tiktoken(tokenizer)
-    path = os.path.join(directory, TOKENIZER_PKL)
-    _write_atomically(path, lambda f: pickle.dump(encoding, f, protocol=_PICKLE_PROTOCOL))
-    return path
+    return lambda f: pickle.dump(encoding, f, protocol=_PICKLE_PROTOCOL)
 
 
 def write_token_bytes(tokenizer: Any, directory: str) -> str:
     """Writes ``directory/token_bytes.pt``: :func:`token_byte_lengths` as a
     torch int32 CPU tensor saved with ``torch.save``, as nanochat's tokenizer
-    training does.
+    training does (atomically: see :mod:`convpack._atomic`).
 
     Returns:
         The file's path.
@@ -228,22 +235,37 @@ def write_token_bytes(tokenizer: Any, directory: str) -> str:
         ImportError: torch is not installed.
         OSError: the file cannot be written.
     """
+    with AtomicFiles(directory) as files:
+        files.write(TOKEN_BYTES_PT, _token_bytes_writer(tokenizer))
+        files.commit()
+    return os.path.join(directory, TOKEN_BYTES_PT)
+
+
+def _token_bytes_writer(tokenizer: Any) -> Callable[[IO[bytes]], None]:
     try:
         import torch
     except ImportError as e:
         raise ImportError("writing token_bytes.pt needs torch: pip install torch") from e
     tensor = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.int32, device="cpu")
-    path = os.path.join(directory, TOKEN_BYTES_PT)
-    _write_atomically(path, lambda f: torch.save(tensor, f))
-    return path
+    return lambda f: torch.save(tensor, f)
 
 
-def write_nanochat_files(tokenizer: Any, directory: str, write: bool = True) -> dict:
+def write_nanochat_files(
+    tokenizer: Any, directory: str, write: bool = True, files: Optional[AtomicFiles] = None
+) -> dict:
     """Writes ``tokenizer.pkl`` and ``token_bytes.pt`` into ``directory``
     (which must exist). A file whose package is missing is skipped, and one
     :class:`NanochatFilesWarning` names what was skipped and what to install.
     A file that is not written (skipped, or ``write=False``) is removed if an
     older one is there: it would describe another tokenizer.
+
+    Args:
+        tokenizer: a :class:`convpack.Tokenizer`.
+        directory: where to write.
+        write: write the files (``False``: only remove older ones).
+        files: stage the files there instead of putting them in place now
+            (``Tokenizer.save`` commits them with its own files); ``None``:
+            written and put in place here, atomically.
 
     Returns:
         ``{file name: SHA-256 hex digest}`` of the files written, which
@@ -253,20 +275,22 @@ def write_nanochat_files(tokenizer: Any, directory: str, write: bool = True) -> 
     Raises:
         OSError: a file cannot be written or removed.
     """
+    if files is None:
+        with AtomicFiles(directory) as own:
+            written = write_nanochat_files(tokenizer, directory, write, own)
+            own.commit()
+        return written
     written, missing = {}, []
     for writer, filename, package in (
-        (write_tokenizer_pkl, TOKENIZER_PKL, "tiktoken"),
-        (write_token_bytes, TOKEN_BYTES_PT, "torch"),
+        (_tokenizer_pkl_writer, TOKENIZER_PKL, "tiktoken"),
+        (_token_bytes_writer, TOKEN_BYTES_PT, "torch"),
     ):
-        path = os.path.join(directory, filename)
         if write and _importable(package):
-            writer(tokenizer, directory)
-            written[filename] = _sha256(path)
+            written[filename] = files.write(filename, writer(tokenizer))
             continue
         if write:
             missing.append((filename, package))
-        if os.path.exists(path):
-            os.remove(path)
+        files.remove(filename)
     if missing:
         skipped = ", ".join(f"{filename} (needs {package})" for filename, package in missing)
         packages = " ".join(package for _, package in missing)
@@ -313,16 +337,3 @@ def _importable(package: str) -> bool:
     except ImportError:
         return False
     return True
-
-
-def _write_atomically(path: str, write: Any) -> None:
-    # A reader (another rank, nanochat itself) never sees a half-written file.
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

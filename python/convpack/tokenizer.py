@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from . import _core
+from ._atomic import AtomicFiles
 from ._encodings import (
     DERIVED_ENCODINGS,
     ENCODING_NAMES,
@@ -111,17 +112,24 @@ class Tokenizer:
         Args:
             mergeable_ranks: ``{token bytes: rank}`` (as tiktoken takes them;
                 a few ranks may be left out), or token bytes indexed by rank.
-            pattern: the split pattern.
+            pattern: the split pattern. It must match all text: text
+                between its matches would be dropped (tiktoken drops it
+                silently), so a pattern that skips any character of a probe
+                of every ASCII character and a sample of other scripts is
+                refused.
             special_tokens: ``{name: id}``, or names that get ids right after
-                the ranks; ``None`` means the chat special tokens.
+                the ranks; ``None`` means the chat special tokens. At most
+                ``convpack._core.MAX_SPECIAL_TOKENS`` (131,072), for every
+                source of a vocabulary.
 
         Returns:
             The tokenizer.
 
         Raises:
             ValueError: a rank, token or special id is invalid (ids must be
-                below ``MAX_VOCAB_SIZE`` and free), or the pattern does not
-                compile.
+                below ``MAX_VOCAB_SIZE`` and free), there are too many special
+                tokens, or the pattern does not compile or does not match
+                all text.
             TypeError: an argument has the wrong type.
         """
         if isinstance(mergeable_ranks, dict):
@@ -405,7 +413,8 @@ class Tokenizer:
         Raises:
             ValueError: ``vocab_size`` is below 256 + 9, or the text has too
                 few distinct adjacent pairs to learn that many merges.
-            TypeError: a text is not a str, or an argument is not an int.
+            TypeError: ``text_iterator`` is one str (not an iterable of
+                texts), a text is not a str, or an argument is not an int.
         """
         n_special = len(CHAT_SPECIAL_TOKENS)
         vocab_size = _int_arg(vocab_size, "vocab_size", 0)
@@ -418,6 +427,12 @@ class Tokenizer:
         if vocab_size > MAX_VOCAB_SIZE:
             raise ValueError(f"vocab_size must be at most {MAX_VOCAB_SIZE}, got {vocab_size}")
         trainer = _core.BpeTrainer(pattern)
+        if isinstance(text_iterator, (str, bytes)):
+            # Iterating it would train on its characters, one text each.
+            raise TypeError(
+                f"train_from_iterator expects an iterable of str, got one {type(text_iterator).__name__} "
+                "(wrap a single text in a list)"
+            )
         chunk: list = []
         for text in text_iterator:
             chunk.append(text)
@@ -450,27 +465,37 @@ class Tokenizer:
             directory: where to write.
             nanochat_files: also write nanochat's files.
 
+        Every file is written atomically (see :mod:`convpack._atomic`): a
+        save that fails leaves the tokenizer saved there before loadable, and
+        a symlink in the directory is replaced, never written through.
+
         Raises:
-            OSError: the files cannot be written.
+            OSError: the files cannot be written (the directory keeps what it
+                held before).
         """
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, _RANKS), "w", encoding="ascii") as f:
-            f.write(self._core.to_tiktoken())
-        config = {
-            "format": _FORMAT,
-            "version": 1,
-            "pattern": self._core.pattern,
-            "special_tokens": [list(s) for s in self._core.special_tokens],
-        }
-        if self._hf is not None:  # keep the tokenizer.json, which from_directory reloads
-            from . import hf
+        # Every file is staged first and put in place only when all are
+        # written, the config last: a failed save leaves the previous
+        # tokenizer whole, and no symlink in the directory is written through.
+        with AtomicFiles(directory) as files:
+            ranks = self._core.to_tiktoken().encode("ascii")
+            files.write(_RANKS, lambda f: f.write(ranks))
+            config = {
+                "format": _FORMAT,
+                "version": 1,
+                "pattern": self._core.pattern,
+                "special_tokens": [list(s) for s in self._core.special_tokens],
+            }
+            if self._hf is not None:  # keep the tokenizer.json, which from_directory reloads
+                from . import hf
 
-            hf.save_files(self._hf, directory)
-            config["hf_tokenizer"] = "tokenizer.json"
-        config["nanochat_files"] = write_nanochat_files(self, directory, nanochat_files)
-        with open(os.path.join(directory, _CONFIG), "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2)
+                hf.save_files(self._hf, directory, files)
+                config["hf_tokenizer"] = "tokenizer.json"
+            config["nanochat_files"] = write_nanochat_files(self, directory, nanochat_files, files)
+            text = json.dumps(config, indent=2).encode("utf-8")
+            files.write(_CONFIG, lambda f: f.write(text))
+            files.commit()
 
     # ------------------------------------------------------------ properties
 
@@ -636,7 +661,8 @@ class Tokenizer:
             if allowed_special is None:
                 rows = self._core.encode_ordinary_batch(text, threads)
             else:
-                rows = [self._encode_one(t, allowed_special) for t in text]
+                # The allowed set is built once for the whole list.
+                rows = self._core.encode_batch(text, self._allowed(allowed_special), threads)
             if pre is not None or post is not None:
                 for row in rows:
                     if pre is not None:
@@ -714,7 +740,8 @@ class Tokenizer:
             (``offsets`` is int64, ``len(texts) + 1`` long).
 
         Raises:
-            TypeError: a text is not a str.
+            TypeError: ``texts`` is one str (not a list of them), or a
+                text is not a str.
             MemoryError: the result does not fit in memory.
         """
         return self._core.encode_ordinary_flat(texts, _threads(num_threads))
@@ -722,23 +749,28 @@ class Tokenizer:
     def _encode_one(self, text: str, allowed_special) -> list:
         if allowed_special is None:
             return self._core.encode_ordinary(text)
+        return self._core.encode(text, self._allowed(allowed_special))
+
+    @staticmethod
+    def _allowed(allowed_special) -> Union[str, list]:
+        # "all" goes to the core as it is: a list of every name would cost
+        # the number of special tokens on every call.
         if isinstance(allowed_special, str):
             if allowed_special != "all":
                 raise ValueError(
                     f"allowed_special must be 'all' or a collection of names, got {short_repr(allowed_special)}"
                 )
-            allowed = list(self._special_ids)
-        else:
-            if isinstance(allowed_special, (bytes, bytearray)) or not isinstance(allowed_special, Iterable):
-                raise TypeError(
-                    f"allowed_special must be 'all' or a collection of str names, got "
-                    f"{type(allowed_special).__name__}"
-                )
-            allowed = list(allowed_special)
-            for name in allowed:
-                if not isinstance(name, str):
-                    raise TypeError(f"allowed_special must hold str names, got {short_repr(name)}")
-        return self._core.encode(text, allowed)
+            return "all"
+        if isinstance(allowed_special, (bytes, bytearray)) or not isinstance(allowed_special, Iterable):
+            raise TypeError(
+                f"allowed_special must be 'all' or a collection of str names, got "
+                f"{type(allowed_special).__name__}"
+            )
+        allowed = list(allowed_special)
+        for name in allowed:
+            if not isinstance(name, str):
+                raise TypeError(f"allowed_special must hold str names, got {short_repr(name)}")
+        return allowed
 
     def _token(self, token: Optional[TokenLike], what: str) -> Optional[int]:
         if token is None:

@@ -5,12 +5,12 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use std::hash::Hasher;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use crate::error::CoreError;
 use crate::pretokenize::Splitter;
@@ -34,6 +34,11 @@ pub const CHAT_SPECIAL_TOKENS: [&str; 9] = [
 /// Largest vocabulary (one more than the largest id) a tokenizer may have:
 /// every id then fits the `int32` inputs the packers write.
 pub const MAX_VOCAB_SIZE: usize = 1 << 31;
+
+/// Most special tokens a tokenizer may have: far more than any vocabulary
+/// in use (tiktoken's largest has about a thousand), and few enough that
+/// loading them stays cheap (their matcher costs about a kilobyte each).
+pub const MAX_SPECIAL_TOKENS: usize = 1 << 17;
 
 /// Pieces this long or longer are merged without the piece cache.
 const HEAP_MERGE_MIN_LEN: usize = 128;
@@ -131,46 +136,139 @@ const PIECE_CACHE_CAPACITY: usize = 1 << 16;
 /// the part; longer parts are found by walking a trie of the long tokens.
 const SHORT_PART: usize = 64;
 
-/// A byte trie of tokens (the long ones), for finding every token that is a
-/// prefix (or, built from reversed bytes, a suffix) of a string in one walk.
-struct Trie {
-    /// Per node: children by byte, and the rank of the token ending here.
-    nodes: Vec<(Vec<(u8, u32)>, Rank)>,
+/// Byte `i` of `key`, read from the front or (`rev`) from the back.
+#[inline]
+fn key_at(key: &[u8], rev: bool, i: usize) -> u8 {
+    if rev {
+        key[key.len() - 1 - i]
+    } else {
+        key[i]
+    }
 }
 
-impl Trie {
-    fn new() -> Self {
+/// One node of a [`Trie`]: the edge into it is bytes `start..end` of the
+/// key of token `src` (the node sits at depth `end`).
+struct TrieNode {
+    src: Rank,
+    start: u32,
+    end: u32,
+    children: Vec<u32>,
+    /// Rank of the token whose key ends here (`Rank::MAX`: none).
+    rank: Rank,
+}
+
+/// A compressed byte trie of tokens (the long ones), for finding every token
+/// that is a prefix (or, with `rev`, a suffix) of a string in one walk.
+/// Edges are ranges of the tokens' own bytes, so a token adds at most two
+/// nodes however long it is: memory follows the number of long tokens, not
+/// their bytes (a trie node per byte cost a hostile rank file with one huge
+/// token over a hundred bytes per byte).
+struct Trie<'a> {
+    ranks: &'a [Vec<u8>],
+    rev: bool,
+    nodes: Vec<TrieNode>,
+}
+
+impl<'a> Trie<'a> {
+    fn new(ranks: &'a [Vec<u8>], rev: bool) -> Self {
+        let root = TrieNode {
+            src: 0,
+            start: 0,
+            end: 0,
+            children: Vec::new(),
+            rank: Rank::MAX,
+        };
         Trie {
-            nodes: vec![(Vec::new(), Rank::MAX)],
+            ranks,
+            rev,
+            nodes: vec![root],
         }
     }
 
-    fn insert(&mut self, bytes: impl Iterator<Item = u8>, rank: Rank) {
-        let mut at = 0usize;
-        for b in bytes {
-            at = match self.nodes[at].0.iter().find(|c| c.0 == b) {
-                Some(&(_, child)) => child as usize,
-                None => {
-                    let child = self.nodes.len();
-                    self.nodes.push((Vec::new(), Rank::MAX));
-                    self.nodes[at].0.push((b, child as u32));
-                    child
-                }
+    /// First byte of the edge into `node`.
+    fn first_byte(&self, node: usize) -> u8 {
+        let n = &self.nodes[node];
+        key_at(&self.ranks[n.src as usize], self.rev, n.start as usize)
+    }
+
+    /// The child of `at` whose edge starts with `b`.
+    fn child(&self, at: usize, b: u8) -> Option<(usize, usize)> {
+        self.nodes[at]
+            .children
+            .iter()
+            .enumerate()
+            .find(|&(_, &c)| self.first_byte(c as usize) == b)
+            .map(|(slot, &c)| (slot, c as usize))
+    }
+
+    /// How many bytes of the edge into `node` match `key` from `pos` on.
+    fn common(&self, node: usize, key: &[u8], pos: usize) -> usize {
+        let n = &self.nodes[node];
+        let src = &self.ranks[n.src as usize];
+        let edge = (n.end - n.start) as usize;
+        (0..edge.min(key.len() - pos))
+            .take_while(|&i| {
+                key_at(src, self.rev, n.start as usize + i) == key_at(key, self.rev, pos + i)
+            })
+            .count()
+    }
+
+    /// Adds token `rank` (its bytes are `ranks[rank]`).
+    fn insert(&mut self, rank: Rank) {
+        let key = &self.ranks[rank as usize];
+        let (mut at, mut pos) = (0usize, 0usize);
+        while pos < key.len() {
+            let Some((slot, c)) = self.child(at, key_at(key, self.rev, pos)) else {
+                let leaf = self.nodes.len() as u32;
+                self.nodes.push(TrieNode {
+                    src: rank,
+                    start: pos as u32,
+                    end: key.len() as u32,
+                    children: Vec::new(),
+                    rank,
+                });
+                self.nodes[at].children.push(leaf);
+                return;
             };
+            let m = self.common(c, key, pos);
+            if m < (self.nodes[c].end - self.nodes[c].start) as usize {
+                // Split the edge: a new node where the keys part.
+                let mid = self.nodes.len() as u32;
+                let (src, start) = (self.nodes[c].src, self.nodes[c].start);
+                self.nodes.push(TrieNode {
+                    src,
+                    start,
+                    end: start + m as u32,
+                    children: vec![c as u32],
+                    rank: Rank::MAX,
+                });
+                self.nodes[c].start = start + m as u32;
+                self.nodes[at].children[slot] = mid;
+                at = mid as usize;
+            } else {
+                at = c;
+            }
+            pos += m;
         }
-        self.nodes[at].1 = rank;
+        self.nodes[at].rank = rank;
     }
 
-    /// Calls `f(length, rank)` for every token that `bytes` starts with.
-    fn walk(&self, bytes: impl Iterator<Item = u8>, mut f: impl FnMut(usize, Rank)) {
-        let mut at = 0usize;
-        for (depth, b) in bytes.enumerate() {
-            match self.nodes[at].0.iter().find(|c| c.0 == b) {
-                Some(&(_, child)) => at = child as usize,
-                None => return,
+    /// Calls `f(length, rank)` for every token that `key` (read from the
+    /// back with `rev`) starts with, shortest first.
+    fn walk(&self, key: &[u8], mut f: impl FnMut(usize, Rank)) {
+        let (mut at, mut pos) = (0usize, 0usize);
+        while pos < key.len() {
+            let Some((_, c)) = self.child(at, key_at(key, self.rev, pos)) else {
+                return;
+            };
+            let m = self.common(c, key, pos);
+            if m < (self.nodes[c].end - self.nodes[c].start) as usize {
+                return;
             }
-            if self.nodes[at].1 != Rank::MAX {
-                f(depth + 1, self.nodes[at].1);
+            at = c;
+            pos += m;
+            if self.nodes[at].rank != Rank::MAX {
+                f(pos, self.nodes[at].rank);
             }
         }
     }
@@ -182,19 +280,21 @@ impl Trie {
 /// Linear in the vocabulary's total size: a short token tries every split;
 /// a long one finds its token prefixes and suffixes by hashing the short
 /// ones and walking tries for the long ones, so one huge token (a hostile
-/// rank file) costs its length, not its length squared.
+/// rank file) costs its length, not its length squared, and memory in
+/// proportion to the splits found, not to its length.
 fn pair_table(ranks: &[Vec<u8>], encoder: &FxHashMap<Vec<u8>, Rank>) -> FxHashMap<u64, Rank> {
-    let mut forward = Trie::new();
-    let mut backward = Trie::new();
+    let mut forward = Trie::new(ranks, false);
+    let mut backward = Trie::new(ranks, true);
     for (rank, bytes) in ranks.iter().enumerate() {
         if bytes.len() > SHORT_PART {
-            forward.insert(bytes.iter().copied(), rank as Rank);
-            backward.insert(bytes.iter().rev().copied(), rank as Rank);
+            forward.insert(rank as Rank);
+            backward.insert(rank as Rank);
         }
     }
     let mut pairs = FxHashMap::default();
-    let mut prefix: Vec<Rank> = Vec::new();
-    let mut suffix: Vec<Rank> = Vec::new();
+    // (k, token bytes[..k]) and (k, token bytes[k..]), each sorted by k.
+    let mut prefixes: Vec<(usize, Rank)> = Vec::new();
+    let mut suffixes: Vec<(usize, Rank)> = Vec::new();
     for (rank, bytes) in ranks.iter().enumerate() {
         let n = bytes.len();
         if n <= SHORT_PART {
@@ -205,27 +305,31 @@ fn pair_table(ranks: &[Vec<u8>], encoder: &FxHashMap<Vec<u8>, Rank>) -> FxHashMa
             }
             continue;
         }
-        // prefix[k]: the token bytes[..k]; suffix[k]: the token bytes[k..].
-        prefix.clear();
-        prefix.resize(n, Rank::MAX);
-        suffix.clear();
-        suffix.resize(n, Rank::MAX);
+        prefixes.clear();
+        suffixes.clear();
         for k in 1..=SHORT_PART {
             if let Some(&a) = encoder.get(&bytes[..k]) {
-                prefix[k] = a;
-            }
-            if let Some(&b) = encoder.get(&bytes[n - k..]) {
-                suffix[n - k] = b;
+                prefixes.push((k, a));
             }
         }
-        forward.walk(bytes[..n - 1].iter().copied(), |len, r| prefix[len] = r);
-        backward.walk(bytes[1..].iter().rev().copied(), |len, r| {
-            suffix[n - len] = r
-        });
-        for k in 1..n {
-            if prefix[k] != Rank::MAX && suffix[k] != Rank::MAX {
-                pairs.insert(pair_key(prefix[k], suffix[k]), rank as Rank);
+        // The tries hold tokens longer than SHORT_PART only: these come after.
+        forward.walk(&bytes[..n - 1], |len, r| prefixes.push((len, r)));
+        backward.walk(&bytes[1..], |len, r| suffixes.push((n - len, r)));
+        suffixes.reverse(); // longest suffix (smallest k) first
+        for k in n - SHORT_PART..n {
+            if let Some(&b) = encoder.get(&bytes[k..]) {
+                suffixes.push((k, b));
             }
+        }
+        let (mut i, mut j) = (0, 0);
+        while i < prefixes.len() && j < suffixes.len() {
+            let (kp, a) = prefixes[i];
+            let (ks, b) = suffixes[j];
+            if kp == ks {
+                pairs.insert(pair_key(a, b), rank as Rank);
+            }
+            i += usize::from(kp <= ks);
+            j += usize::from(ks <= kp);
         }
     }
     pairs
@@ -302,6 +406,59 @@ thread_local! {
 /// tokenizer's pieces to another.
 static NEXT_TOKENIZER_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Text a split pattern must cover without a gap: every ASCII character
+/// (controls included), then letters, marks, numbers, spaces and symbols
+/// from other scripts.
+const PATTERN_PROBE_EXTRA: &str =
+    "abc ABC 123 é ü ñ 中文字 日本語 한국어 Ωμέγα кириллица ١٢٣ Ⅻ ½ \u{a0}\u{3000}\u{2028}\u{85} e\u{301} 😀 👍🏽 \u{200d} \u{feff}\r\n\n\t  \n";
+
+/// Refuses a split pattern that leaves text between (or around) its
+/// matches: the regex engine skips such text, so encoding would drop it
+/// silently (a pattern that matches nothing, such as `""` or `(?!)`, would
+/// drop everything).
+fn check_pattern_covers(splitter: &Splitter, pattern: &str) -> Result<(), CoreError> {
+    if matches!(splitter, Splitter::Gpt(..)) {
+        return Ok(()); // the scanner's pieces cover any text
+    }
+    let probe: String = (0u8..0x80)
+        .map(char::from)
+        .chain(PATTERN_PROBE_EXTRA.chars())
+        .collect();
+    let mut done = 0usize;
+    let mut gap: Option<(usize, usize)> = None;
+    let res = splitter.split(&probe, |piece| {
+        let start = piece.as_ptr() as usize - probe.as_ptr() as usize;
+        if start > done && gap.is_none() {
+            gap = Some((done, start));
+        }
+        done = start + piece.len();
+    });
+    res?;
+    if gap.is_none() && done < probe.len() {
+        gap = Some((done, probe.len()));
+    }
+    match gap {
+        None => Ok(()),
+        Some((a, b)) => {
+            let skipped: String = probe[a..b].chars().take(8).collect();
+            Err(CoreError::Pattern(format!(
+                "the split pattern {pattern:?} does not match every character (it skips {skipped:?}); \
+                 text it does not match would be dropped, so a split pattern must match all text"
+            )))
+        }
+    }
+}
+
+/// Which special tokens [`Tokenizer::encode_allowed`] turns into ids; the
+/// text of any other special token is an error there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowedSpecials {
+    /// Every special token.
+    All,
+    /// The special tokens with these ids (empty: none).
+    Only(FxHashSet<Rank>),
+}
+
 /// A BPE tokenizer: split pattern, merge ranks and special tokens.
 #[derive(Clone, Debug)]
 pub struct Tokenizer {
@@ -325,8 +482,16 @@ pub struct Tokenizer {
     ranks: Vec<Vec<u8>>,
     specials: Vec<(String, Rank)>,
     special_ids: FxHashMap<String, Rank>,
+    /// Id -> index into `specials`, so decoding a special id is one lookup.
+    special_index: FxHashMap<Rank, u32>,
     /// Finds special tokens (leftmost, longest on a tie) in one pass.
     special_matcher: Option<AhoCorasick>,
+    /// Finds every occurrence of every special token, overlapping ones
+    /// included (for the check that no disallowed one occurs); built on the
+    /// first call that allows some special tokens but not all.
+    special_occurrences: OnceLock<Option<AhoCorasick>>,
+    /// One more than the largest id (ordinary or special).
+    vocab_size: usize,
     pattern: String,
     splitter: Splitter,
     /// A `tokenizer.json` merges list to merge by instead of by rank (see
@@ -356,6 +521,7 @@ impl Tokenizer {
         pattern: &str,
     ) -> Result<Self, CoreError> {
         let splitter = Splitter::new(pattern)?;
+        check_pattern_covers(&splitter, pattern)?;
         if ranks.len() > MAX_VOCAB_SIZE {
             return Err(CoreError::Invalid(format!(
                 "{} ranks is more than the {MAX_VOCAB_SIZE} ids a vocabulary may have",
@@ -403,6 +569,12 @@ impl Tokenizer {
             .filter_map(|(rank, bytes)| mid_key(bytes).map(|k| (k, rank as Rank)))
             .collect();
         let pair_ranks = pair_table(&ranks, &encoder);
+        if specials.len() > MAX_SPECIAL_TOKENS {
+            return Err(CoreError::Invalid(format!(
+                "{} special tokens is more than the {MAX_SPECIAL_TOKENS} a tokenizer may have",
+                specials.len()
+            )));
+        }
         let mut special_ids = FxHashMap::default();
         for (name, id) in &specials {
             if name.is_empty() {
@@ -432,6 +604,17 @@ impl Tokenizer {
                 w[0]
             )));
         }
+        let special_index = specials
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.1, i as u32))
+            .collect();
+        let vocab_size = specials
+            .iter()
+            .map(|s| s.1 as usize + 1)
+            .max()
+            .unwrap_or(0)
+            .max(ranks.len());
         let special_matcher = if specials.is_empty() {
             None
         } else {
@@ -451,7 +634,10 @@ impl Tokenizer {
             ranks,
             specials,
             special_ids,
+            special_index,
             special_matcher,
+            special_occurrences: OnceLock::new(),
+            vocab_size,
             pattern: pattern.to_string(),
             splitter,
             merge_list: None,
@@ -583,13 +769,7 @@ impl Tokenizer {
 
     /// One more than the largest id (ordinary or special).
     pub fn vocab_size(&self) -> usize {
-        let max_special = self
-            .specials
-            .iter()
-            .map(|s| s.1 as usize + 1)
-            .max()
-            .unwrap_or(0);
-        self.ranks.len().max(max_special)
+        self.vocab_size
     }
 
     /// Encodes text with no special-token handling: a special token's text is
@@ -621,16 +801,40 @@ impl Tokenizer {
         }
     }
 
+    /// The special tokens of `names` that [`Tokenizer::encode_allowed`]
+    /// turns into ids; a name that is no special token allows nothing (as in
+    /// tiktoken). Costs the number of names, not of special tokens.
+    pub fn allowed_specials<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> AllowedSpecials {
+        let ids: FxHashSet<Rank> = names
+            .into_iter()
+            .filter_map(|n| self.special_id(n))
+            .collect();
+        if ids.len() == self.specials.len() {
+            return AllowedSpecials::All; // nothing left to refuse
+        }
+        AllowedSpecials::Only(ids)
+    }
+
     /// Encodes text, turning the allowed special tokens into their ids. As in
     /// tiktoken, text that spells a special token that is not allowed is an
     /// error (pass it through [`Tokenizer::encode_ordinary`] to encode it as text).
     pub fn encode(&self, text: &str, allowed: &[&str]) -> Result<Vec<Rank>, CoreError> {
-        // One pass per special token that is not allowed, then one pass for
-        // all of them together: linear in the text.
-        for (name, _) in &self.specials {
-            if !allowed.contains(&name.as_str()) && text.contains(name.as_str()) {
-                return Err(CoreError::DisallowedSpecial(name.clone()));
-            }
+        self.encode_allowed(text, &self.allowed_specials(allowed.iter().copied()))
+    }
+
+    /// [`Tokenizer::encode`] with the allowed set built once (see
+    /// [`Tokenizer::allowed_specials`]): linear in the text, whatever the
+    /// number of special tokens.
+    pub fn encode_allowed(
+        &self,
+        text: &str,
+        allowed: &AllowedSpecials,
+    ) -> Result<Vec<Rank>, CoreError> {
+        if let Some(name) = self.disallowed_special_in(text, allowed) {
+            return Err(CoreError::DisallowedSpecial(name.to_string()));
         }
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
         let Some(matcher) = &self.special_matcher else {
@@ -647,6 +851,51 @@ impl Tokenizer {
         }
         self.encode_ordinary_into(&text[done..], &mut out);
         Ok(out)
+    }
+
+    /// [`Tokenizer::encode_allowed`] of many texts on up to `num_threads`
+    /// threads, one result per text.
+    pub fn encode_allowed_batch(
+        &self,
+        texts: &[&str],
+        allowed: &AllowedSpecials,
+        num_threads: usize,
+    ) -> Vec<Result<Vec<Rank>, CoreError>> {
+        crate::parallel::map_chunked(texts, num_threads, |t| self.encode_allowed(t, allowed))
+    }
+
+    /// A special token that is not allowed and occurs in `text` (anywhere,
+    /// also inside or across an allowed one, as tiktoken's check finds it).
+    fn disallowed_special_in(&self, text: &str, allowed: &AllowedSpecials) -> Option<&str> {
+        let AllowedSpecials::Only(ids) = allowed else {
+            return None;
+        };
+        let matcher = self.special_matcher.as_ref()?;
+        if ids.is_empty() {
+            // Nothing allowed: any occurrence of any special token is one.
+            return matcher
+                .find(text)
+                .map(|m| self.specials[m.pattern().as_usize()].0.as_str());
+        }
+        let every = self.special_occurrences.get_or_init(|| {
+            AhoCorasickBuilder::new()
+                .match_kind(MatchKind::Standard)
+                .build(self.specials.iter().map(|s| s.0.as_bytes()))
+                .ok()
+        });
+        let found = match every {
+            Some(every) => every
+                .find_overlapping_iter(text)
+                .map(|m| &self.specials[m.pattern().as_usize()])
+                .find(|(_, id)| !ids.contains(id)),
+            // The automaton could not be built (the leftmost one above was):
+            // one search per special token, slower but exact.
+            None => self
+                .specials
+                .iter()
+                .find(|(name, id)| !ids.contains(id) && text.contains(name.as_str())),
+        };
+        found.map(|(name, _)| name.as_str())
     }
 
     /// Encodes text with every special token recognised where its text
@@ -912,10 +1161,9 @@ impl Tokenizer {
         if let Some(b) = self.ranks.get(id as usize).filter(|b| !b.is_empty()) {
             return Ok(b);
         }
-        self.specials
-            .iter()
-            .find(|s| s.1 == id)
-            .map(|s| s.0.as_bytes())
+        self.special_index
+            .get(&id)
+            .map(|&i| self.specials[i as usize].0.as_bytes())
             .ok_or(CoreError::UnknownToken(id))
     }
 
@@ -1116,6 +1364,68 @@ mod tests {
             }
         }
         assert_eq!(pair_table(&ranks, &encoder), expected);
+    }
+
+    #[test]
+    fn a_disallowed_special_inside_an_allowed_one_is_found() {
+        let ranks: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        let specials = vec![("<|ab|>".to_string(), 256), ("b|".to_string(), 257)];
+        let t = Tokenizer::new(ranks, specials, SPLIT_PATTERN).unwrap();
+        // tiktoken refuses text where a disallowed special occurs anywhere,
+        // also inside a longer allowed one.
+        assert_eq!(
+            t.encode("x<|ab|>", &["<|ab|>"]),
+            Err(CoreError::DisallowedSpecial("b|".into()))
+        );
+        assert_eq!(t.encode("x<|ab|>", &["<|ab|>", "b|"]).unwrap()[1], 256);
+        assert_eq!(
+            t.encode_allowed("b|", &AllowedSpecials::All).unwrap(),
+            vec![257]
+        );
+        assert_eq!(
+            t.allowed_specials(["b|", "<|ab|>", "nope"]),
+            AllowedSpecials::All
+        );
+        let none = t.allowed_specials([]);
+        assert_eq!(
+            t.encode_allowed("zb|", &none),
+            Err(CoreError::DisallowedSpecial("b|".into()))
+        );
+        let rows = t.encode_allowed_batch(&["<|ab|>", "b|", "x"], &t.allowed_specials(["b|"]), 2);
+        assert_eq!(rows[0], Err(CoreError::DisallowedSpecial("<|ab|>".into())));
+        assert_eq!(rows[1], Ok(vec![257]));
+        assert_eq!(rows[2], Ok(vec![b'x' as Rank]));
+    }
+
+    #[test]
+    fn special_ids_decode_by_lookup() {
+        let ranks: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        let specials: Vec<(String, Rank)> = (0..5000u32)
+            .map(|i| (format!("<|s{i}|>"), 256 + i))
+            .collect();
+        let t = Tokenizer::new(ranks, specials, SPLIT_PATTERN).unwrap();
+        assert_eq!(t.vocab_size(), 256 + 5000);
+        assert_eq!(t.token_bytes(256 + 4321).unwrap(), b"<|s4321|>");
+        assert_eq!(
+            t.token_bytes(256 + 5000),
+            Err(CoreError::UnknownToken(5256))
+        );
+    }
+
+    #[test]
+    fn refuses_patterns_that_skip_text() {
+        let ranks = || (0..=255u8).map(|b| vec![b]).collect::<Vec<_>>();
+        for bad in ["", "(?!)", r"\p{L}+", r"\w+|\s+", r"[^\n]+"] {
+            match Tokenizer::new(ranks(), vec![], bad) {
+                Err(CoreError::Pattern(m)) => {
+                    assert!(m.contains("does not match every character"), "{m}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        for good in [r"\S+|\s+", r"(?s).", r"\p{L}+|\p{N}|[^\p{L}\p{N}]+"] {
+            assert!(Tokenizer::new(ranks(), vec![], good).is_ok(), "{good:?}");
+        }
     }
 
     #[test]

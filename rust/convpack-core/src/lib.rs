@@ -22,7 +22,9 @@ pub mod template;
 pub mod train;
 pub mod vocab;
 
-pub use bpe::{Rank, Tokenizer, CHAT_SPECIAL_TOKENS, MAX_VOCAB_SIZE};
+pub use bpe::{
+    AllowedSpecials, Rank, Tokenizer, CHAT_SPECIAL_TOKENS, MAX_SPECIAL_TOKENS, MAX_VOCAB_SIZE,
+};
 pub use conversation::{Content, Conversation, Message, Part, PartKind, Role};
 pub use error::{ConversationError, CoreError};
 pub use minijinja::Value as TemplateValue;

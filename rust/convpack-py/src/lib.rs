@@ -13,7 +13,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use convpack_core::{
-    bpe::Rank, pretokenize::Splitter, train, vocab, ChatTokens, Conversation, Renderer, Tokenizer,
+    bpe::Rank, pretokenize::Splitter, train, vocab, AllowedSpecials, ChatTokens, Conversation,
+    Renderer, Tokenizer,
 };
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
@@ -307,27 +308,53 @@ impl PyTokenizer {
         self.id_list(py, &ids)
     }
 
-    /// Encodes text, turning the allowed special tokens into their ids
-    /// (tiktoken's rule: any other special token in the text is an error).
+    /// Encodes text, turning the allowed special tokens (`"all"` or a list
+    /// of names) into their ids (tiktoken's rule: any other special token in
+    /// the text is an error).
     fn encode<'py>(
         &self,
         py: Python<'py>,
         text: Bound<'py, PyString>,
-        allowed_special: Vec<String>,
+        allowed_special: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
         let tok = &self.inner;
-        let allowed: Vec<&str> = allowed_special.iter().map(|s| s.as_str()).collect();
+        let allowed = allowed_arg(tok, &allowed_special)?;
         let ids = match text.to_str() {
             // Borrowed straight from the str: no copy for the common case.
-            Ok(s) => run_sized(py, s.len(), "encoding", || tok.encode(s, &allowed))?,
+            Ok(s) => run_sized(py, s.len(), "encoding", || tok.encode_allowed(s, &allowed))?,
             Err(_) => {
                 let mut arena = Arena::default();
                 let s = arena_text(&mut arena, text)?;
-                detached(py, "encoding", || tok.encode(&s, &allowed))?
+                detached(py, "encoding", || tok.encode_allowed(&s, &allowed))?
             }
         }
         .py_err(py)?;
         self.id_list(py, &ids)
+    }
+
+    /// [`encode`](Self::encode) of many texts on `num_threads` threads (0 =
+    /// all) without the GIL; the allowed set is built once for all of them.
+    fn encode_batch<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Bound<'py, PyAny>,
+        allowed_special: Bound<'py, PyAny>,
+        num_threads: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let tok = &self.inner;
+        let allowed = allowed_arg(tok, &allowed_special)?;
+        let mut arena = Arena::default();
+        let strs = keep_texts(&mut arena, &texts)?;
+        let views: Vec<Cow<'_, str>> = strs.iter().map(|&i| arena.get(i)).collect();
+        let refs: Vec<&str> = views.iter().map(|c| c.as_ref()).collect();
+        let rows = detached(py, "encoding", || {
+            tok.encode_allowed_batch(&refs, &allowed, num_threads)
+        })?;
+        let lists = rows
+            .into_iter()
+            .map(|r| r.py_err(py).and_then(|ids| self.id_list(py, &ids)))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, lists)
     }
 
     /// Encodes many texts on `num_threads` threads (0 = all) without the GIL.
@@ -619,6 +646,18 @@ impl PyTokenizer {
 /// Keeps every text of an iterable of str in the arena (a `TypeError`
 /// names the first that is not a str).
 fn keep_texts<'py>(arena: &mut Arena<'py>, texts: &Bound<'py, PyAny>) -> PyResult<Vec<usize>> {
+    // A str is an iterable of one-character strs: taken as a list of texts,
+    // it would silently encode each character apart.
+    if texts.is_instance_of::<PyString>() || texts.is_instance_of::<PyBytes>() {
+        return Err(PyTypeError::new_err(format!(
+            "expected a list of str, got one {} (wrap a single text in a list)",
+            texts
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        )));
+    }
     let mut strs = Vec::new();
     for (i, t) in texts.try_iter()?.enumerate() {
         let t = t?;
@@ -640,6 +679,35 @@ fn keep_texts<'py>(arena: &mut Arena<'py>, texts: &Bound<'py, PyAny>) -> PyResul
 fn arena_text<'py>(arena: &mut Arena<'py>, text: Bound<'py, PyString>) -> PyResult<String> {
     let i = arena.keep(text)?;
     Ok(arena.get(i).into_owned())
+}
+
+/// The allowed special tokens of `encode`: the str `"all"`, or an iterable
+/// of str names (a name that is no special token allows nothing).
+fn allowed_arg(tok: &Tokenizer, allowed: &Bound<'_, PyAny>) -> PyResult<AllowedSpecials> {
+    if let Ok(s) = allowed.cast::<PyString>() {
+        return match s.to_str()? {
+            "all" => Ok(AllowedSpecials::All),
+            other => Err(PyValueError::new_err(format!(
+                "allowed_special must be 'all' or a collection of names, got {other:?}"
+            ))),
+        };
+    }
+    let mut names = Vec::new();
+    for name in allowed.try_iter()? {
+        let name = name?;
+        let name = name.cast_into::<PyString>().map_err(|e| {
+            PyTypeError::new_err(format!(
+                "allowed_special must hold str names, got {}",
+                e.into_inner()
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+        names.push(name.to_str()?.to_owned());
+    }
+    Ok(tok.allowed_specials(names.iter().map(String::as_str)))
 }
 
 /// Counts pieces of training text chunk by chunk, then learns the merges.
@@ -712,6 +780,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         convpack_core::CL100K_TIKTOKEN_PATTERN,
     )?;
     m.add("MAX_VOCAB_SIZE", convpack_core::MAX_VOCAB_SIZE)?;
+    m.add("MAX_SPECIAL_TOKENS", convpack_core::MAX_SPECIAL_TOKENS)?;
     m.add(
         "CHAT_SPECIAL_TOKENS",
         convpack_core::CHAT_SPECIAL_TOKENS.to_vec(),

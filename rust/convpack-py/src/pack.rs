@@ -19,7 +19,7 @@ use convpack_core::{
     Rendered, Renderer, TemplateConversation, Tokenizer, Turns,
 };
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods};
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyTuple};
 
@@ -214,14 +214,19 @@ impl PyPacker {
         let mut slots: Vec<Slot> = Vec::with_capacity(items.len());
         for (item, &index) in items.iter().zip(indices) {
             if item.is_none() {
-                match self.cache.as_mut().and_then(|c| c.get(index)) {
-                    Some(t) => slots.push(Slot::Cached(t)),
-                    None => {
-                        return Err(PyValueError::new_err(format!(
-                            "conversation {index} was pushed as None but is not cached"
-                        )))
-                    }
-                }
+                // None stands in for a cached conversation; anywhere else it
+                // is a dataset row that is None: a bad conversation, raised
+                // or skipped like any other.
+                slots.push(match self.cache.as_mut().and_then(|c| c.get(index)) {
+                    Some(t) => Slot::Cached(t),
+                    None => Slot::Failed(
+                        ConversationError::new(
+                            None,
+                            "the conversation is None, not a dict with a \"messages\" list",
+                        )
+                        .with_conversation(index),
+                    ),
+                });
                 continue;
             }
             if let Ok(row) = item.cast::<PyTuple>() {
@@ -450,8 +455,10 @@ impl PyPacker {
         if let Some(seed) = shuffle_seed {
             sched = sched.with_shuffle(seed);
         }
-        let cache =
-            cache_bytes.map(|b| RenderCache::new(dataset_len, tokenizer.inner.vocab_size(), b));
+        let cache = cache_bytes
+            .map(|b| RenderCache::new(dataset_len, tokenizer.inner.vocab_size(), b))
+            .transpose()
+            .map_err(|e| PyMemoryError::new_err(e.to_string()))?;
         Ok(PyPacker {
             inner: Packer::new(cfg, sched).map_err(err)?,
             tok: Arc::clone(&tokenizer.inner),

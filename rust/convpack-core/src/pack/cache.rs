@@ -13,6 +13,7 @@
 //! Memory is bounded by a byte budget: once the next conversation would
 //! exceed it, caching stops (what is cached stays; nothing fails).
 
+use crate::error::CoreError;
 use crate::render::{Rendered, Turns};
 
 const NONE: u32 = u32::MAX;
@@ -65,20 +66,28 @@ pub struct RenderCache {
 impl RenderCache {
     /// A cache for a dataset of `len` conversations over a vocabulary of
     /// `vocab_size` ids, using at most `budget` bytes. The index table is
-    /// allocated only if it fits the budget (else nothing is cached).
-    pub fn new(len: usize, vocab_size: usize, budget: u64) -> Self {
-        let table = len as u64 * 4;
-        let slots = if table <= budget {
-            vec![NONE; len]
-        } else {
-            Vec::new()
-        };
-        RenderCache {
+    /// allocated only if it fits the budget (else nothing is cached); a
+    /// table within the budget that cannot be allocated is an error naming
+    /// its size, never an abort.
+    pub fn new(len: usize, vocab_size: usize, budget: u64) -> Result<Self, CoreError> {
+        // 4 bytes a conversation; a product past u64 is past any budget.
+        let table = (len as u64).checked_mul(4).filter(|&t| t <= budget);
+        let mut slots = Vec::new();
+        if let Some(bytes) = table {
+            slots.try_reserve_exact(len).map_err(|_| {
+                CoreError::Invalid(format!(
+                    "cannot allocate the render cache's index table: {len} conversations \
+                     take {bytes} bytes; pass a smaller cache_bytes or cache=False"
+                ))
+            })?;
+            slots.resize(len, NONE);
+        }
+        Ok(RenderCache {
             wide: vocab_size > 1 << 16,
             budget,
             stats: CacheStats {
-                bytes: if slots.is_empty() { 0 } else { table },
-                full: slots.is_empty(),
+                bytes: table.unwrap_or(0),
+                full: table.is_none(),
                 ..CacheStats::default()
             },
             slots,
@@ -87,7 +96,7 @@ impl RenderCache {
             ids16: Vec::new(),
             ids32: Vec::new(),
             runs: Vec::new(),
-        }
+        })
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -235,14 +244,14 @@ mod tests {
             lost: 5,
         };
         for vocab in [1000, 1 << 20] {
-            let mut c = RenderCache::new(10, vocab, 1 << 20);
+            let mut c = RenderCache::new(10, vocab, 1 << 20).unwrap();
             assert!(c.get(3).is_none());
             assert!(c.insert(3, &turns));
             assert!(c.contains(3) && !c.contains(4));
             assert_eq!(c.get(3), Some(turns.clone()));
             assert_eq!(c.stats().hits, 1);
         }
-        let mut wide = RenderCache::new(1, 1 << 20, 1 << 20);
+        let mut wide = RenderCache::new(1, 1 << 20, 1 << 20).unwrap();
         let big = Turns::from(doc(&[70_000, 1], &[1, 1]));
         wide.insert(0, &big);
         assert_eq!(wide.get(0), Some(big));
@@ -251,7 +260,7 @@ mod tests {
     #[test]
     fn stops_at_the_budget_without_failing() {
         let t = Turns::from(doc(&[1; 100], &[1; 100]));
-        let mut c = RenderCache::new(1000, 1000, 4000 + 1000);
+        let mut c = RenderCache::new(1000, 1000, 4000 + 1000).unwrap();
         let mut cached = 0;
         for i in 0..1000 {
             cached += c.insert(i, &t) as usize;
@@ -260,7 +269,21 @@ mod tests {
         assert!(c.stats().full && c.stats().bytes <= 5000);
         assert_eq!(c.stats().conversations, cached as u64);
         // A budget below the index table caches nothing.
-        let mut none = RenderCache::new(1000, 1000, 100);
+        let mut none = RenderCache::new(1000, 1000, 100).unwrap();
         assert!(!none.insert(0, &t) && none.get(0).is_none());
+    }
+
+    #[test]
+    fn huge_datasets_never_panic() {
+        // 4 * 2**62 overflows u64: past any budget, so nothing is cached.
+        let mut c = RenderCache::new(1 << 62, 1000, u64::MAX).unwrap();
+        assert!(c.stats().full && c.stats().bytes == 0);
+        assert!(!c.insert(5, &Turns::from(doc(&[1], &[1]))));
+        // Within the budget but past any memory: an error naming the size.
+        match RenderCache::new(1 << 61, 1000, u64::MAX) {
+            Err(CoreError::Invalid(m)) => assert!(m.contains("9223372036854775808 bytes"), "{m}"),
+            Ok(_) => panic!("a table of 2**63 bytes was allocated"),
+            Err(e) => panic!("{e:?}"),
+        }
     }
 }
