@@ -214,9 +214,10 @@ class StreamSource:
             "held": [[k, self.items[k]] for k in packer_state["held"]],
         }
 
-    def load(self, saved: Any) -> None:
+    def load(self, saved: Any, packer_state: dict) -> None:
         """Back to a state from ``state``: the held items, then the source at
-        the snapshot (``SourceResumeError`` when that cannot be done)."""
+        the snapshot (``SourceResumeError`` when that cannot be done, or when
+        ``saved`` does not go with the packer's ``packer_state``)."""
         if not isinstance(saved, dict) or saved.get("kind") != self.kind:
             kind = saved.get("kind") if isinstance(saved, dict) else type(saved).__name__
             raise SourceResumeError(
@@ -230,6 +231,17 @@ class StreamSource:
             raise SourceResumeError(f"the state's source field is malformed ({e})") from None
         if len(passes) != pass_ + 1:
             raise SourceResumeError("the state's source passes do not match its snapshot")
+        # The snapshot lies at most SNAPSHOT_EVERY conversations before the
+        # packer's next one, and the source holds what the packer holds.
+        nxt = packer_state.get("next")
+        if not isinstance(ordinal, int) or not isinstance(nxt, int) or not (
+                0 <= ordinal <= nxt <= ordinal + SNAPSHOT_EVERY):
+            raise SourceResumeError(
+                f"the state's source snapshot is at conversation {ordinal!r} of the stream, the "
+                f"packer state's \"next\" at {nxt!r}: they do not go together")
+        if set(held) != set(packer_state.get("held", ())):
+            raise SourceResumeError(
+                "the state's source holds other conversations than the packer state's \"held\"")
         if pass_ > 0 and not self.reiterable:
             raise SourceResumeError(
                 "the state is in pass {pass_ + 1} of the stream, but this source is a one-shot "

@@ -17,6 +17,14 @@
 //! Progress is measured like nanochat's `consumed` counter: a *position*
 //! that starts at `rank` and advances by `world` for every conversation this
 //! rank has used up; an epoch's worth is done once it reaches the length.
+//!
+//! Every ordinal of every rank names a *global position* `epoch * len +
+//! slot`, increasing with the ordinal. After an elastic resume (a state saved
+//! under one world size, loaded under another) a schedule first deals the
+//! positions the old ranks left unused, an [`Elastic`] remainder, round robin
+//! over the new ranks, then continues in its own order from the next epoch.
+
+use std::sync::Arc;
 
 use crate::error::CoreError;
 
@@ -26,7 +34,57 @@ pub enum Order {
     Rolling,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The positions an elastic resume deals to the new ranks before their own
+/// order begins: `gap` (ascending, each below `from`), then every position
+/// in `from..end`; `end` is a multiple of the dataset length (the next epoch
+/// boundary), where the new ranks' own order starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Elastic {
+    pub gap: Vec<u64>,
+    pub from: u64,
+    pub end: u64,
+}
+
+impl Elastic {
+    /// Positions dealt.
+    pub fn total(&self) -> u64 {
+        self.gap.len() as u64 + (self.end - self.from)
+    }
+
+    /// The `j`-th position dealt (`j < total`).
+    fn at(&self, j: u64) -> u64 {
+        match self.gap.get(j as usize) {
+            Some(&p) => p,
+            None => self.from + (j - self.gap.len() as u64),
+        }
+    }
+
+    /// Checks a remainder read from a state against a dataset of `len`.
+    pub fn check(&self, len: usize) -> Result<(), CoreError> {
+        let bad = |why: String| Err(CoreError::Invalid(format!("the elastic remainder {why}")));
+        let len = len as u64;
+        if self.from > self.end || !self.end.is_multiple_of(len.max(1)) {
+            return bad(format!(
+                "ends at {} (from {}), not at an epoch boundary of {len} conversations",
+                self.end, self.from
+            ));
+        }
+        if self.end > super::state::MAX_COUNT {
+            return bad(format!("ends at {}, above 2**53", self.end));
+        }
+        if self.gap.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("gap is not strictly ascending".into());
+        }
+        if let Some(&last) = self.gap.last() {
+            if last >= self.from {
+                return bad(format!("gap holds {last}, not below {}", self.from));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Schedule {
     pub len: usize,
     pub rank: usize,
@@ -36,6 +94,8 @@ pub struct Schedule {
     /// `permute(seed, e, j)` instead of `j` (the same on every rank, so ranks
     /// still cover each epoch once).
     pub seed: Option<u64>,
+    /// After an elastic resume: the remainder dealt before the own order.
+    pub elastic: Option<Arc<Elastic>>,
 }
 
 /// Where consumption stands.
@@ -70,6 +130,7 @@ impl Schedule {
             world,
             order,
             seed: None,
+            elastic: None,
         })
     }
 
@@ -79,29 +140,82 @@ impl Schedule {
         self
     }
 
+    /// This schedule dealing `elastic` first (an elastic resume).
+    pub fn with_elastic(mut self, elastic: Elastic) -> Result<Self, CoreError> {
+        elastic.check(self.len)?;
+        self.elastic = Some(Arc::new(elastic));
+        Ok(self)
+    }
+
     /// Conversations this rank reads per epoch in the strided order.
     fn per_rank(&self) -> u64 {
         (self.len - self.rank).div_ceil(self.world) as u64
     }
 
-    /// Dataset index of the conversation with fetch ordinal `k`.
-    pub fn index(&self, k: u64) -> usize {
-        let (len, rank, world) = (self.len as u64, self.rank as u64, self.world as u64);
-        let (epoch, slot) = match self.order {
-            Order::Strided => (k / self.per_rank(), rank + (k % self.per_rank()) * world),
-            Order::Rolling => {
-                let p = rank as u128 + k as u128 * world as u128;
-                ((p / len as u128) as u64, (p % len as u128) as u64)
+    /// Ordinals of the elastic remainder this rank reads, and the position
+    /// where its own order starts.
+    fn dealt(&self) -> (u64, u64) {
+        match &self.elastic {
+            Some(e) => {
+                let (total, rank) = (e.total(), self.rank as u64);
+                let share = if total > rank {
+                    (total - rank).div_ceil(self.world as u64)
+                } else {
+                    0
+                };
+                (share, e.end)
             }
-        };
+            None => (0, 0),
+        }
+    }
+
+    /// The global position (`epoch * len + slot`) of fetch ordinal `k`:
+    /// increasing in `k`, and no two ranks share one. (In u128: a huge world
+    /// size times an ordinal passes u64.)
+    pub fn global(&self, k: u64) -> u128 {
+        let (len, rank, world) = (self.len as u128, self.rank as u128, self.world as u128);
+        let (share, base) = self.dealt();
+        if k < share {
+            if let Some(e) = &self.elastic {
+                return e.at(self.rank as u64 + k * self.world as u64) as u128;
+            }
+        }
+        let k = (k - share) as u128;
+        let per = self.per_rank() as u128;
+        base as u128
+            + match self.order {
+                Order::Strided => (k / per) * len + rank + (k % per) * world,
+                Order::Rolling => rank + k * world,
+            }
+    }
+
+    /// Dataset index of the conversation at global position `p`.
+    pub fn index_at(&self, p: u128) -> usize {
+        let len = self.len as u128;
+        let (epoch, slot) = ((p / len) as u64, (p % len) as u64);
         match self.seed {
-            Some(seed) => permute(seed, epoch, slot, len) as usize,
+            Some(seed) => permute(seed, epoch, slot, len as u64) as usize,
             None => slot as usize,
         }
     }
 
+    /// Dataset index of the conversation with fetch ordinal `k`.
+    pub fn index(&self, k: u64) -> usize {
+        self.index_at(self.global(k))
+    }
+
     /// The consumption position after `consumed` conversations.
     pub fn position(&self, consumed: u64) -> u64 {
+        let (share, base) = self.dealt();
+        if consumed < share {
+            // Within the remainder: where the next conversation to use lies.
+            return self.global(consumed) as u64;
+        }
+        base + self.own_position(consumed - share)
+    }
+
+    /// `position` in the schedule's own order.
+    fn own_position(&self, consumed: u64) -> u64 {
         let (len, rank, world) = (self.len as u64, self.rank as u64, self.world as u64);
         match self.order {
             Order::Rolling => rank + consumed * world,
