@@ -74,6 +74,8 @@ _STATE_VERSION = 1
 MAX_BATCH_TOKENS = 2**31 - 1
 MAX_BUFFER_SIZE = 2**20
 MAX_PREFETCH = 1024
+# Items a shuffled stream is drawn from (shuffle=True on a stream).
+DEFAULT_SHUFFLE_BUFFER = 1024
 # Chunks read ahead for `prefetch` (each waits on a thread of its own, and
 # they render one after another on the generator's `num_threads`).
 MAX_CHUNKS_AHEAD = 8
@@ -456,8 +458,11 @@ class DataGenerator:
         shuffle, seed: each epoch reads the dataset (or rendered shards) in
             its own permutation, drawn from ``seed`` and the epoch alone, so
             the same on every rank (ranks still cover each epoch once) and
-            after a resume (computed per index: nothing to store). Streams
-            are shuffled at their source.
+            after a resume (computed per index: nothing to store). A stream
+            is read through a seeded buffer of ``shuffle_buffer`` items
+            instead (default 1024; see ``convpack.sources``): each pass its
+            own order, the same on every rank's view, its buffer in
+            ``state_dict()``.
         dataset: also an iterable without ``len`` (a stream: see
             ``convpack.sources``) or a ``convpack.RenderedDataset``.
         chat_format: as for ``Tokenizer.render_conversation`` (``None``: the
@@ -539,6 +544,7 @@ class DataGenerator:
         shuffle: bool = False,
         seed: int = 0,
         chat_format: Any = None,
+        shuffle_buffer: Optional[int] = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -590,14 +596,17 @@ class DataGenerator:
                     "cache=True keeps rendered conversations by dataset index, which a stream "
                     "does not have: render it once with convpack.render_shards instead")
             # The packer reads this rank's stream by ordinal (one rank of one).
-            if shuffle:
-                raise ValueError(
-                    "shuffle=True permutes a dataset's indices per epoch; shuffle a stream at its "
-                    "source (e.g. IterableDataset.shuffle(seed=..., buffer_size=...)) or render "
-                    "it to shards (convpack.render_shards), which shuffle=True permutes")
-            source = StreamSource(dataset, rank, world_size)
+            if shuffle_buffer is None:
+                shuffle_buffer = DEFAULT_SHUFFLE_BUFFER
+            shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, 1, MAX_BUFFER_SIZE)
+            source = StreamSource(dataset, rank, world_size,
+                                  shuffle_buffer=shuffle_buffer if shuffle else 0, seed=seed)
             n = STREAM_LEN
         else:
+            if shuffle_buffer is not None:
+                raise ValueError(
+                    "shuffle_buffer applies to streams; shuffle=True permutes a map-style "
+                    "dataset (or rendered shards) whole, with no buffer")
             n = len(dataset)
             if n < 1:
                 raise ValueError("the dataset is empty")
@@ -660,9 +669,11 @@ class DataGenerator:
             num_threads=num_threads or 0, skip_errors=on_error == "skip", truncate=truncate,
             chat_format=None if template is None else template._core,
         )
-        if shuffle:
+        if shuffle and source is None:
+            # Streams are shuffled by their source's buffer, not by ordinal.
             self._packer_args["shuffle_seed"] = seed
         self.shuffle, self.seed = shuffle, seed
+        self.shuffle_buffer = shuffle_buffer if shuffle and source is not None else None
         self.cache = cache
         self.chat_format = template
         self._core_tok = core_tok
@@ -807,6 +818,7 @@ class DataGenerator:
             "dataset_len": None if self._source else self._packer_args["dataset_len"],
             # Only with shuffle=True, so states of unshuffled runs stay as they were.
             **({"shuffle_seed": self.seed} if self.shuffle else {}),
+            **({"shuffle_buffer": self.shuffle_buffer} if self.shuffle_buffer else {}),
         }
 
     def state_dict(self) -> dict:

@@ -682,7 +682,7 @@ impl PyPacker {
     /// Starts over on this packer's schedule dealing the elastic remainder
     /// `(gap, from, end)` first (nothing held or fetched; `load_state` may
     /// follow with a state saved on that schedule).
-    fn set_elastic(&mut self, py: Python<'_>, gap: Vec<u64>, from: u64, end: u64) -> PyResult<()> {
+    fn set_elastic(&mut self, py: Python<'_>, gap: Vec<u64>, start: u64, end: u64) -> PyResult<()> {
         let job = self.job();
         for chunk in std::mem::take(&mut self.pending) {
             let _ = chunk.results(py, &job);
@@ -695,7 +695,11 @@ impl PyPacker {
             self.inner.set_schedule(sched)
         } else {
             sched
-                .with_elastic(Elastic { gap, from, end })
+                .with_elastic(Elastic {
+                    gap,
+                    from: start,
+                    end,
+                })
                 .and_then(|s| self.inner.set_schedule(s))
         };
         r.map_err(|e| PyValueError::new_err(format!("cannot load this state: {e}")))
