@@ -363,4 +363,92 @@ mod tests {
         assert_eq!(got, vec![2, 5, 8, 2, 5, 8]);
         assert!(Schedule::new(2, 2, 3, Order::Rolling).is_err());
     }
+
+    #[test]
+    fn elastic_deals_the_remainder_once_then_whole_epochs() {
+        let e = Elastic {
+            gap: vec![3, 8, 12],
+            from: 15,
+            end: 20,
+        };
+        for order in [Order::Strided, Order::Rolling] {
+            let mut seen = vec![0u32; 40];
+            for r in 0..3 {
+                let s = Schedule::new(10, r, 3, order)
+                    .unwrap()
+                    .with_elastic(e.clone())
+                    .unwrap();
+                let mut k = 0;
+                // Positions rise with the ordinal; stop at epoch 3's end.
+                while s.global(k) < 40 {
+                    assert!(k == 0 || s.global(k) > s.global(k - 1));
+                    seen[s.global(k) as usize] += 1;
+                    k += 1;
+                }
+            }
+            // The remainder (3, 8 and 15..20), then epochs 2 and 3 whole.
+            let mut want = vec![0u32; 40];
+            for p in [3, 8, 12, 15, 16, 17, 18, 19] {
+                want[p] = 1;
+            }
+            want[20..].fill(1);
+            assert_eq!(seen, want, "{order:?}");
+        }
+        assert!(Elastic {
+            gap: vec![5, 4],
+            from: 9,
+            end: 10
+        }
+        .check(10)
+        .is_err());
+        assert!(Elastic {
+            gap: vec![],
+            from: 9,
+            end: 15
+        }
+        .check(10)
+        .is_err());
+    }
+
+    #[test]
+    fn merge_frees_what_no_old_rank_used() {
+        use super::super::{Mode, PackConfig, PackState};
+        let cfg = PackConfig {
+            mode: Mode::Padded,
+            batch_size: 1,
+            seq_len: None,
+            bos: 0,
+            pad: 0,
+            skip_errors: false,
+            max_tokens: 8,
+            split_turns: false,
+            keep_long: false,
+        };
+        let state = |n: u64| PackState {
+            next: n,
+            consumed: n,
+            batch_start: n.saturating_sub(1),
+            batches: n,
+            counters: super::super::Counters {
+                tokens: n,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let olds: Vec<(Schedule, PackState)> = [3u64, 5]
+            .iter()
+            .enumerate()
+            .map(|(r, &n)| (Schedule::new(10, r, 2, Order::Strided).unwrap(), state(n)))
+            .collect();
+        // Rank 0 used 0, 2, 4; rank 1 used 1, 3, 5, 7, 9.
+        let e = super::super::merge(&olds, &cfg).unwrap();
+        assert_eq!(
+            e,
+            Elastic {
+                gap: vec![6, 8],
+                from: 10,
+                end: 10
+            }
+        );
+    }
 }
