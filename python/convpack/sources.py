@@ -10,7 +10,9 @@ from differs.
 
 Sharding is the source's where it has one (``datasets.IterableDataset``:
 ``datasets.distributed.split_dataset_by_node``, unless the dataset was split
-already), else every ``world_size``-th item goes to a rank
+already; a MosaicML ``streaming.StreamingDataset``: its own split over the
+ranks it detects, and its ``state_dict(num_samples, from_beginning)`` in
+snapshots), else every ``world_size``-th item goes to a rank
 (item ``i`` to rank ``i % world_size``).
 
 Passes: a re-iterable source (``iter(source) is not source``: an
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional
 
@@ -69,9 +72,19 @@ class _Exhausted(Exception):
 def is_stream(dataset: Any) -> bool:
     """True for what ``DataGenerator`` reads as a stream: an iterable
     without ``__len__`` and ``__getitem__``."""
+    if _mosaic(dataset):
+        return True
     if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
         return False
     return isinstance(dataset, Iterable)
+
+
+def _mosaic(source: Any) -> bool:
+    """A MosaicML ``streaming.StreamingDataset`` (read as a stream, though it
+    has ``len`` and indexing: its own rank split and resume)."""
+    streaming = sys.modules.get("streaming")
+    cls = getattr(streaming, "StreamingDataset", None)
+    return cls is not None and isinstance(source, cls)
 
 
 def _hf_iterable(source: Any) -> bool:
@@ -87,9 +100,10 @@ class StreamSource:
 
     def __init__(self, source: Any, rank: int, world_size: int, shuffle_buffer: int = 0,
                  seed: int = 0) -> None:
-        self.kind = "hf" if _hf_iterable(source) else "plain"
+        self.kind = "hf" if _hf_iterable(source) else "mosaic" if _mosaic(source) else "plain"
         self.rank, self.world_size = rank, world_size
-        self.filter = world_size > 1
+        # A StreamingDataset splits itself over the ranks it detects.
+        self.filter = world_size > 1 and self.kind == "plain"
         if self.kind == "hf":
             self.filter = False
             if world_size > 1 and getattr(source, "_distributed", None) is None:
@@ -202,6 +216,11 @@ class StreamSource:
         state = None
         if self.kind == "hf" and self.it is not None and self.pulled > self.passes[-1]:
             state = self.source.state_dict()
+        elif self.kind == "mosaic" and self.it is not None and self.pulled > self.passes[-1]:
+            # Samples of this pass read by all ranks (each reads as many).
+            world = getattr(self.source, "_parallel_rank_world", None)
+            ranks = getattr(world, "num_ranks", self.world_size)
+            state = self.source.state_dict(num_samples=self.raw * ranks, from_beginning=True)
         buf = list(self.buf) if self.shuffle_buffer else None
         self.snapshots.append((self.pulled, len(self.passes) - 1, state, self.raw, self.drawn,
                                buf, self.exhausted))
