@@ -148,3 +148,38 @@ def test_render_command(tokenizer, tmp_path):
     for i in (0, 17, 39):
         ids, mask = tokenizer.render_conversation(task[i], max_tokens=300)
         assert rendered[i][0].tolist() == list(ids) and rendered[i][1].tolist() == list(mask)
+
+
+def _render_one(args):
+    # One task of a spread render, in a process of its own (as a Ray task).
+    import convpack
+
+    tokdir, out, s = args
+    tok = convpack.Tokenizer.from_directory(tokdir)
+    return render_shards(DATA, tok, out, max_tokens=200, rows_per_shard=10, progress=False,
+                         only=[s]) is None
+
+
+def test_render_spread_over_tasks_writes_the_same_shards(tokenizer, shards, tmp_path):
+    import multiprocessing
+
+    tokdir, out = tmp_path / "tok", tmp_path / "out"
+    tokenizer.save(tokdir)
+    n_shards = -(-len(DATA) // 10)
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pending = pool.map(_render_one, [(str(tokdir), str(out), s)
+                                         for s in reversed(range(1, n_shards))])
+        assert all(pending)
+        with pytest.raises(ValueError, match="not finished"):
+            RenderedDataset(out)
+        # The task that writes the last missing shard completes the render.
+        assert pool.map(_render_one, [(str(tokdir), str(out), 0)]) == [False]
+    done = RenderedDataset(out)
+    for name in sorted(f for f in os.listdir(shards.out_dir) if f.startswith("shard-")):
+        with open(out / name, "rb") as f, open(os.path.join(shards.out_dir, name), "rb") as g:
+            assert f.read() == g.read(), name
+    assert len(done) == len(DATA)
+    with pytest.raises(ValueError, match="outside"):
+        render_shards(DATA, tokenizer, out, max_tokens=200, rows_per_shard=10, progress=False,
+                      only=[n_shards])
+

@@ -12,6 +12,7 @@ import zlib
 import numpy as np
 import pytest
 from test_datagen import make_dataset
+from test_elastic import EVEN, used
 
 from convpack import SourceResumeError
 from convpack.datagen import DataGenerator
@@ -70,6 +71,9 @@ def make(source, tokenizer, mode, **kw):
     return DataGenerator(source, tokenizer, **args)
 
 
+_make = make
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("kind", ["reiterable", "hf"])
 def test_stream_equals_map_style_every_epoch(tokenizer, mode, kind):
@@ -119,10 +123,20 @@ def test_hf_stream_is_split_by_node():
     assert sorted(seen) == sorted(json.dumps(c, sort_keys=True) for c in HF_DATA)
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("kind", ["generator", "reiterable", "hf"])
-def test_state_round_trip_at_random_points(tokenizer, mode, kind):
-    rng = random.Random(zlib.crc32(f"{mode} {kind}".encode()))
+def test_state_round_trip_at_random_points(tokenizer, mode, kind, shuffle, monkeypatch):
+    rng = random.Random(zlib.crc32(f"{mode} {kind} {shuffle}".encode()))
+    if shuffle:
+        # Snapshots mid-pass too, each holding the shuffle buffer.
+        monkeypatch.setattr("convpack.sources.SNAPSHOT_EVERY", 4)
+        kw = dict(shuffle=True, seed=11, shuffle_buffer=6)
+    else:
+        kw = {}
+
+    def make(*a, **k):
+        return _make(*a, **k, **kw)
 
     def source():
         if kind == "generator":
@@ -197,3 +211,63 @@ def test_empty_pass_and_cache_are_refused(tokenizer):
         next(make(Reiterable([]), tokenizer, "padded"))
     with pytest.raises(ValueError, match="render_shards"):
         make(Reiterable(DATA), tokenizer, "padded", cache=True)
+
+
+# ------------------------------------------------------------ shuffle buffer
+
+def stream_order(tokenizer, source, rank=0, world=1, n=None, **kw):
+    """The conversations (by marker) a stream hands over, one per batch."""
+    g = DataGenerator(source, tokenizer, mode="padded", batch_size=1, output="numpy",
+                      rank=rank, world_size=world, **kw)
+    return [used(tokenizer, next(g))[0] for _ in range(n)]
+
+
+def test_shuffled_stream_passes_are_permutations_of_their_own(tokenizer):
+    n = len(EVEN)
+    order = stream_order(tokenizer, Reiterable(EVEN), n=3 * n, shuffle=True, seed=4,
+                         shuffle_buffer=8)
+    passes = [order[e * n:(e + 1) * n] for e in range(3)]
+    for p in passes:
+        assert sorted(p) == list(range(n))
+    assert passes[0] != passes[1] != passes[2] and passes[0] != list(range(n))
+    # Bounded: the j-th item handed over was among the first j + 8 read.
+    for p in passes:
+        assert all(i < j + 8 for j, i in enumerate(p))
+    # The seed alone decides: again the same, another seed another order.
+    assert stream_order(tokenizer, Reiterable(EVEN), n=3 * n, shuffle=True, seed=4,
+                        shuffle_buffer=8) == order
+    assert stream_order(tokenizer, gen(EVEN), n=n, shuffle=True, seed=4,
+                        shuffle_buffer=8) == passes[0]
+    assert stream_order(tokenizer, Reiterable(EVEN), n=n, shuffle=True, seed=5,
+                        shuffle_buffer=8) != passes[0]
+
+
+def test_shuffled_stream_is_one_order_across_ranks(tokenizer):
+    # Rank r takes items r, r + world, ... of the one shuffled stream.
+    n = len(EVEN)
+    one = stream_order(tokenizer, Reiterable(EVEN), n=2 * n, shuffle=True, seed=2,
+                       shuffle_buffer=5)
+    per = [stream_order(tokenizer, Reiterable(EVEN), r, 3, n=2 * n // 3, shuffle=True, seed=2,
+                        shuffle_buffer=5) for r in range(3)]
+    for r in range(3):
+        # (n = 59 is not a multiple of 3: each pass restarts the rank filter.)
+        first = [one[j] for j in range(r, n, 3)]
+        assert per[r][:len(first)] == first
+
+
+def test_shuffle_buffer_arguments(tokenizer):
+    with pytest.raises(ValueError, match="shuffle_buffer applies to streams"):
+        DataGenerator(DATA, tokenizer, mode="padded", batch_size=1, shuffle=True,
+                      shuffle_buffer=4)
+    with pytest.raises(ValueError, match="shuffle_buffer"):
+        DataGenerator(gen(DATA), tokenizer, mode="padded", batch_size=1, shuffle=True,
+                      shuffle_buffer=0)
+    g = DataGenerator(Reiterable(DATA), tokenizer, mode="padded", batch_size=1, shuffle=True,
+                      shuffle_buffer=4, output="numpy")
+    next(g)
+    state = g.state_dict()
+    assert len(state["source"]["snapshot"]["buffer"]) <= 4
+    plain = DataGenerator(Reiterable(DATA), tokenizer, mode="padded", batch_size=1,
+                          output="numpy")
+    with pytest.raises(ValueError, match="shuffle"):
+        plain.load_state_dict(state)

@@ -74,6 +74,8 @@ _STATE_VERSION = 1
 MAX_BATCH_TOKENS = 2**31 - 1
 MAX_BUFFER_SIZE = 2**20
 MAX_PREFETCH = 1024
+# Items a shuffled stream is drawn from (shuffle=True on a stream).
+DEFAULT_SHUFFLE_BUFFER = 1024
 # Chunks read ahead for `prefetch` (each waits on a thread of its own, and
 # they render one after another on the generator's `num_threads`).
 MAX_CHUNKS_AHEAD = 8
@@ -460,8 +462,11 @@ class DataGenerator:
         shuffle, seed: each epoch reads the dataset (or rendered shards) in
             its own permutation, drawn from ``seed`` and the epoch alone, so
             the same on every rank (ranks still cover each epoch once) and
-            after a resume (computed per index: nothing to store). Streams
-            are shuffled at their source.
+            after a resume (computed per index: nothing to store). A stream
+            is read through a seeded buffer of ``shuffle_buffer`` items
+            instead (default 1024; see ``convpack.sources``): each pass its
+            own order, the same on every rank's view, its buffer in
+            ``state_dict()``.
         dataset: also an iterable without ``len`` (a stream: see
             ``convpack.sources``) or a ``convpack.RenderedDataset``.
         chat_format: as for ``Tokenizer.render_conversation`` (``None``: the
@@ -543,6 +548,7 @@ class DataGenerator:
         shuffle: bool = False,
         seed: int = 0,
         chat_format: Any = None,
+        shuffle_buffer: Optional[int] = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -594,14 +600,17 @@ class DataGenerator:
                     "cache=True keeps rendered conversations by dataset index, which a stream "
                     "does not have: render it once with convpack.render_shards instead")
             # The packer reads this rank's stream by ordinal (one rank of one).
-            if shuffle:
-                raise ValueError(
-                    "shuffle=True permutes a dataset's indices per epoch; shuffle a stream at its "
-                    "source (e.g. IterableDataset.shuffle(seed=..., buffer_size=...)) or render "
-                    "it to shards (convpack.render_shards), which shuffle=True permutes")
-            source = StreamSource(dataset, rank, world_size)
+            if shuffle_buffer is None:
+                shuffle_buffer = DEFAULT_SHUFFLE_BUFFER
+            shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, 1, MAX_BUFFER_SIZE)
+            source = StreamSource(dataset, rank, world_size,
+                                  shuffle_buffer=shuffle_buffer if shuffle else 0, seed=seed)
             n = STREAM_LEN
         else:
+            if shuffle_buffer is not None:
+                raise ValueError(
+                    "shuffle_buffer applies to streams; shuffle=True permutes a map-style "
+                    "dataset (or rendered shards) whole, with no buffer")
             n = len(dataset)
             if n < 1:
                 raise ValueError("the dataset is empty")
@@ -654,6 +663,8 @@ class DataGenerator:
         self.output = output
         self.truncate = truncate
         self._source = source
+        # The remainder an elastic resume dealt (see load_state_dict), or None.
+        self._elastic: Optional[dict] = None
         self._packer_args = dict(
             batch_size=batch_size, seq_len=seq_len, dataset_len=n,
             rank=0 if source else rank, world_size=1 if source else world_size,
@@ -662,9 +673,11 @@ class DataGenerator:
             num_threads=num_threads or 0, skip_errors=on_error == "skip", truncate=truncate,
             chat_format=None if template is None else template._core,
         )
-        if shuffle:
+        if shuffle and source is None:
+            # Streams are shuffled by their source's buffer, not by ordinal.
             self._packer_args["shuffle_seed"] = seed
         self.shuffle, self.seed = shuffle, seed
+        self.shuffle_buffer = shuffle_buffer if shuffle and source is not None else None
         self.cache = cache
         self.chat_format = template
         self._core_tok = core_tok
@@ -770,7 +783,8 @@ class DataGenerator:
         if self._source is not None:
             progress = self._source.progress(state)
         epoch, fraction, epoch_done = progress
-        batches = state["batches"]
+        # After an elastic resume, batches count on from the old ranks'.
+        batches = state["batches"] + (self._elastic["batches"] if self._elastic else 0)
         self.epoch: int = epoch
         self.skipped: int = state["skipped"]
         if self.num_iterations > 0:
@@ -808,6 +822,7 @@ class DataGenerator:
             "dataset_len": None if self._source else self._packer_args["dataset_len"],
             # Only with shuffle=True, so states of unshuffled runs stay as they were.
             **({"shuffle_seed": self.seed} if self.shuffle else {}),
+            **({"shuffle_buffer": self.shuffle_buffer} if self.shuffle_buffer else {}),
         }
 
     def state_dict(self) -> dict:
@@ -820,20 +835,78 @@ class DataGenerator:
         if self._source is not None:
             # The stream's own position and the conversations the packer holds.
             out["source"] = self._source.state(packer)
+        if self._elastic is not None:
+            out["elastic"] = dict(self._elastic, gap=list(self._elastic["gap"]))
         return out
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continues exactly where ``state`` (from ``state_dict``) left off.
+    def load_state_dict(self, state: Any) -> None:
+        """Continues exactly where ``state`` (from ``state_dict``) left off;
+        or, given a list of states (one per rank of a run, in rank order,
+        e.g. gathered with ``torch.distributed.all_gather_object``), makes an
+        *elastic resume* under this generator's ``world_size``, which may
+        differ from theirs.
 
-        Every field is checked against this generator (same dataset length,
-        mode, shapes, rank and world size; counters and held conversations
-        that a generator like this one could have reached).
+        Exact resume: every field is checked against this generator (same
+        dataset length, mode, shapes, rank and world size; counters and held
+        conversations that a generator like this one could have reached).
+
+        Elastic resume (map-style datasets and rendered shards; not streams,
+        whose position is their source's): what is preserved is the epoch's
+        *remaining set*, the conversations no old rank has used up: those no
+        old rank fetched yet, and those the old ranks held (a best-fit
+        buffer, a partly used ``stream`` / ``varlen`` conversation, the
+        pieces left of a ``truncate="turns"`` split), which go back to the
+        remaining set whole (a part already trained on is trained on again).
+        The new ranks deal the remaining set round robin (new rank ``r``
+        takes its ``r``-th, ``r + world_size``-th, ... conversation in
+        epoch order), so every conversation of the epoch is used exactly
+        once across the old and new ranks, then continue in their own order
+        (and ``shuffle`` permutation) from the next epoch. Every new rank
+        must load the same list; its batches are deterministic. What is not
+        preserved: the order of the old buffers (each new buffer fills
+        afresh), the old batches' layout, and ``stats`` other than
+        ``batches`` (which counts on from the old ranks' largest).
 
         Raises:
             ValueError: naming the field that is missing, unknown, or cannot
-                come from this generator (nothing is changed then).
-            TypeError: a field of the wrong type, or ``state`` not a dict.
+                come from this generator (nothing is changed then); for a
+                list, also states that are not one per rank of one run, or
+                a stream.
+            TypeError: a field of the wrong type, or ``state`` not a dict
+                (or a list of dicts).
         """
+        if isinstance(state, (list, tuple)):
+            self._load_elastic(list(state))
+            return
+        self._check_state(state, same_rank=True)
+        if (self._source is None) != ("source" not in state):
+            raise ValueError(
+                "the state was saved from a " + ("stream" if "source" in state else "map-style")
+                + " dataset, this generator reads a "
+                + ("stream" if self._source is not None else "map-style dataset")
+                + " (field 'source')")
+        elastic = state.get("elastic")
+        with self._lock:
+            # Check on a scratch packer first, so a bad state changes nothing.
+            scratch = _core.Packer(self._core_tok, self.mode, **self._packer_args)
+            if elastic is not None:
+                scratch.set_elastic(elastic["gap"], elastic["from"], elastic["end"])
+            scratch.load_state(dict(state["packer"]))
+            if self._source is not None:
+                self._source.load(state["source"], state["packer"])
+            self._failure = None
+            packer = self._producer.packer
+            if elastic is not None or self._elastic is not None:
+                e = elastic or {"gap": [], "from": 0, "end": 0}
+                packer.set_elastic(e["gap"], e["from"], e["end"])
+            self._elastic = None if elastic is None else dict(elastic)
+            packer.load_state(dict(state["packer"]))
+            self._state = packer.state()
+            self._set_progress(self._state, packer.progress(), packer.cache_stats())
+
+    def _check_state(self, state: Any, same_rank: bool) -> None:
+        """Checks a state's fields against this generator (all but rank and
+        world size unless ``same_rank``)."""
         if not isinstance(state, dict):
             raise TypeError(f"a DataGenerator state is a dict, got {type(state).__name__}")
         if state.get("format") != _STATE_FORMAT:
@@ -842,32 +915,67 @@ class DataGenerator:
             raise ValueError(f"unsupported state version {state.get('version')!r} (field 'version')")
         config = self._config()
         for key in state:
-            if key not in config and key not in ("format", "version", "packer", "source"):
+            if key not in config and key not in ("format", "version", "packer", "source",
+                                                 "elastic"):
                 raise ValueError(f"the state has an unknown field {key!r}")
         for key, mine in config.items():
             if key not in state:
                 raise ValueError(f"the state has no field {key!r}")
+            if not same_rank and key in ("rank", "world_size"):
+                continue
             theirs = state[key]
             if type(theirs) is not type(mine) or theirs != mine:
                 raise ValueError(
                     f"state was saved with {key}={theirs!r}, this generator has {mine!r}")
-        if (self._source is None) != ("source" not in state):
-            raise ValueError(
-                "the state was saved from a " + ("stream" if "source" in state else "map-style")
-                + " dataset, this generator reads a "
-                + ("stream" if self._source is not None else "map-style dataset")
-                + " (field 'source')")
-        packer_state = state.get("packer")
-        if not isinstance(packer_state, dict):
+        if not isinstance(state.get("packer"), dict):
             raise ValueError("the state has no 'packer' dict (field 'packer')")
+        elastic = state.get("elastic")
+        if elastic is not None:
+            fields = {"gap", "from", "end", "batches"}
+            if not isinstance(elastic, dict) or set(elastic) != fields:
+                raise ValueError(f"the state's 'elastic' must be a dict of {sorted(fields)} "
+                                 "(field 'elastic')")
+            if not isinstance(elastic["gap"], list):
+                raise TypeError("the state's elastic 'gap' must be a list of ints (field 'elastic')")
+            for key in ("from", "end", "batches"):
+                _check_int(f"the state's elastic {key!r}", elastic[key], 0, 2**53)
+            for p in elastic["gap"]:
+                _check_int("a position in the state's elastic 'gap'", p, 0, 2**53)
+
+    def _load_elastic(self, states: list) -> None:
+        if self._source is not None:
+            raise ValueError(
+                "an elastic resume (a list of states) applies to map-style datasets and rendered "
+                "shards; a stream resumes through its source's own state: load this rank's "
+                "state under the same world_size")
+        if not states:
+            raise ValueError("an elastic resume needs the states of every old rank, got none")
+        for i, st in enumerate(states):
+            try:
+                self._check_state(st, same_rank=False)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"state {i} of {len(states)}: {e}") from None
+            if "source" in st:
+                raise ValueError(f"state {i} of {len(states)} was saved from a stream "
+                                 "(field 'source')")
+            if st["world_size"] != len(states) or st["rank"] != i:
+                raise ValueError(
+                    f"state {i} of {len(states)} was saved by rank {st['rank']} of "
+                    f"{st['world_size']}: pass one state per old rank, in rank order")
+            if st.get("elastic") != states[0].get("elastic"):
+                raise ValueError(f"states 0 and {i} come from different runs (field 'elastic')")
+        olds = []
+        for st in states:
+            e = st.get("elastic")
+            olds.append((st["world_size"], None if e is None else (e["gap"], e["from"], e["end"]),
+                         dict(st["packer"])))
         with self._lock:
-            # Check on a scratch packer first, so a bad state changes nothing.
-            scratch = _core.Packer(self._core_tok, self.mode, **self._packer_args)
-            scratch.load_state(dict(packer_state))
-            if self._source is not None:
-                self._source.load(state["source"])
-            self._failure = None
             packer = self._producer.packer
-            packer.load_state(dict(packer_state))
+            gap, start, end = packer.merge_states(olds)
+            before = (states[0].get("elastic") or {}).get("batches", 0)
+            batches = before + max(st["packer"]["batches"] for st in states)
+            packer.set_elastic(gap, start, end)
+            self._elastic = {"gap": list(gap), "from": start, "end": end, "batches": batches}
+            self._failure = None
             self._state = packer.state()
             self._set_progress(self._state, packer.progress(), packer.cache_stats())

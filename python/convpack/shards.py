@@ -149,7 +149,8 @@ def render_shards(
     num_threads: Optional[int] = None,
     progress: bool = True,
     chat_format: Any = None,
-) -> RenderedDataset:
+    only: Optional[Any] = None,
+) -> Optional[RenderedDataset]:
     """Renders ``dataset`` (``len`` + indexing: a Task, a list, an HF
     ``Dataset``) once into Parquet shards under ``out_dir`` and returns the
     :class:`RenderedDataset` over them. Resumes a render that was killed
@@ -161,6 +162,14 @@ def render_shards(
         num_threads: Rust threads per process (``None``: all, divided among
             the processes).
         progress: a tqdm bar over the conversations.
+        only: render just these shard numbers (``range(-(-len(dataset) //
+            rows_per_shard))`` are all of them) and return ``None`` unless
+            that completes the render: how a render is spread over machines
+            sharing ``out_dir`` (one task per shard, e.g. a Ray Data
+            ``map`` over the shard numbers; see the README). A last call
+            without ``only`` renders whatever is missing, marks the render
+            complete and returns the dataset. The shards are the bytes a
+            single ``render_shards`` call writes.
 
     Raises:
         ValueError: ``out_dir`` holds shards of another key (naming the
@@ -208,7 +217,12 @@ def render_shards(
         if name.startswith("shard-") and ".parquet.tmp-" in name:
             os.unlink(os.path.join(out_dir, name))
     shards = -(-n // rows_per_shard)
-    todo = [s for s in range(shards)
+    wanted = range(shards)
+    if only is not None:
+        wanted = sorted({int(s) for s in only})
+        if any(not 0 <= s < shards for s in wanted):
+            raise ValueError(f"only= names shards outside 0..{shards - 1}: {list(only)!r}")
+    todo = [s for s in wanted
             if not os.path.exists(os.path.join(out_dir, f"shard-{s:05d}.parquet"))]
     from . import _core
 
@@ -244,13 +258,17 @@ def render_shards(
         if bar is not None:
             bar.close()
         _JOB.clear()
+    if only is not None and not all(
+            os.path.exists(os.path.join(out_dir, f"shard-{s:05d}.parquet")) for s in range(shards)):
+        return None
     manifest["complete"] = True
     _write_json(path, manifest)
     return RenderedDataset(out_dir)
 
 
 def _write_json(path: str, value: dict) -> None:
-    tmp = path + ".tmp"
+    # Per process: tasks sharing out_dir may write the same manifest at once.
+    tmp = path + f".tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(value, f, indent=1, sort_keys=True)
     os.replace(tmp, path)

@@ -10,7 +10,9 @@ from differs.
 
 Sharding is the source's where it has one (``datasets.IterableDataset``:
 ``datasets.distributed.split_dataset_by_node``, unless the dataset was split
-already), else every ``world_size``-th item goes to a rank
+already; a MosaicML ``streaming.StreamingDataset``: its own split over the
+ranks it detects, and its ``state_dict(num_samples, from_beginning)`` in
+snapshots), else every ``world_size``-th item goes to a rank
 (item ``i`` to rank ``i % world_size``).
 
 Passes: a re-iterable source (``iter(source) is not source``: an
@@ -20,19 +22,31 @@ ends, like the map-style path; a one-shot iterator (a generator object) has
 one pass, after which ``next()`` raises ``StopIteration`` (the batch that
 could not be filled is not returned).
 
+Shuffle (``DataGenerator(shuffle=True, seed=..., shuffle_buffer=N)``): the
+stream is read through a buffer of ``N`` items; each item handed on is drawn
+from the buffer at a position given by a hash of ``(seed, pass, draw)``
+and its place refilled from the stream, so each pass has its own order,
+determined by the seed alone. A plain iterable is shuffled before the rank
+filter, so every rank sees the same shuffled stream and takes its
+``world_size``-th items of it; a source split by node is shuffled within the
+rank's split. Memory: ``N`` items (and a copy in each snapshot).
+
 Resume: the state holds the conversations the packer still holds (raw, as
 the source gave them: they must be JSON-serialisable for a JSON checkpoint),
 the pass boundaries, and a snapshot of the source's position at most
 ``SNAPSHOT_EVERY`` conversations before the resume point: the source's own
 ``state_dict()`` where it has one (``IterableDataset.state_dict()``), else
 the count of raw items read in the pass, which a fresh iterator of the same
-source skips. :class:`SourceResumeError` (a ``ValueError``) is raised when
+source skips; with a shuffle buffer, also the buffer's items at the snapshot
+and the draws made. :class:`SourceResumeError` (a ``ValueError``) is raised when
 the source cannot be brought back there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional
 
@@ -58,9 +72,19 @@ class _Exhausted(Exception):
 def is_stream(dataset: Any) -> bool:
     """True for what ``DataGenerator`` reads as a stream: an iterable
     without ``__len__`` and ``__getitem__``."""
+    if _mosaic(dataset):
+        return True
     if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
         return False
     return isinstance(dataset, Iterable)
+
+
+def _mosaic(source: Any) -> bool:
+    """A MosaicML ``streaming.StreamingDataset`` (read as a stream, though it
+    has ``len`` and indexing: its own rank split and resume)."""
+    streaming = sys.modules.get("streaming")
+    cls = getattr(streaming, "StreamingDataset", None)
+    return cls is not None and isinstance(source, cls)
 
 
 def _hf_iterable(source: Any) -> bool:
@@ -74,10 +98,12 @@ def _hf_iterable(source: Any) -> bool:
 class StreamSource:
     """This rank's view of a stream, indexed by ordinal for the packer."""
 
-    def __init__(self, source: Any, rank: int, world_size: int) -> None:
-        self.kind = "hf" if _hf_iterable(source) else "plain"
+    def __init__(self, source: Any, rank: int, world_size: int, shuffle_buffer: int = 0,
+                 seed: int = 0) -> None:
+        self.kind = "hf" if _hf_iterable(source) else "mosaic" if _mosaic(source) else "plain"
         self.rank, self.world_size = rank, world_size
-        self.filter = world_size > 1
+        # A StreamingDataset splits itself over the ranks it detects.
+        self.filter = world_size > 1 and self.kind == "plain"
         if self.kind == "hf":
             self.filter = False
             if world_size > 1 and getattr(source, "_distributed", None) is None:
@@ -99,7 +125,12 @@ class StreamSource:
         self.pulled = 0  # ordinals read so far
         self.passes = [0]  # ordinal at which each pass began
         self.raw = 0  # raw items read in this pass (before the rank filter)
-        self.snapshots: list = [(0, 0, None, 0)]  # (ordinal, pass, source state or None, raw)
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.buf: list = []  # the shuffle buffer
+        self.drawn = 0  # items drawn from the (shuffled) stream in this pass
+        self.exhausted = False  # the source ended this pass (the buffer drains)
+        # (ordinal, pass, source state or None, raw, drawn, buffer or None, exhausted)
+        self.snapshots: list = [(0, 0, None, 0, 0, [] if shuffle_buffer else None, False)]
         self.it: Optional[Iterator] = None
         self.done = False  # a one-shot source ended
 
@@ -113,6 +144,31 @@ class StreamSource:
             self.source.load_state_dict(state)
         self.it = iter(self.source)
 
+    def _draw(self) -> Any:
+        """The next item of the pass, through the shuffle buffer if any
+        (``StopIteration`` at the pass's end)."""
+        if not self.shuffle_buffer:
+            item = next(self.it)  # type: ignore[arg-type]
+            self.raw += 1
+            self.drawn += 1
+            return item
+        buf = self.buf
+        while not self.exhausted and len(buf) < self.shuffle_buffer:
+            try:
+                buf.append(next(self.it))  # type: ignore[arg-type]
+            except StopIteration:
+                self.exhausted = True
+                break
+            self.raw += 1
+        if not buf:
+            raise StopIteration
+        key = f"{self.seed}:{len(self.passes) - 1}:{self.drawn}".encode()
+        j = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % len(buf)
+        item, buf[j] = buf[j], buf[-1]
+        buf.pop()
+        self.drawn += 1
+        return item
+
     def _pull(self) -> Any:
         """The next item of this rank (a new pass where the source ended)."""
         fresh_pass = False
@@ -120,7 +176,7 @@ class StreamSource:
             if self.it is None:
                 self._start_pass()
             try:
-                item = next(self.it)  # type: ignore[arg-type]
+                item = self._draw()
             except StopIteration:
                 if not self.reiterable or self.done:
                     self.done = True
@@ -129,13 +185,14 @@ class StreamSource:
                     raise ValueError("the source yielded no conversation for this rank "
                                      "in a whole pass") from None
                 self.passes.append(self.pulled)
-                self.raw = 0
+                self.raw = self.drawn = 0
+                self.buf, self.exhausted = [], False
                 self.it = None
                 fresh_pass = True
-                self.snapshots.append((self.pulled, len(self.passes) - 1, None, 0))
+                self.snapshots.append((self.pulled, len(self.passes) - 1, None, 0, 0,
+                                       [] if self.shuffle_buffer else None, False))
                 continue
-            self.raw += 1
-            if self.filter and (self.raw - 1) % self.world_size != self.rank:
+            if self.filter and (self.drawn - 1) % self.world_size != self.rank:
                 continue
             return item
 
@@ -159,7 +216,14 @@ class StreamSource:
         state = None
         if self.kind == "hf" and self.it is not None and self.pulled > self.passes[-1]:
             state = self.source.state_dict()
-        self.snapshots.append((self.pulled, len(self.passes) - 1, state, self.raw))
+        elif self.kind == "mosaic" and self.it is not None and self.pulled > self.passes[-1]:
+            # Samples of this pass read by all ranks (each reads as many).
+            world = getattr(self.source, "_parallel_rank_world", None)
+            ranks = getattr(world, "num_ranks", self.world_size)
+            state = self.source.state_dict(num_samples=self.raw * ranks, from_beginning=True)
+        buf = list(self.buf) if self.shuffle_buffer else None
+        self.snapshots.append((self.pulled, len(self.passes) - 1, state, self.raw, self.drawn,
+                               buf, self.exhausted))
 
     def read(self, indices: list) -> list:
         """The items for ``indices`` (what the packer asked for); a one-shot
@@ -206,17 +270,21 @@ class StreamSource:
         snap = [s for s in self.snapshots if s[0] <= nxt]
         if not snap:
             raise RuntimeError("internal: no snapshot of the stream before the resume point")
-        ordinal, pass_, state, raw = snap[-1]
+        ordinal, pass_, state, raw, drawn, buf, exhausted = snap[-1]
+        snapshot = {"ordinal": ordinal, "pass": pass_, "state": state, "raw": raw}
+        if self.shuffle_buffer:
+            snapshot.update(drawn=drawn, buffer=list(buf), exhausted=exhausted)
         return {
             "kind": self.kind,
             "passes": list(self.passes[: pass_ + 1]),
-            "snapshot": {"ordinal": ordinal, "pass": pass_, "state": state, "raw": raw},
+            "snapshot": snapshot,
             "held": [[k, self.items[k]] for k in packer_state["held"]],
         }
 
-    def load(self, saved: Any) -> None:
+    def load(self, saved: Any, packer_state: dict) -> None:
         """Back to a state from ``state``: the held items, then the source at
-        the snapshot (``SourceResumeError`` when that cannot be done)."""
+        the snapshot (``SourceResumeError`` when that cannot be done, or when
+        ``saved`` does not go with the packer's ``packer_state``)."""
         if not isinstance(saved, dict) or saved.get("kind") != self.kind:
             kind = saved.get("kind") if isinstance(saved, dict) else type(saved).__name__
             raise SourceResumeError(
@@ -226,10 +294,36 @@ class StreamSource:
             ordinal, pass_, state, raw = snap["ordinal"], snap["pass"], snap["state"], snap["raw"]
             passes = [int(p) for p in saved["passes"]]
             held = {int(k): item for k, item in saved["held"]}
+            shuffled = "buffer" in snap
+            if shuffled:
+                drawn, exhausted = int(snap["drawn"]), bool(snap["exhausted"])
+                buf = list(snap["buffer"])
+            else:
+                drawn, exhausted, buf = raw, False, []
         except (KeyError, TypeError, ValueError) as e:
             raise SourceResumeError(f"the state's source field is malformed ({e})") from None
+        if shuffled != bool(self.shuffle_buffer):
+            raise SourceResumeError(
+                "the state was saved " + ("with" if shuffled else "without")
+                + " a shuffle buffer, this generator reads the stream "
+                + ("through one" if self.shuffle_buffer else "in its order"))
+        if len(buf) > self.shuffle_buffer:
+            raise SourceResumeError(
+                f"the state's shuffle buffer holds {len(buf)} items, more than "
+                f"shuffle_buffer={self.shuffle_buffer}")
         if len(passes) != pass_ + 1:
             raise SourceResumeError("the state's source passes do not match its snapshot")
+        # The snapshot lies at most SNAPSHOT_EVERY conversations before the
+        # packer's next one, and the source holds what the packer holds.
+        nxt = packer_state.get("next")
+        if not isinstance(ordinal, int) or not isinstance(nxt, int) or not (
+                0 <= ordinal <= nxt <= ordinal + SNAPSHOT_EVERY):
+            raise SourceResumeError(
+                f"the state's source snapshot is at conversation {ordinal!r} of the stream, the "
+                f"packer state's \"next\" at {nxt!r}: they do not go together")
+        if set(held) != set(packer_state.get("held", ())):
+            raise SourceResumeError(
+                "the state's source holds other conversations than the packer state's \"held\"")
         if pass_ > 0 and not self.reiterable:
             raise SourceResumeError(
                 "the state is in pass {pass_ + 1} of the stream, but this source is a one-shot "
@@ -247,6 +341,7 @@ class StreamSource:
         self.done = False
         self.pulled = ordinal
         self.raw = 0
+        self.buf, self.drawn, self.exhausted = list(buf), drawn, exhausted
         self._start_pass(state)
         if state is None:
             # No state of its own: skip the raw items read before the snapshot.
@@ -260,4 +355,5 @@ class StreamSource:
                 self.raw += 1
         else:
             self.raw = raw
-        self.snapshots.append((ordinal, pass_, state, raw))
+        self.snapshots.append((ordinal, pass_, state, raw, drawn,
+                               list(buf) if self.shuffle_buffer else None, exhausted))

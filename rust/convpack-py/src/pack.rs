@@ -11,7 +11,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use convpack_core::pack::{
-    Inputs, Mode, Outputs, Overflow, PackConfig, PackState, Packer, RenderCache, Schedule,
+    merge, Elastic, Inputs, Mode, Outputs, Overflow, PackConfig, PackState, Packer, RenderCache,
+    Schedule,
 };
 use convpack_core::parallel::InTurn;
 use convpack_core::{
@@ -683,6 +684,62 @@ impl PyPacker {
         self.inner
             .load_state(st)
             .map_err(|e| PyValueError::new_err(format!("cannot load this state: {e}")))
+    }
+
+    /// Starts over on this packer's schedule dealing the elastic remainder
+    /// `(gap, from, end)` first (nothing held or fetched; `load_state` may
+    /// follow with a state saved on that schedule).
+    fn set_elastic(&mut self, py: Python<'_>, gap: Vec<u64>, start: u64, end: u64) -> PyResult<()> {
+        let job = self.job();
+        for chunk in std::mem::take(&mut self.pending) {
+            let _ = chunk.results(py, &job);
+        }
+        self.pending_len = 0;
+        let mut sched = self.inner.schedule().clone();
+        sched.elastic = None;
+        // An empty remainder is the schedule's own order.
+        let r = if gap.is_empty() && end == 0 {
+            self.inner.set_schedule(sched)
+        } else {
+            sched
+                .with_elastic(Elastic {
+                    gap,
+                    from: start,
+                    end,
+                })
+                .and_then(|s| self.inner.set_schedule(s))
+        };
+        r.map_err(|e| PyValueError::new_err(format!("cannot load this state: {e}")))
+    }
+
+    /// The elastic remainder `(gap, from, end)` left by the old ranks'
+    /// states: `olds[r]` is `(world_size, remainder or None, packer state)`
+    /// of rank `r`, on this packer's dataset, mode and shuffle.
+    #[allow(clippy::type_complexity)]
+    fn merge_states(
+        &self,
+        olds: Vec<(usize, Option<(Vec<u64>, u64, u64)>, Bound<'_, PyDict>)>,
+    ) -> PyResult<(Vec<u64>, u64, u64)> {
+        let err = |e: CoreError| PyValueError::new_err(format!("cannot merge these states: {e}"));
+        let mine = self.inner.schedule();
+        let mut scheds = Vec::with_capacity(olds.len());
+        for (r, (world, elastic, state)) in olds.iter().enumerate() {
+            let st = state_from_dict(state)?;
+            let mut s = Schedule::new(mine.len, r, *world, mine.order).map_err(err)?;
+            s.seed = mine.seed;
+            if let Some((gap, from, end)) = elastic {
+                s = s
+                    .with_elastic(Elastic {
+                        gap: gap.clone(),
+                        from: *from,
+                        end: *end,
+                    })
+                    .map_err(err)?;
+            }
+            scheds.push((s, st));
+        }
+        let e = merge(&scheds, self.inner.config()).map_err(err)?;
+        Ok((e.gap, e.from, e.end))
     }
 
     /// `(epoch, fraction of it consumed, an epoch's worth consumed)`.

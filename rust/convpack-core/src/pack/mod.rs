@@ -37,8 +37,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 pub use cache::{CacheStats, RenderCache};
-pub use schedule::{Order, Progress, Schedule};
-pub use state::{Counters, PackState, MAX_BATCH_TOKENS, MAX_BUFFER_SIZE, MAX_COUNT};
+pub use schedule::{Elastic, Order, Progress, Schedule};
+pub use state::{merge, Counters, PackState, MAX_BATCH_TOKENS, MAX_BUFFER_SIZE, MAX_COUNT};
 pub use write::{write_segments, write_shifted, OutId, Piece};
 
 use crate::bpe::Rank;
@@ -289,6 +289,18 @@ impl Packer {
 
     pub fn schedule(&self) -> &Schedule {
         &self.sched
+    }
+
+    /// Starts over on `sched` (an elastic resume's): a fresh state, nothing
+    /// held or fetched.
+    pub fn set_schedule(&mut self, sched: Schedule) -> Result<(), CoreError> {
+        if sched.order != self.cfg.order() {
+            return Err(CoreError::Invalid(
+                "the schedule's order does not match the mode".into(),
+            ));
+        }
+        self.sched = sched;
+        self.load_state(PackState::default())
     }
 
     /// Whether held conversations must be pushed again after `load_state`

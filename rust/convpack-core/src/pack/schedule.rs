@@ -17,6 +17,14 @@
 //! Progress is measured like nanochat's `consumed` counter: a *position*
 //! that starts at `rank` and advances by `world` for every conversation this
 //! rank has used up; an epoch's worth is done once it reaches the length.
+//!
+//! Every ordinal of every rank names a *global position* `epoch * len +
+//! slot`, increasing with the ordinal. After an elastic resume (a state saved
+//! under one world size, loaded under another) a schedule first deals the
+//! positions the old ranks left unused, an [`Elastic`] remainder, round robin
+//! over the new ranks, then continues in its own order from the next epoch.
+
+use std::sync::Arc;
 
 use crate::error::CoreError;
 
@@ -26,7 +34,57 @@ pub enum Order {
     Rolling,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The positions an elastic resume deals to the new ranks before their own
+/// order begins: `gap` (ascending, each below `from`), then every position
+/// in `from..end`; `end` is a multiple of the dataset length (the next epoch
+/// boundary), where the new ranks' own order starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Elastic {
+    pub gap: Vec<u64>,
+    pub from: u64,
+    pub end: u64,
+}
+
+impl Elastic {
+    /// Positions dealt.
+    pub fn total(&self) -> u64 {
+        self.gap.len() as u64 + (self.end - self.from)
+    }
+
+    /// The `j`-th position dealt (`j < total`).
+    fn at(&self, j: u64) -> u64 {
+        match self.gap.get(j as usize) {
+            Some(&p) => p,
+            None => self.from + (j - self.gap.len() as u64),
+        }
+    }
+
+    /// Checks a remainder read from a state against a dataset of `len`.
+    pub fn check(&self, len: usize) -> Result<(), CoreError> {
+        let bad = |why: String| Err(CoreError::Invalid(format!("the elastic remainder {why}")));
+        let len = len as u64;
+        if self.from > self.end || !self.end.is_multiple_of(len.max(1)) {
+            return bad(format!(
+                "ends at {} (from {}), not at an epoch boundary of {len} conversations",
+                self.end, self.from
+            ));
+        }
+        if self.end > super::state::MAX_COUNT {
+            return bad(format!("ends at {}, above 2**53", self.end));
+        }
+        if self.gap.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("gap is not strictly ascending".into());
+        }
+        if let Some(&last) = self.gap.last() {
+            if last >= self.from {
+                return bad(format!("gap holds {last}, not below {}", self.from));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Schedule {
     pub len: usize,
     pub rank: usize,
@@ -36,6 +94,8 @@ pub struct Schedule {
     /// `permute(seed, e, j)` instead of `j` (the same on every rank, so ranks
     /// still cover each epoch once).
     pub seed: Option<u64>,
+    /// After an elastic resume: the remainder dealt before the own order.
+    pub elastic: Option<Arc<Elastic>>,
 }
 
 /// Where consumption stands.
@@ -70,6 +130,7 @@ impl Schedule {
             world,
             order,
             seed: None,
+            elastic: None,
         })
     }
 
@@ -79,29 +140,82 @@ impl Schedule {
         self
     }
 
+    /// This schedule dealing `elastic` first (an elastic resume).
+    pub fn with_elastic(mut self, elastic: Elastic) -> Result<Self, CoreError> {
+        elastic.check(self.len)?;
+        self.elastic = Some(Arc::new(elastic));
+        Ok(self)
+    }
+
     /// Conversations this rank reads per epoch in the strided order.
     fn per_rank(&self) -> u64 {
         (self.len - self.rank).div_ceil(self.world) as u64
     }
 
-    /// Dataset index of the conversation with fetch ordinal `k`.
-    pub fn index(&self, k: u64) -> usize {
-        let (len, rank, world) = (self.len as u64, self.rank as u64, self.world as u64);
-        let (epoch, slot) = match self.order {
-            Order::Strided => (k / self.per_rank(), rank + (k % self.per_rank()) * world),
-            Order::Rolling => {
-                let p = rank as u128 + k as u128 * world as u128;
-                ((p / len as u128) as u64, (p % len as u128) as u64)
+    /// Ordinals of the elastic remainder this rank reads, and the position
+    /// where its own order starts.
+    fn dealt(&self) -> (u64, u64) {
+        match &self.elastic {
+            Some(e) => {
+                let (total, rank) = (e.total(), self.rank as u64);
+                let share = if total > rank {
+                    (total - rank).div_ceil(self.world as u64)
+                } else {
+                    0
+                };
+                (share, e.end)
             }
-        };
+            None => (0, 0),
+        }
+    }
+
+    /// The global position (`epoch * len + slot`) of fetch ordinal `k`:
+    /// increasing in `k`, and no two ranks share one. (In u128: a huge world
+    /// size times an ordinal passes u64.)
+    pub fn global(&self, k: u64) -> u128 {
+        let (len, rank, world) = (self.len as u128, self.rank as u128, self.world as u128);
+        let (share, base) = self.dealt();
+        if k < share {
+            if let Some(e) = &self.elastic {
+                return e.at(self.rank as u64 + k * self.world as u64) as u128;
+            }
+        }
+        let k = (k - share) as u128;
+        let per = self.per_rank() as u128;
+        base as u128
+            + match self.order {
+                Order::Strided => (k / per) * len + rank + (k % per) * world,
+                Order::Rolling => rank + k * world,
+            }
+    }
+
+    /// Dataset index of the conversation at global position `p`.
+    pub fn index_at(&self, p: u128) -> usize {
+        let len = self.len as u128;
+        let (epoch, slot) = ((p / len) as u64, (p % len) as u64);
         match self.seed {
-            Some(seed) => permute(seed, epoch, slot, len) as usize,
+            Some(seed) => permute(seed, epoch, slot, len as u64) as usize,
             None => slot as usize,
         }
     }
 
+    /// Dataset index of the conversation with fetch ordinal `k`.
+    pub fn index(&self, k: u64) -> usize {
+        self.index_at(self.global(k))
+    }
+
     /// The consumption position after `consumed` conversations.
     pub fn position(&self, consumed: u64) -> u64 {
+        let (share, base) = self.dealt();
+        if consumed < share {
+            // Within the remainder: where the next conversation to use lies.
+            return self.global(consumed) as u64;
+        }
+        base + self.own_position(consumed - share)
+    }
+
+    /// `position` in the schedule's own order.
+    fn own_position(&self, consumed: u64) -> u64 {
         let (len, rank, world) = (self.len as u64, self.rank as u64, self.world as u64);
         match self.order {
             Order::Rolling => rank + consumed * world,
@@ -248,5 +362,93 @@ mod tests {
         let got: Vec<usize> = (0..6).map(|k| s.index(k)).collect();
         assert_eq!(got, vec![2, 5, 8, 2, 5, 8]);
         assert!(Schedule::new(2, 2, 3, Order::Rolling).is_err());
+    }
+
+    #[test]
+    fn elastic_deals_the_remainder_once_then_whole_epochs() {
+        let e = Elastic {
+            gap: vec![3, 8, 12],
+            from: 15,
+            end: 20,
+        };
+        for order in [Order::Strided, Order::Rolling] {
+            let mut seen = vec![0u32; 40];
+            for r in 0..3 {
+                let s = Schedule::new(10, r, 3, order)
+                    .unwrap()
+                    .with_elastic(e.clone())
+                    .unwrap();
+                let mut k = 0;
+                // Positions rise with the ordinal; stop at epoch 3's end.
+                while s.global(k) < 40 {
+                    assert!(k == 0 || s.global(k) > s.global(k - 1));
+                    seen[s.global(k) as usize] += 1;
+                    k += 1;
+                }
+            }
+            // The remainder (3, 8 and 15..20), then epochs 2 and 3 whole.
+            let mut want = vec![0u32; 40];
+            for p in [3, 8, 12, 15, 16, 17, 18, 19] {
+                want[p] = 1;
+            }
+            want[20..].fill(1);
+            assert_eq!(seen, want, "{order:?}");
+        }
+        assert!(Elastic {
+            gap: vec![5, 4],
+            from: 9,
+            end: 10
+        }
+        .check(10)
+        .is_err());
+        assert!(Elastic {
+            gap: vec![],
+            from: 9,
+            end: 15
+        }
+        .check(10)
+        .is_err());
+    }
+
+    #[test]
+    fn merge_frees_what_no_old_rank_used() {
+        use super::super::{Mode, PackConfig, PackState};
+        let cfg = PackConfig {
+            mode: Mode::Padded,
+            batch_size: 1,
+            seq_len: None,
+            bos: 0,
+            pad: 0,
+            skip_errors: false,
+            max_tokens: 8,
+            split_turns: false,
+            keep_long: false,
+        };
+        let state = |n: u64| PackState {
+            next: n,
+            consumed: n,
+            batch_start: n.saturating_sub(1),
+            batches: n,
+            counters: super::super::Counters {
+                tokens: n,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let olds: Vec<(Schedule, PackState)> = [3u64, 5]
+            .iter()
+            .enumerate()
+            .map(|(r, &n)| (Schedule::new(10, r, 2, Order::Strided).unwrap(), state(n)))
+            .collect();
+        // Rank 0 used 0, 2, 4; rank 1 used 1, 3, 5, 7, 9.
+        let e = super::super::merge(&olds, &cfg).unwrap();
+        assert_eq!(
+            e,
+            Elastic {
+                gap: vec![6, 8],
+                from: 10,
+                end: 10
+            }
+        );
     }
 }

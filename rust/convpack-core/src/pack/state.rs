@@ -7,6 +7,9 @@
 //! with this configuration could have written is refused with an error
 //! naming the field.
 
+use std::collections::HashSet;
+
+use super::schedule::Elastic;
 use super::{Mode, PackConfig, Schedule};
 use crate::error::CoreError;
 
@@ -21,6 +24,10 @@ pub const MAX_BUFFER_SIZE: usize = 1 << 20;
 /// Counters in a state are at most 2**53: exact in JSON numbers, and far
 /// beyond any real run (about 285 years at a million per second).
 pub const MAX_COUNT: u64 = 1 << 53;
+
+/// Conversations left between the ranks that an elastic resume deals at
+/// most (the old ranks' lag behind the furthest one, plus what they hold).
+pub const MAX_GAP: usize = 1 << 24;
 
 /// Token counters, for `stats`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -167,9 +174,9 @@ pub(super) fn check(st: &PackState, cfg: &PackConfig, sched: &Schedule) -> Resul
         }
         // Rank r reads (r + k * world) mod len: reachable only if i - r is a
         // multiple of gcd(world, len).
-        // (A shuffled schedule reaches any conversation.)
+        // (A shuffled or elastic schedule reaches any conversation.)
         let diff = (i as u64 + len - sched.rank as u64 % len) % len;
-        if sched.seed.is_none() && !diff.is_multiple_of(step) {
+        if sched.seed.is_none() && sched.elastic.is_none() && !diff.is_multiple_of(step) {
             return bad(
                 "held",
                 format!("conversation {i}, which rank {} never reads", sched.rank),
@@ -365,4 +372,83 @@ pub(super) fn check(st: &PackState, cfg: &PackConfig, sched: &Schedule) -> Resul
         }
     }
     Ok(())
+}
+
+/// The epoch's remainder after the old ranks' states, for an elastic resume
+/// under another world size: every global position no old rank has used up.
+/// That is the positions each rank has not fetched yet and the ones it holds
+/// (a best-fit buffer, a partly used conversation, the remaining pieces of a
+/// split one: they go back whole, their order in the old buffers is lost).
+///
+/// `olds[r]` is rank `r`'s schedule and state, each checked against `cfg`
+/// and its schedule first; the schedules must be those of one run (one
+/// world, every rank once, the same dataset, seed and remainder).
+pub fn merge(olds: &[(Schedule, PackState)], cfg: &PackConfig) -> Result<Elastic, CoreError> {
+    let bad = |why: String| Err(CoreError::Invalid(why));
+    let Some((first, _)) = olds.first() else {
+        return bad("an elastic resume needs the states of the old ranks, got none".into());
+    };
+    let len = first.len as u64;
+    for (r, (s, st)) in olds.iter().enumerate() {
+        if s.rank != r || s.world != olds.len() {
+            return bad(format!(
+                "state {r} was saved by rank {} of {}; pass one state per old rank, in rank order",
+                s.rank, s.world
+            ));
+        }
+        if (s.len, s.seed, s.order, &s.elastic)
+            != (first.len, first.seed, first.order, &first.elastic)
+        {
+            return bad(format!(
+                "state {r} comes from another run than state 0 (dataset, shuffle or remainder)"
+            ));
+        }
+        check(st, cfg, s).map_err(|e| CoreError::Invalid(format!("state of rank {r}: {e}")))?;
+    }
+    // Every position at or past `from` is free: past the last one any rank
+    // fetched, and past the positions an earlier remainder did not deal.
+    let mut from = first.elastic.as_ref().map_or(0, |e| e.from);
+    for (s, st) in olds {
+        if st.next > 0 {
+            from = from.max(s.global(st.next - 1) as u64 + 1);
+        }
+    }
+    let mut gap = Vec::new();
+    for (r, (s, st)) in olds.iter().enumerate() {
+        // Fetched nothing yet from `next` on (a split one at `next` included).
+        let mut k = st.next;
+        while (s.global(k) as u64) < from {
+            if gap.len() >= MAX_GAP {
+                return bad(format!(
+                    "the ranks are further apart than an elastic resume deals: more than \
+                     {MAX_GAP} conversations between rank {r} and the furthest one"
+                ));
+            }
+            gap.push(s.global(k) as u64);
+            k += 1;
+        }
+        // Held ones go back: the latest fetch of each held conversation.
+        let mut held: HashSet<usize> = st.held.iter().copied().collect();
+        if st.next_piece > 0 {
+            held.remove(&s.index(st.next));
+        }
+        let mut k = st.next;
+        while !held.is_empty() && k > 0 && st.next - k <= len {
+            k -= 1;
+            if held.remove(&s.index(k)) {
+                gap.push(s.global(k) as u64);
+            }
+        }
+        if let Some(i) = held.iter().min() {
+            return bad(format!(
+                "rank {r} holds conversation {i}, which is not among the last {len} it fetched"
+            ));
+        }
+    }
+    gap.sort_unstable();
+    gap.dedup();
+    let end = from.div_ceil(len) * len;
+    let elastic = Elastic { gap, from, end };
+    elastic.check(first.len)?;
+    Ok(elastic)
 }

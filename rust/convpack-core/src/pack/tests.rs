@@ -437,7 +437,7 @@ fn resume_from_state_is_exact() {
         for k in [0, 1, 4, 9] {
             let c = cfg(mode, b, Some(t), true);
             let sched = Schedule::new(data.len(), 1, 2, c.order()).unwrap();
-            let mut a = Packer::new(c, sched).unwrap();
+            let mut a = Packer::new(c, sched.clone()).unwrap();
             run(&mut a, &data, k, 2).unwrap();
             let state = a.state().clone();
             let rest = run(&mut a, &data, 10, 3).unwrap();
@@ -462,7 +462,7 @@ fn errors_raise_with_the_index_or_are_skipped() {
     for mode in all_modes(2) {
         let c = cfg(mode, 2, Some(6), false);
         let sched = Schedule::new(data.len(), 0, 1, c.order()).unwrap();
-        let mut p = Packer::new(c, sched).unwrap();
+        let mut p = Packer::new(c, sched.clone()).unwrap();
         match run(&mut p, &data, 50, 1) {
             Err(CoreError::Conversation(e)) => {
                 assert_eq!(e.conversation_index, Some(3), "{mode:?}")
@@ -474,7 +474,7 @@ fn errors_raise_with_the_index_or_are_skipped() {
         }
         // The error repeats: the bad conversation stays at the front.
         assert!(p.plan().is_err());
-        let mut p = Packer::new(cfg(mode, 2, Some(6), true), sched).unwrap();
+        let mut p = Packer::new(cfg(mode, 2, Some(6), true), sched.clone()).unwrap();
         run(&mut p, &data, 30, 1).unwrap();
         let st = p.state();
         assert!(st.skipped >= 2, "{mode:?}");
@@ -567,10 +567,10 @@ fn states_that_no_packer_wrote_are_refused() {
     for mode in all_modes(b) {
         let c = cfg(mode, b, Some(t), false);
         let sched = Schedule::new(data.len(), 0, 1, c.order()).unwrap();
-        let mut a = Packer::new(c, sched).unwrap();
+        let mut a = Packer::new(c, sched.clone()).unwrap();
         run(&mut a, &data, 5, 2).unwrap();
         let good = a.state().clone();
-        let mut fresh = Packer::new(c, sched).unwrap();
+        let mut fresh = Packer::new(c, sched.clone()).unwrap();
         fresh.load_state(good.clone()).unwrap();
         type Tamper = fn(&mut PackState);
         let tampers: [(&str, Tamper); 9] = [
@@ -587,7 +587,7 @@ fn states_that_no_packer_wrote_are_refused() {
         for (field, tamper) in tampers {
             let mut bad = good.clone();
             tamper(&mut bad);
-            let mut p = Packer::new(c, sched).unwrap();
+            let mut p = Packer::new(c, sched.clone()).unwrap();
             match p.load_state(bad) {
                 Err(CoreError::Invalid(m)) => assert!(m.contains('"'), "{mode:?} {field}: {m}"),
                 other => panic!("{mode:?}: tampered {field} accepted: {other:?}"),
