@@ -24,7 +24,22 @@ with ``section``, ``case``, ``unit`` and ``ours`` but no ``baseline`` and
 no ``ratio`` is a case with nothing to compare against (``varlen``, which
 nanochat does not have): it is listed in the table, not plotted.
 
-Sections: ``tokenizer``, ``render`` and ``datagen`` live here. A section
+A row with ``section`` and ``note`` (and nothing timed) is a note for the
+report: a case not run because a package is missing, and what to install.
+A row with ``kind="peer"`` (section ``peers``) is one encoder's throughput
+(``encoder``, ``speed``) against tiktoken's in the same form and run
+(``tiktoken``, ``vs_tiktoken``), with the number of documents whose ids
+differ (``differs``) or the ``error`` it raised; the report shows these as
+one matrix per form.
+
+Sections: ``tokenizer`` (convpack against tiktoken), ``hf_tokenizer``
+(``Tokenizer.from_hf`` against the ``tokenizers`` library and tiktoken),
+``peers`` (every fast exact encoder installed, against tiktoken),
+``render`` (nanochat's format against the pure-Python path), ``template``
+(chat templates against ``transformers``' ``apply_chat_template``) and
+``datagen`` live here; the optional ones need ``tokenizers``,
+``transformers``, ``quicktok-v1`` (the ``test`` extra) and the ``peers``
+extra, and say in a note what is missing. A section
 the package lacks is looked for as ``benches/bench_<name>.py`` in a source
 checkout (the current directory's or the one the package was installed
 from in editable mode).
@@ -51,7 +66,7 @@ __all__ = [
 ]
 
 #: The benchmark sections ``convpack bench`` runs, in order.
-SECTIONS = ("tokenizer", "render", "datagen")
+SECTIONS = ("tokenizer", "hf_tokenizer", "peers", "render", "template", "datagen")
 
 #: What the benchmarks import beyond the base install:
 #: (module, distribution, extra that installs it).

@@ -22,10 +22,13 @@ one with single_word).
 
 from __future__ import annotations
 
+import atexit
 import base64
 import functools
 import json
 import os
+import shutil
+import tempfile
 
 from ..hf import bytes_to_token
 
@@ -39,6 +42,7 @@ __all__ = [
     "QWEN3_CHAT_TEMPLATE",
     "VARIANTS",
     "VocabularyMissing",
+    "built_directory",
     "family_available",
     "merges_all_splits",
     "merges_from_ranks",
@@ -436,3 +440,24 @@ def write_tokenizer_json(family: str, directory, merges_as: str = "list") -> str
     with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, ensure_ascii=False)
     return path
+
+
+@functools.cache
+def _scratch() -> str:
+    path = tempfile.mkdtemp(prefix="convpack-hf-files-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+@functools.cache
+def built_directory(family: str) -> str:
+    """A directory holding ``family``'s files, written once per process (the
+    benchmark sections share it; it is removed when the process exits).
+
+    Raises:
+        ValueError: an unknown family.
+        VocabularyMissing: the family's ranks are not installed.
+    """
+    directory = os.path.join(_scratch(), family)
+    write_tokenizer_json(family, directory)
+    return directory
