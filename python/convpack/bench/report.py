@@ -20,6 +20,7 @@ __all__ = [
     "SMOKE_NOTE",
     "markdown",
     "packing_sweep",
+    "peers_tables",
     "run_label",
     "run_suite",
     "table",
@@ -171,8 +172,21 @@ def run_suite(quick: bool, log: Callable[[str], None] = print) -> tuple:
         log(f"running {name} benchmark{' (quick: a smoke run)' if quick else ''} ...")
         start = time.perf_counter()
         section_rows = run(quick)
+        for r in section_rows:
+            if "note" in r:
+                log(f"note: {name}: {r['note']}")
+                notes.append(f"{name}: {r['note']}")
+        section_rows = [r for r in section_rows if "note" not in r]
         log(f"  {len(section_rows)} cases in {time.perf_counter() - start:.1f} s")
         rows.extend(section_rows)
+    if any(r.get("corpus") == "multilingual" for r in rows):
+        from .texts import multilingual_source
+
+        notes.append(f"multilingual text: {multilingual_source()}")
+    notes.append(
+        "timing: every side once per round, one after the other; "
+        f"the best of {1 if quick else 5} round{'' if quick else 's'} counts"
+    )
     if not any("efficiency" in r for r in rows):
         log("running packing efficiency sweep ...")
         sweep, packer = packing_sweep(quick)
@@ -216,6 +230,85 @@ def table(rows: list, quick: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _peer_cell(r: dict, best: bool) -> str:
+    if "error" in r:
+        return f"not timed: {r['error'][:60]}"
+    cell = f"{_fmt(r['vs_tiktoken'])}x"
+    if best:
+        cell = f"**{cell}**"
+    if r.get("differs"):
+        cell += f" (ids differ on {r['differs']} of {r['docs']} docs)"
+    return cell
+
+
+def peers_tables(rows: list, quick: bool = False) -> str:
+    """The peers section as one markdown matrix per form and thread count:
+    an encoder per line, a text per column, each cell the encoder's speed
+    over tiktoken's in the same form and round (tiktoken's MB/s on the
+    first line); the fastest exact encoder of each column in bold.
+
+    Args:
+        rows: rows with ``kind="peer"`` (others are ignored).
+        quick: the rows come from a smoke run: every table says so.
+
+    Returns:
+        The markdown, without a trailing newline ("" without peer rows).
+    """
+    peer_rows = [r for r in rows if r.get("kind") == "peer"]
+    groups: dict = {}
+    for r in peer_rows:
+        groups.setdefault((r["form"], r["threads"]), []).append(r)
+    out: list = []
+    for (form, threads), group in groups.items():
+        corpora = list(dict.fromkeys(r["corpus"] for r in group))
+        encoders = list(dict.fromkeys(r["encoder"] for r in group))
+        cells = {(r["encoder"], r["corpus"]): r for r in group}
+        fastest = {}
+        for c in corpora:
+            exact = [
+                r for r in group if r["corpus"] == c and not r.get("differs") and "error" not in r
+            ]
+            if exact:
+                fastest[c] = max(exact, key=lambda r: r["vs_tiktoken"])["encoder"]
+        pooled = any(r.get("pooled") for r in group)
+        title = form if form.startswith("1 thread") else f"{form}, {threads} thread"
+        title += "s" if threads > 1 and not form.startswith("1 thread") else ""
+        out += [f"### {title}", ""]
+        if quick:
+            out += [f"*{SMOKE_NOTE}*", ""]
+        out += [
+            "| encoder | " + " | ".join(corpora) + " |",
+            "|---|" + "---:|" * len(corpora),
+            "| tiktoken, MB/s | "
+            + " | ".join(
+                _fmt(next(r["tiktoken"] for r in group if r["corpus"] == c)) for c in corpora
+            )
+            + " |",
+        ]
+        for e in encoders:
+            if e == "tiktoken":
+                continue
+            mark = (
+                " (own pool)"
+                if any(cells[e, c].get("pooled") for c in corpora if (e, c) in cells)
+                else ""
+            )
+            line = [
+                _peer_cell(cells[e, c], fastest.get(c) == e) if (e, c) in cells else "-"
+                for c in corpora
+            ]
+            out.append(f"| {e}{mark} | " + " | ".join(line) + " |")
+        if pooled:
+            out += [
+                "",
+                "(own pool): the encoder takes no thread count; its thread pool has "
+                + ("every core" if threads > 1 else "one thread (RAYON_NUM_THREADS=1)")
+                + ".",
+            ]
+        out.append("")
+    return "\n".join(out).rstrip("\n")
+
+
 def run_label(quick: bool) -> str:
     """How tables and plots name a run.
 
@@ -255,7 +348,17 @@ def markdown(rows: list, notes: list, command: str, quick: bool = False) -> str:
     sections = [s for s in dict.fromkeys(r["section"] for r in rows) if s != "packing"]
     for section in sections:
         section_rows = [r for r in rows if r["section"] == section]
-        lines += [f"## {section}", "", table(section_rows, quick), ""]
+        lines += [f"## {section}", ""]
+        if any(r.get("kind") == "peer" for r in section_rows):
+            lines += [
+                "Speed over tiktoken's in the same form, thread count and rounds "
+                "(cl100k_base); ids checked against tiktoken on every document first.",
+                "",
+                peers_tables(section_rows, quick),
+                "",
+            ]
+        else:
+            lines += [table(section_rows, quick), ""]
     packing = [r for r in rows if "efficiency" in r]
     if packing:
         lines += [
@@ -317,12 +420,17 @@ def _plots(rows: list, out_dir: str, quick: bool = False) -> list:
         ax.set_xlabel("convpack / baseline (higher is better)")
         datagen = [r for r in ratio_rows if r["section"] == "datagen"]
         details = (
-            "text: synthetic prose, code, ten scripts; conversations: SmolTalk-like, "
+            "text: synthetic prose, stdlib code, translation catalogs, chat messages; "
+            "conversations: SmolTalk-like, "
             f"SpellingBee, MMLU-sized; DataGenerator rows {_datagen_rows_label(datagen)}"
         )
         ax.set_title(
             _plot_title(
-                "convpack speed relative to tiktoken and the pure-Python path", quick, details, 70
+                "convpack speed relative to tiktoken, HF tokenizers, transformers' "
+                "apply_chat_template and the pure-Python path",
+                quick,
+                details,
+                70,
             ),
             fontsize=9,
         )

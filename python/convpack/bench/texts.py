@@ -14,6 +14,7 @@ machines time the same text.
   of random letters from ten scripts (CJK, kana, Hangul, Cyrillic, Greek,
   Arabic, Hebrew, Devanagari, Thai, accented Latin) stand in, and
   ``multilingual_source()`` says which one was used.
+- Chat: the message texts of the SmolTalk-like conversations below.
 - Conversations: short ones sized like SpellingBee and MMLU, long ones
   shaped like SmolTalk (about 4.7 messages of about 845 characters).
 """
@@ -32,6 +33,7 @@ __all__ = [
     "english_docs",
     "code_docs",
     "multilingual_docs",
+    "chat_docs",
     "multilingual_source",
     "script_docs",
     "translation_catalogs",
@@ -274,7 +276,30 @@ def multilingual_docs(total_chars: int, seed: int = 0, doc_chars: int = 1500) ->
     return docs
 
 
-CORPORA = {"english": english_docs, "code": code_docs, "multilingual": multilingual_docs}
+def chat_docs(total_chars: int, seed: int = 0) -> list[str]:
+    """The message texts of SmolTalk-like conversations, in order, adding up
+    to about ``total_chars`` (what a chat loader encodes)."""
+    docs: list[str] = []
+    size = 0
+    batch = 0
+    while size < total_chars:
+        convs = smoltalk_like_conversations(200, seed=seed * 1000 + batch)
+        batch += 1
+        for conversation in convs:
+            for text in iter_texts(conversation):
+                docs.append(text)
+                size += len(text)
+            if size >= total_chars:
+                return docs
+    return docs
+
+
+CORPORA = {
+    "english": english_docs,
+    "code": code_docs,
+    "multilingual": multilingual_docs,
+    "chat": chat_docs,
+}
 
 
 def corpus(name: str, total_chars: int, seed: int = 0) -> list[str]:

@@ -1,0 +1,180 @@
+"""Encode throughput on Hugging Face ``tokenizer.json`` files: convpack's
+``Tokenizer.from_hf`` against the ``tokenizers`` library on the same file,
+and against tiktoken where the ranks are tiktoken's (cl100k, o200k).
+
+The files are built offline by ``convpack.bench.hf_files`` in the
+families' published layouts (cl100k, o200k, Llama 3, Qwen 3); a family
+whose ranks are not installed gets a note saying what to install. Text:
+English prose, source code, multilingual translations and chat messages
+(see ``convpack.bench.texts``). Cases, per family and text:
+
+- one thread through Python: ``tokenizer.encode(doc)`` per document
+  against ``tokenizers``' ``encode(doc, add_special_tokens=False).ids``,
+  and against tiktoken's ``encode_ordinary(doc)`` (cl100k and o200k);
+- a batch on every core: ``tokenizer.encode(docs, num_threads=N)`` against
+  ``encode_batch_fast(docs, add_special_tokens=False)`` (its own thread
+  pool, every core) with each encoding's ``.ids``: both sides return Python
+  lists of ids.
+
+The ids of every side are checked identical, document by document, before
+anything is timed. Each round times every side once, one after the other
+(convpack on a fresh copy: an empty piece cache); best of 5 rounds.
+Throughput is MB/s of UTF-8 input; the ratio is convpack's over the other
+side's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from .common import check_identical, cpu_count, fresh_copy, interleaved, note, row
+from .hf_files import FAMILIES, built_directory, family_available, ranks_and_specials
+from .texts import CORPORA, corpus
+
+__all__ = ["run", "TIKTOKEN_NAMES"]
+
+SECTION = "hf_tokenizer"
+
+#: The families whose ranks tiktoken has, by tiktoken's name.
+TIKTOKEN_NAMES = {"cl100k": "cl100k_base", "o200k": "o200k_base"}
+
+
+def _tiktoken_twin(family: str):
+    """A ``tiktoken.Encoding`` on the family's ranks and pattern (no specials)."""
+    import tiktoken
+
+    from .._encodings import NAMED_ENCODINGS
+
+    ranks, _ = ranks_and_specials(family)
+    name = TIKTOKEN_NAMES[family]
+    return tiktoken.Encoding(
+        f"bench-{name}",
+        pat_str=NAMED_ENCODINGS[name].pattern,
+        mergeable_ranks=ranks,
+        special_tokens={},
+    )
+
+
+def run(quick: bool = False, families: tuple = FAMILIES, corpora: Optional[tuple] = None) -> list:
+    """Time the cases above; one row per case (see ``convpack.bench``).
+
+    Args:
+        quick: small inputs and one round (a smoke run).
+        families: which of ``hf_files.FAMILIES`` to time.
+        corpora: which texts (names of ``texts.CORPORA``; default: all, or
+            English alone in a quick run).
+
+    Returns:
+        The rows (MB/s, with ``family``, ``corpus`` and ``threads``), and a
+        note row for each family that could not be built.
+
+    Raises:
+        BenchmarkMismatch: convpack's ids differ from ``tokenizers``' or
+            tiktoken's.
+    """
+    try:
+        import tokenizers
+    except ModuleNotFoundError:
+        return [
+            note(SECTION, "not run: the tokenizers library is missing (pip install tokenizers)")
+        ]
+    import convpack
+
+    total_chars = 30_000 if quick else 1_000_000
+    repeats = 1 if quick else 5
+    threads = cpu_count()
+    rows: list = []
+    if corpora is None:
+        corpora = ("english",) if quick else tuple(CORPORA)
+    texts = {name: corpus(name, total_chars) for name in corpora}
+    for family in families:
+        missing = family_available(family)
+        if missing is not None:
+            rows.append(note(SECTION, f"{family}: no rows: {missing}"))
+            continue
+        directory = built_directory(family)
+        ours = convpack.Tokenizer.from_hf(directory)
+        theirs = tokenizers.Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
+        enc = _tiktoken_twin(family) if family in TIKTOKEN_NAMES else None
+        for corpus_name, docs in texts.items():
+            rows += _family_rows(
+                family, corpus_name, docs, ours, theirs, enc, threads, repeats, not quick
+            )
+    return rows
+
+
+def _family_rows(family, corpus_name, docs, ours, theirs, enc, threads, repeats, warmup) -> list:
+    what = f"{family} tokenizer.json, {corpus_name} text"
+    expected = [e.ids for e in theirs.encode_batch_fast(docs, add_special_tokens=False)]
+    check_identical(
+        what + " (tokenizers' encode)",
+        [theirs.encode(d, add_special_tokens=False).ids for d in docs],
+        expected,
+    )
+    check_identical(what, [ours.encode(d) for d in docs], expected)
+    check_identical(what + " (batch)", ours.encode(docs, num_threads=threads), expected)
+    if enc is not None:
+        check_identical(what + " (tiktoken)", [enc.encode_ordinary(d) for d in docs], expected)
+    mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
+
+    def ours_one():
+        encode = fresh_copy(ours).encode
+        return lambda: [encode(d) for d in docs]
+
+    def hf_one():
+        encode = theirs.encode
+        return lambda: [encode(d, add_special_tokens=False).ids for d in docs]
+
+    def ours_batch():
+        encode = fresh_copy(ours).encode
+        return lambda: encode(docs, num_threads=threads)
+
+    def hf_batch():
+        batch = theirs.encode_batch_fast
+        return lambda: [e.ids for e in batch(docs, add_special_tokens=False)]
+
+    makers = {"ours": ours_one, "tokenizers": hf_one}
+    if enc is not None:
+        makers["tiktoken"] = lambda: lambda: [enc.encode_ordinary(d) for d in docs]
+    one = interleaved(makers, mb, repeats, warmup)
+    batch = interleaved({"ours": ours_batch, "tokenizers": hf_batch}, mb, repeats, warmup)
+    info = {"family": family, "corpus": corpus_name}
+    out = [
+        row(
+            SECTION,
+            f"{what}, 1 thread",
+            "MB/s",
+            one["ours"],
+            one["tokenizers"],
+            "HF tokenizers encode",
+            threads=1,
+            **info,
+        ),
+    ]
+    if enc is not None:
+        out.append(
+            row(
+                SECTION,
+                f"{what}, 1 thread, against tiktoken",
+                "MB/s",
+                one["ours"],
+                one["tiktoken"],
+                "tiktoken",
+                threads=1,
+                **info,
+            )
+        )
+    out.append(
+        row(
+            SECTION,
+            f"{what}, batch, {threads} threads",
+            "MB/s",
+            batch["ours"],
+            batch["tokenizers"],
+            "HF tokenizers encode_batch_fast",
+            threads=threads,
+            **info,
+        )
+    )
+    return out
