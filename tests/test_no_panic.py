@@ -40,6 +40,7 @@ ALLOWED = [
     ("convpack-py/src/pack.rs", "Vec<Slot> = Vec::with_capacity(items.len())", "the items pushed"),
     ("convpack-py/src/pack.rs", "Vec::with_capacity(slots.len())", "slots are in memory"),
     ("convpack-py/src/pack.rs", "vec![false; indices.len()]", "indices are in memory"),
+    ("convpack-py/src/pack.rs", "Vec::with_capacity(olds.len())", "the old ranks' states are in memory"),
     ("convpack-core/src/bpe.rs", "encoder.reserve(ranks.len())", "ranks are in memory"),
     ("convpack-core/src/bpe.rs", "pairs.reserve(merges.len())", "merges are in memory"),
     ("convpack-core/src/bpe.rs", "vec![1; n]", "n is a piece's length"),
