@@ -98,6 +98,22 @@ impl TemplateMessage {
         ])
     }
 
+    /// Every string field but the role, and each tool call's `arguments`,
+    /// as `sentinel`; the rest (tool names, ids) as it is, for templates
+    /// whose later messages read them (a tool result naming its call).
+    fn masked(&self, sentinel: &str) -> Value {
+        Value::from_pairs(self.fields.iter().map(|(k, v)| {
+            let v = match k.as_str() {
+                "role" => v.clone(),
+                "content" => Value::from(sentinel),
+                "tool_calls" => with_arguments(v, sentinel),
+                _ if v.as_str().is_some() => Value::from(sentinel),
+                _ => v.clone(),
+            };
+            (k.clone(), v)
+        }))
+    }
+
     /// Whether the message is its role and a string content, nothing more
     /// (a template can emit nothing else of it).
     fn is_plain(&self) -> bool {
@@ -186,6 +202,11 @@ pub struct ChatTemplate {
     /// What `add_generation_prompt` adds after a user message (e.g.
     /// `<|im_start|>assistant\n`): where an assistant turn's own text starts.
     opener: Option<String>,
+    /// The opener without the variables beyond the `*_token` ones (e.g.
+    /// Qwen 3's `<|im_start|>assistant\n` where `enable_thinking=False`
+    /// adds an empty think block to the prompt): the opener of a turn whose
+    /// text does not follow the prompt the variables asked for.
+    default_opener: Option<String>,
     pub policy: MaskPolicy,
 }
 
@@ -535,24 +556,34 @@ impl ChatTemplate {
             globals,
             generation,
             opener: None,
+            default_opener: None,
             policy,
         };
-        t.opener = t.learn_opener();
+        t.opener = t.learn_opener(&t.globals);
+        let tokens: Vec<(String, Value)> = t
+            .globals
+            .iter()
+            .filter(|(k, _)| k.ends_with("_token"))
+            .cloned()
+            .collect();
+        t.default_opener = t
+            .learn_opener(&tokens)
+            .filter(|g| Some(g) != t.opener.as_ref());
         Ok(t)
     }
 
     /// The generation prompt after one user message, when the render without
     /// it is a prefix of the render with it (a template that fails on so
     /// short a conversation has none).
-    fn learn_opener(&self) -> Option<String> {
+    fn learn_opener(&self, globals: &[(String, Value)]) -> Option<String> {
         let user = || {
             vec![Value::from_pairs([
                 ("role".to_string(), Value::from("user")),
                 ("content".to_string(), Value::from("x")),
             ])]
         };
-        let without = self.render_values(user(), None, false).ok()?;
-        let with = self.render_values(user(), None, true).ok()?;
+        let without = self.render_with(globals, user(), None, false).ok()?;
+        let with = self.render_with(globals, user(), None, true).ok()?;
         let opener: String = with
             .strip_prefix(&without)?
             .chars()
@@ -591,8 +622,18 @@ impl ChatTemplate {
         tools: Option<&Value>,
         add_generation_prompt: bool,
     ) -> Result<String, ConversationError> {
-        let mut ctx: Vec<(String, Value)> = Vec::with_capacity(self.globals.len() + 3);
-        ctx.extend(self.globals.iter().cloned());
+        self.render_with(&self.globals, msgs, tools, add_generation_prompt)
+    }
+
+    fn render_with(
+        &self,
+        globals: &[(String, Value)],
+        msgs: Vec<Value>,
+        tools: Option<&Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, ConversationError> {
+        let mut ctx: Vec<(String, Value)> = Vec::with_capacity(globals.len() + 3);
+        ctx.extend(globals.iter().cloned());
         ctx.push(("messages".into(), Value::from(msgs)));
         ctx.push((
             "add_generation_prompt".into(),
@@ -676,15 +717,27 @@ impl ChatTemplate {
             let m = &conv.messages[i];
             let s = sentinel(i);
             let mut one = base.clone();
-            one[pos] = if m.is_plain() {
-                m.value(Some(&s))
+            let one = if m.is_plain() {
+                one[pos] = m.value(Some(&s));
+                self.render_values(one, tools, false)?
             } else {
-                m.bare(&s)
+                // Only the role and a sentinel content: what changes is all
+                // the message emits; if the template cannot render that (a
+                // later message reads this one's tool calls), its strings and
+                // call arguments as sentinels, its structure kept.
+                let mut bare = one.clone();
+                bare[pos] = m.bare(&s);
+                match self.render_values(bare, tools, false) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        one[pos] = m.masked(&s);
+                        self.render_values(one, tools, false)?
+                    }
+                }
             };
-            let one = self.render_values(one, tools, false)?;
             let mut found = one.match_indices(&s);
             let (first, second) = (found.next(), found.next());
-            if second.is_some() {
+            if second.is_some() && m.is_plain() {
                 return Err(self.error(
                     Some(i),
                     "cannot tell which text this assistant message produced: the template \
@@ -692,20 +745,35 @@ impl ChatTemplate {
                 ));
             }
             let (a, b) = changed(&one, &real);
+            // A special token the two renders spell differently (`<|call|>`
+            // for `<|end|>`) is one token: the range starts where it starts,
+            // and one at its end is left to the end-of-turn policy.
+            let (a, b) = (
+                special_start(&real, a, specials),
+                special_start(&real, b, specials),
+            );
+            let b = b.max(a);
             if first.is_some() || b > a {
                 anchors[k] = Some((a, b));
             }
         }
         let mut spans = Vec::with_capacity(assistant.len());
         let mut lo = 0usize;
-        let opener_specials: Vec<&str> = match &self.opener {
-            Some(g) => specials
-                .iter()
-                .copied()
-                .filter(|sp| g.contains(sp))
-                .collect(),
-            None => Vec::new(),
-        };
+        // Openers to look for (with the special tokens each holds): the
+        // prompt's, then the template's default.
+        let openers: Vec<(&str, Vec<&str>)> = [&self.opener, &self.default_opener]
+            .into_iter()
+            .flatten()
+            .map(|g| {
+                let held: Vec<&str> = specials
+                    .iter()
+                    .copied()
+                    .filter(|sp| g.contains(sp))
+                    .collect();
+                (g.as_str(), held)
+            })
+            .filter(|(_, held)| !held.is_empty())
+            .collect();
         for (k, &(_, i)) in assistant.iter().enumerate() {
             let Some((mut a, b)) = anchors[k] else {
                 continue;
@@ -719,11 +787,12 @@ impl ChatTemplate {
             }
             // Back to the end of the turn's opener, if the text between holds
             // none of the opener's special tokens (so it is this turn's).
-            if let (Some(g), false) = (&self.opener, opener_specials.is_empty()) {
-                if let Some(at) = real[lo..a].rfind(g.as_str()) {
+            for (g, held) in &openers {
+                if let Some(at) = real[lo..a].rfind(g) {
                     let from = lo + at + g.len();
-                    if !opener_specials.iter().any(|sp| real[from..a].contains(sp)) {
+                    if !held.iter().any(|sp| real[from..a].contains(sp)) {
                         a = from;
+                        break;
                     }
                 }
             }
@@ -1030,6 +1099,43 @@ fn substitute(
         pos += len;
     }
     (pos == real.len()).then_some(spans)
+}
+
+/// `v` with every `arguments` value in it (tool calls) replaced by `s`.
+fn with_arguments(v: &Value, s: &str) -> Value {
+    match v.kind() {
+        ValueKind::Seq => match v.try_iter() {
+            Ok(items) => Value::from(items.map(|x| with_arguments(&x, s)).collect::<Vec<_>>()),
+            Err(_) => v.clone(),
+        },
+        ValueKind::Map => match v.try_iter() {
+            Ok(keys) => Value::from_pairs(
+                keys.map(|k| {
+                    let x = if k.as_str() == Some("arguments") {
+                        Value::from(s)
+                    } else {
+                        with_arguments(&v.get_item(&k).unwrap_or_default(), s)
+                    };
+                    (k.to_string(), x)
+                })
+                .collect::<Vec<_>>(),
+            ),
+            Err(_) => v.clone(),
+        },
+        _ => v.clone(),
+    }
+}
+
+/// The start of the special token of `text` that `at` falls inside, else `at`.
+fn special_start(text: &str, at: usize, specials: &[&str]) -> usize {
+    specials
+        .iter()
+        .filter_map(|sp| {
+            let from = at.saturating_sub(sp.len().saturating_sub(1));
+            (from..at).find(|&k| text.is_char_boundary(k) && text[k..].starts_with(sp))
+        })
+        .min()
+        .unwrap_or(at)
 }
 
 /// The byte range of `real` that differs from `one`: what is left between
