@@ -278,9 +278,20 @@ def test_tools_and_tool_calls(twins):
                                          chat_format=ChatTemplate(TOOLS, name="tools"))
     assert ids == hf_ids(hf, messages, tools=tools)
     text = hf.apply_chat_template(messages, tools=tools, tokenize=False)
+    # The call is what the assistant's message produced: trained, with its end of turn.
+    call_start = text.index("<tool_call>")
+    call_end = text.index("</tool_call>") + len("</tool_call><|im_end|>")
     start = text.rindex("It is 21.5")
-    want, _ = char_mask(hf, text, [(start, start + len("It is 21.5 degrees.<|im_end|>"))])
+    spans = [(call_start, call_end), (start, start + len("It is 21.5 degrees.<|im_end|>"))]
+    want, _ = char_mask(hf, text, spans)
     assert mask == want
+    # A train flag on the call's message leaves only the answer.
+    flagged = [dict(m) for m in messages]
+    flagged[1]["train"] = False
+    ids2, mask2 = ours.render_conversation({"messages": flagged, "tools": tools}, 10**6,
+                                           chat_format=ChatTemplate(TOOLS, name="tools"))
+    assert ids2 == ids
+    assert mask2 == char_mask(hf, text, spans[1:])[0]
 
 
 def test_completion_prompt_and_errors(twins):

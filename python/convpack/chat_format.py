@@ -140,6 +140,23 @@ def format_identity(template: Optional[ChatTemplate]) -> Any:
     return "nanochat" if template is None else template.identity
 
 
+def template_for(tokenizer: Any, source: str, name: str = "chat_template") -> ChatTemplate:
+    """``source`` as a template of ``tokenizer``: given its ``bos_token``,
+    ``eos_token``, ``pad_token`` and ``unk_token`` (its
+    ``special_token_roles``, when it has them).
+
+    Raises:
+        ValueError: the template does not compile.
+    """
+    roles = getattr(tokenizer, "special_token_roles", None) or {}
+    kwargs = {k: roles[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+              if isinstance(roles.get(k), str)}
+    for short in ("bos", "eos", "pad", "unk"):
+        if isinstance(roles.get(short), str):
+            kwargs.setdefault(f"{short}_token", roles[short])
+    return ChatTemplate(source, name=name, **kwargs)
+
+
 def resolve_chat_format(tokenizer: Any, chat_format: ChatFormat) -> Optional[ChatTemplate]:
     """The template to render with, or ``None`` for nanochat's format.
 
@@ -154,13 +171,7 @@ def resolve_chat_format(tokenizer: Any, chat_format: ChatFormat) -> Optional[Cha
             return None
         cache = tokenizer.__dict__.setdefault("_chat_template_cache", {})
         if source not in cache:
-            roles = getattr(tokenizer, "special_token_roles", None) or {}
-            kwargs = {k: roles[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")
-                      if isinstance(roles.get(k), str)}
-            for short in ("bos", "eos", "pad", "unk"):
-                if isinstance(roles.get(short), str):
-                    kwargs.setdefault(f"{short}_token", roles[short])
-            cache[source] = ChatTemplate(source, **kwargs)
+            cache[source] = template_for(tokenizer, source)
         return cache[source]
     if isinstance(chat_format, NanochatFormat):
         return None

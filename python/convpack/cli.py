@@ -22,10 +22,12 @@ __all__ = [
     "build_parser",
     "build_task",
     "cache_dir",
+    "chat_format_option",
     "conversation_stats",
     "demo_tokenizer",
     "format_conversation",
     "format_tokens",
+    "load_tokenizer",
     "main",
     "parse_task_spec",
     "sample_path",
@@ -322,27 +324,99 @@ def format_conversation(conversation: dict, max_chars: int = 1000) -> str:
     return "\n".join(lines)
 
 
+def load_tokenizer(directory: str) -> Any:
+    """A tokenizer directory as the CLI reads it: convpack's or nanochat's
+    (``Tokenizer.from_directory``), or a Hugging Face directory with a
+    ``tokenizer.json`` (``Tokenizer.from_hf``, its ``chat_template`` then
+    the default chat format).
+
+    Raises:
+        FileNotFoundError: the directory holds none of these.
+        VocabularyError: a file is corrupt or cannot be reproduced exactly.
+    """
+    from .tokenizer import Tokenizer
+
+    own = ("convpack_tokenizer.json", "tokenizer.pkl")
+    if os.path.isfile(os.path.join(directory, "tokenizer.json")) and not any(
+            os.path.lexists(os.path.join(directory, name)) for name in own):
+        return Tokenizer.from_hf(directory)
+    return Tokenizer.from_directory(directory)
+
+
+def chat_format_option(tokenizer: Any, value: Optional[str]) -> Any:
+    """The chat format ``--chat-format`` names: ``nanochat``, ``tokenizer``
+    (the tokenizer's own ``chat_template``; the default, which falls back
+    to nanochat's format for vocabularies without one) or the path of a
+    Jinja template file (given the tokenizer's ``bos_token`` and
+    ``eos_token``).
+
+    Returns:
+        ``convpack.NANOCHAT`` or a ``convpack.ChatTemplate``.
+
+    Raises:
+        FileNotFoundError: the template file does not exist.
+        ValueError: ``tokenizer`` has no chat template, or the file's
+            template does not compile.
+    """
+    from .chat_format import NANOCHAT, resolve_chat_format, template_for
+
+    if value == "nanochat":
+        return NANOCHAT
+    if value is None or value == "tokenizer":
+        template = resolve_chat_format(tokenizer, None)
+        if template is None and value == "tokenizer":
+            raise ValueError("--chat-format tokenizer: the tokenizer has no chat_template")
+        return NANOCHAT if template is None else template
+    if not os.path.isfile(value):
+        raise FileNotFoundError(
+            f"--chat-format {value}: not 'nanochat', 'tokenizer' or a template file")
+    with open(value, encoding="utf-8") as f:
+        source = f.read()
+    return template_for(tokenizer, source, name=os.path.basename(value))
+
+
+def _format_name(chat_format: Any) -> str:
+    from .chat_format import ChatTemplate
+
+    return f"chat template {chat_format.name}" if isinstance(chat_format, ChatTemplate) \
+        else "nanochat"
+
+
+def _rendering(args: argparse.Namespace) -> tuple:
+    """``(tokenizer, chat format)`` from ``--tokenizer`` and
+    ``--chat-format``, or ``(None, None)`` without a tokenizer."""
+    if args.tokenizer is None:
+        if args.chat_format is not None:
+            raise ValueError("--chat-format needs --tokenizer")
+        return None, None
+    tokenizer = load_tokenizer(args.tokenizer)
+    return tokenizer, chat_format_option(tokenizer, args.chat_format)
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     task = build_task(args.task, args.data_dir)
     count = len(task) if args.limit is None else args.limit
-    if (args.tokenizer is None) != (args.seq_len is None):
-        raise ValueError("--tokenizer and --seq-len go together")
+    if args.seq_len is not None and args.tokenizer is None:
+        raise ValueError("--seq-len needs a tokenizer (--tokenizer and --seq-len go together)")
     if args.seq_len is not None and args.seq_len < 1:
         raise ValueError(f"--seq-len must be at least 1, got {args.seq_len}")
+    tokenizer, chat_format = _rendering(args)
     conversations = list(_iter_task(task, 0, count, f"stats {args.task}"))
     stats = conversation_stats(conversations)
     stats["task"] = args.task
-    if args.tokenizer is not None:
-        from .tokenizer import Tokenizer
-
-        tokenizer = Tokenizer.from_directory(args.tokenizer)
+    if tokenizer is not None:
         # Rendered as DataGenerator renders them (max_tokens=2048).
-        _, _, offsets = tokenizer.render_conversations(conversations)
-        row = args.seq_len + 1
-        stats["row_tokens"] = row
-        stats["longer_than_row"] = sum(
-            int(offsets[i + 1] - offsets[i]) > row for i in range(len(conversations))
-        )
+        _, mask, offsets = tokenizer.render_conversations(conversations, chat_format=chat_format)
+        lengths = [int(offsets[i + 1] - offsets[i]) for i in range(len(conversations))]
+        supervised = [int(mask[offsets[i]:offsets[i + 1]].sum()) for i in range(len(conversations))]
+        stats["chat_format"] = _format_name(chat_format)
+        stats["tokens"] = sum(lengths)
+        stats["supervised_tokens"] = sum(supervised)
+        stats["unsupervised"] = sum(s == 0 for s in supervised)
+        if args.seq_len is not None:
+            row = args.seq_len + 1
+            stats["row_tokens"] = row
+            stats["longer_than_row"] = sum(n > row for n in lengths)
     if args.json:
         print(json.dumps(stats, indent=1))
         return 0
@@ -353,6 +427,11 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     print(f"  medium messages (50-200 chars)   {100 * stats['medium']:.1f}%")
     print(f"  long messages (> 200 chars)      {100 * stats['long']:.1f}%")
     print(f"  with a system message           {100 * stats['system']:5.1f}%")
+    if "tokens" in stats:
+        print(f"  rendered with                    {stats['chat_format']}")
+        print(f"  tokens (max_tokens=2048 each)    {stats['tokens']}")
+        print(f"  trained-on tokens                {stats['supervised_tokens']}")
+        print(f"  with no trained-on token         {stats['unsupervised']}")
     if "longer_than_row" in stats:
         print(
             f"  longer than a row of {stats['row_tokens']} tokens  {stats['longer_than_row']} "
@@ -377,11 +456,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
     task = build_task(args.task, args.data_dir)
     if not 0 <= args.start < max(len(task), 1):
         raise ValueError(f"--start {args.start} is outside the task's {len(task)} conversations")
+    tokenizer, chat_format = _rendering(args)
     for k, conversation in enumerate(_iter_task(task, args.start, args.n, f"show {args.task}")):
         if k:
             print()
         print(f"=== {args.task} [{args.start + k}] of {len(task)} ===")
         print(format_conversation(conversation, args.max_chars))
+        if tokenizer is not None:
+            ids, mask = tokenizer.render_conversation(conversation, chat_format=chat_format)
+            print(f"--- {len(ids)} tokens, {sum(mask)} trained on ({_format_name(chat_format)}) ---")
+            print(format_tokens(tokenizer, ids, mask, use_color()))
     return 0
 
 
@@ -787,14 +871,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--data-dir", default=None, help="local data directory (else $CONVPACK_DATA_DIR)"
         )
+        p.add_argument(
+            "--tokenizer", default=None, metavar="DIR",
+            help="a tokenizer directory (convpack's, nanochat's or a Hugging Face one with "
+            "tokenizer.json): "
+            + ("count tokens, trained-on tokens and conversations with none; with --seq-len, "
+               "the conversations longer than a best-fit row" if name == "stats"
+               else "also print each conversation's tokens with their loss mask"),
+        )
+        p.add_argument(
+            "--chat-format", default=None, metavar="FORMAT",
+            help="with --tokenizer: 'nanochat', 'tokenizer' (the tokenizer's chat_template) or "
+            "a Jinja template file; default: the tokenizer's chat_template if it has one, "
+            "else nanochat's",
+        )
         if name == "stats":
             p.add_argument("--limit", type=int, default=None, help="only the first N conversations")
             p.add_argument("--json", action="store_true", help="print the numbers as JSON")
-            p.add_argument(
-                "--tokenizer", default=None, metavar="DIR",
-                help="a tokenizer directory (convpack's or nanochat's): with --seq-len, count "
-                "the conversations longer than a best-fit row",
-            )
             p.add_argument(
                 "--seq-len", type=int, default=None, metavar="T",
                 help="rows of T + 1 tokens (nanochat's max_seq_len); needs --tokenizer",

@@ -396,6 +396,15 @@ def _core_tokenizer(tokenizer: Any) -> Any:
     )
 
 
+def _format_label(identity: Any) -> str:
+    """A chat format's identity (``format_identity``) for an error message."""
+    if isinstance(identity, dict) and isinstance(identity.get("template_sha256"), str):
+        return (f"chat template sha256 {identity['template_sha256'][:12]} (train_on="
+                f"{identity.get('train_on')!r}, train_end_of_turn={identity.get('train_end_of_turn')!r}, "
+                f"variables={identity.get('variables')!r})")
+    return repr(identity)
+
+
 class DataGenerator:
     """Packs a dataset of conversations into training batches.
 
@@ -823,6 +832,9 @@ class DataGenerator:
             # Only with shuffle=True, so states of unshuffled runs stay as they were.
             **({"shuffle_seed": self.seed} if self.shuffle else {}),
             **({"shuffle_buffer": self.shuffle_buffer} if self.shuffle_buffer else {}),
+            # The format's identity (nanochat's: "nanochat"): the same
+            # positions rendered by another template are other batches.
+            "chat_format": format_identity(self.chat_format),
         }
 
     def state_dict(self) -> dict:
@@ -924,6 +936,10 @@ class DataGenerator:
             if not same_rank and key in ("rank", "world_size"):
                 continue
             theirs = state[key]
+            if key == "chat_format" and theirs != mine:
+                raise ValueError(
+                    f"state was saved with the chat format {_format_label(theirs)}, this "
+                    f"generator renders with {_format_label(mine)} (field 'chat_format')")
             if type(theirs) is not type(mine) or theirs != mine:
                 raise ValueError(
                     f"state was saved with {key}={theirs!r}, this generator has {mine!r}")

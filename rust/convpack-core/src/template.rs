@@ -89,6 +89,40 @@ impl TemplateMessage {
             (k.clone(), v)
         }))
     }
+
+    /// Only the role and `content` (no reasoning, no tool calls).
+    fn bare(&self, content: &str) -> Value {
+        Value::from_pairs([
+            ("role".to_string(), Value::from(self.role.as_str())),
+            ("content".to_string(), Value::from(content)),
+        ])
+    }
+
+    /// Every string field but the role, and each tool call's `arguments`,
+    /// as `sentinel`; the rest (tool names, ids) as it is, for templates
+    /// whose later messages read them (a tool result naming its call).
+    fn masked(&self, sentinel: &str) -> Value {
+        Value::from_pairs(self.fields.iter().map(|(k, v)| {
+            let v = match k.as_str() {
+                "role" => v.clone(),
+                "content" => Value::from(sentinel),
+                "tool_calls" => with_arguments(v, sentinel),
+                _ if v.as_str().is_some() => Value::from(sentinel),
+                _ => v.clone(),
+            };
+            (k.clone(), v)
+        }))
+    }
+
+    /// Whether the message is its role and a string content, nothing more
+    /// (a template can emit nothing else of it).
+    fn is_plain(&self) -> bool {
+        self.content.is_some()
+            && self
+                .fields
+                .iter()
+                .all(|(k, _)| k == "role" || k == "content")
+    }
 }
 
 /// A conversation for a template: its messages and, optionally, the tool
@@ -139,16 +173,19 @@ impl TemplateConversation {
                     ),
                 ));
             }
-            for c in [SENTINEL_OPEN, SENTINEL_CLOSE, GEN_OPEN, GEN_CLOSE] {
-                if m.content.as_deref().is_some_and(|t| t.contains(c)) {
-                    return Err(ConversationError::at_message(
-                        i,
-                        format!(
-                            "the content holds U+{:04X}, a private-use character convpack marks spans with",
-                            c as u32
-                        ),
-                    ));
-                }
+            let marks = [SENTINEL_OPEN, SENTINEL_CLOSE, GEN_OPEN, GEN_CLOSE];
+            if let Some(c) = m
+                .content
+                .as_deref()
+                .and_then(|t| t.chars().find(|c| marks.contains(c)))
+            {
+                return Err(ConversationError::at_message(
+                    i,
+                    format!(
+                        "the content holds U+{:04X}, a private-use character convpack marks spans with",
+                        c as u32
+                    ),
+                ));
             }
         }
         Ok(())
@@ -162,6 +199,14 @@ pub struct ChatTemplate {
     /// Variables every render gets (`bos_token`, `eos_token`, ...).
     globals: Vec<(String, Value)>,
     generation: bool,
+    /// What `add_generation_prompt` adds after a user message (e.g.
+    /// `<|im_start|>assistant\n`): where an assistant turn's own text starts.
+    opener: Option<String>,
+    /// The opener without the variables beyond the `*_token` ones (e.g.
+    /// Qwen 3's `<|im_start|>assistant\n` where `enable_thinking=False`
+    /// adds an empty think block to the prompt): the opener of a turn whose
+    /// text does not follow the prompt the variables asked for.
+    default_opener: Option<String>,
     pub policy: MaskPolicy,
 }
 
@@ -505,13 +550,46 @@ impl ChatTemplate {
                 describe(&e)
             ))
         })?;
-        Ok(ChatTemplate {
+        let mut t = ChatTemplate {
             name: name.to_string(),
             env,
             globals,
             generation,
+            opener: None,
+            default_opener: None,
             policy,
-        })
+        };
+        t.opener = t.learn_opener(&t.globals);
+        let tokens: Vec<(String, Value)> = t
+            .globals
+            .iter()
+            .filter(|(k, _)| k.ends_with("_token"))
+            .cloned()
+            .collect();
+        t.default_opener = t
+            .learn_opener(&tokens)
+            .filter(|g| Some(g) != t.opener.as_ref());
+        Ok(t)
+    }
+
+    /// The generation prompt after one user message, when the render without
+    /// it is a prefix of the render with it (a template that fails on so
+    /// short a conversation has none).
+    fn learn_opener(&self, globals: &[(String, Value)]) -> Option<String> {
+        let user = || {
+            vec![Value::from_pairs([
+                ("role".to_string(), Value::from("user")),
+                ("content".to_string(), Value::from("x")),
+            ])]
+        };
+        let without = self.render_with(globals, user(), None, false).ok()?;
+        let with = self.render_with(globals, user(), None, true).ok()?;
+        let opener: String = with
+            .strip_prefix(&without)?
+            .chars()
+            .filter(|&c| c != GEN_OPEN && c != GEN_CLOSE)
+            .collect();
+        (!opener.is_empty()).then_some(opener)
     }
 
     pub fn name(&self) -> &str {
@@ -537,26 +615,31 @@ impl ChatTemplate {
         e
     }
 
-    /// The template's text for `messages`, with `content` of some messages
-    /// replaced (`replace(i)`).
-    fn render_text(
+    /// The template's text for these message values.
+    fn render_values(
         &self,
-        conv: &TemplateConversation,
-        messages: &[usize],
+        msgs: Vec<Value>,
+        tools: Option<&Value>,
         add_generation_prompt: bool,
-        replace: &dyn Fn(usize) -> Option<String>,
     ) -> Result<String, ConversationError> {
-        let msgs: Vec<Value> = messages
-            .iter()
-            .map(|&i| conv.messages[i].value(replace(i).as_deref()))
-            .collect();
-        let mut ctx: Vec<(String, Value)> = self.globals.clone();
+        self.render_with(&self.globals, msgs, tools, add_generation_prompt)
+    }
+
+    fn render_with(
+        &self,
+        globals: &[(String, Value)],
+        msgs: Vec<Value>,
+        tools: Option<&Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, ConversationError> {
+        let mut ctx: Vec<(String, Value)> = Vec::with_capacity(globals.len() + 3);
+        ctx.extend(globals.iter().cloned());
         ctx.push(("messages".into(), Value::from(msgs)));
         ctx.push((
             "add_generation_prompt".into(),
             Value::from(add_generation_prompt),
         ));
-        if let Some(t) = &conv.tools {
+        if let Some(t) = tools {
             ctx.push(("tools".into(), t.clone()));
         }
         let tmpl = self
@@ -569,62 +652,152 @@ impl ChatTemplate {
 
     /// Text and trained byte spans of `messages` (indices into `conv`),
     /// each span with the assistant message it belongs to.
+    ///
+    /// Each assistant message first gets an anchor: the text its content
+    /// became (all plain messages in one render, contents swapped for
+    /// sentinels), or, for a message with more fields (reasoning, tool
+    /// calls) or a content the template rewrote, the part of the text that
+    /// changes when the message is only a sentinel content. The anchor then
+    /// grows back to the end of the turn's opener, so what the template
+    /// emits for the turn before the content (a `<think>` block, a channel
+    /// header) is trained too, as the model generates it after that opener.
     fn text_and_spans(
         &self,
         conv: &TemplateConversation,
         messages: &[usize],
+        specials: &[&str],
     ) -> Result<(String, Vec<(usize, Span)>), ConversationError> {
-        let real = self.render_text(conv, messages, false, &|_| None)?;
+        let base: Vec<Value> = messages
+            .iter()
+            .map(|&i| conv.messages[i].value(None))
+            .collect();
+        let tools = conv.tools.as_ref();
+        let real = self.render_values(base.clone(), tools, false)?;
         if self.generation {
             return self.generation_spans(conv, messages, real);
         }
-        let assistant: Vec<usize> = messages
+        // (position in `messages`, message index)
+        let assistant: Vec<(usize, usize)> = messages
             .iter()
             .copied()
-            .filter(|&i| conv.messages[i].role == "assistant" && conv.messages[i].content.is_some())
+            .enumerate()
+            .filter(|&(_, i)| conv.messages[i].role == "assistant")
             .collect();
         let sentinel = |i: usize| format!("{SENTINEL_OPEN}{i}{SENTINEL_CLOSE}");
-        let marked = self.render_text(conv, messages, false, &|i| {
-            assistant.contains(&i).then(|| sentinel(i))
-        })?;
-        if let Some(spans) = substitute(&marked, &real, conv, &assistant) {
-            return Ok((real, spans));
-        }
-        // The template changes some content: learn message by message what
-        // it emitted.
-        let mut spans = Vec::with_capacity(assistant.len());
-        for &i in &assistant {
-            let s = sentinel(i);
-            let one = self.render_text(conv, messages, false, &|j| (j == i).then(|| s.clone()))?;
-            let mut found = one.match_indices(&s);
-            let span = match (found.next(), found.next()) {
-                (None, _) => None,
-                (Some((at, _)), None) => {
-                    let (before, after) = (&one[..at], &one[at + s.len()..]);
-                    if real.len() >= before.len() + after.len()
-                        && real.starts_with(before)
-                        && real.ends_with(after)
-                    {
-                        Some((before.len(), real.len() - after.len()))
-                    } else {
-                        return Err(self.error(
-                            Some(i),
-                            "cannot tell which text this assistant message produced: the rest \
-                             of the template's output depends on its content",
-                        ));
+        let mut anchors: Vec<Option<Span>> = vec![None; assistant.len()];
+        let mut settled = vec![false; assistant.len()];
+        let plain: Vec<usize> = assistant
+            .iter()
+            .filter(|&&(_, i)| conv.messages[i].is_plain())
+            .map(|&(_, i)| i)
+            .collect();
+        if !plain.is_empty() {
+            let mut marked = base.clone();
+            for &(pos, i) in &assistant {
+                if conv.messages[i].is_plain() {
+                    marked[pos] = conv.messages[i].value(Some(&sentinel(i)));
+                }
+            }
+            let marked = self.render_values(marked, tools, false)?;
+            if let Some(found) = substitute(&marked, &real, conv, &plain) {
+                for (i, span) in found {
+                    if let Some(k) = assistant.iter().position(|&(_, j)| j == i) {
+                        anchors[k] = Some(span);
                     }
                 }
-                (Some(_), Some(_)) => {
-                    return Err(self.error(
-                        Some(i),
-                        "cannot tell which text this assistant message produced: the template \
-                         emits its content more than once",
-                    ))
+                for (k, &(_, i)) in assistant.iter().enumerate() {
+                    settled[k] = conv.messages[i].is_plain();
+                }
+            }
+        }
+        for (k, &(pos, i)) in assistant.iter().enumerate() {
+            if settled[k] {
+                continue;
+            }
+            let m = &conv.messages[i];
+            let s = sentinel(i);
+            let mut one = base.clone();
+            let one = if m.is_plain() {
+                one[pos] = m.value(Some(&s));
+                self.render_values(one, tools, false)?
+            } else {
+                // Only the role and a sentinel content: what changes is all
+                // the message emits; if the template cannot render that (a
+                // later message reads this one's tool calls), its strings and
+                // call arguments as sentinels, its structure kept.
+                let mut bare = one.clone();
+                bare[pos] = m.bare(&s);
+                match self.render_values(bare, tools, false) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        one[pos] = m.masked(&s);
+                        self.render_values(one, tools, false)?
+                    }
                 }
             };
-            if let Some(span) = span {
-                spans.push((i, span));
+            let mut found = one.match_indices(&s);
+            let (first, second) = (found.next(), found.next());
+            if second.is_some() && m.is_plain() {
+                return Err(self.error(
+                    Some(i),
+                    "cannot tell which text this assistant message produced: the template \
+                     emits its content more than once",
+                ));
             }
+            let (a, b) = changed(&one, &real);
+            // A special token the two renders spell differently (`<|call|>`
+            // for `<|end|>`) is one token: the range starts where it starts,
+            // and one at its end is left to the end-of-turn policy.
+            let (a, b) = (
+                special_start(&real, a, specials),
+                special_start(&real, b, specials),
+            );
+            let b = b.max(a);
+            if first.is_some() || b > a {
+                anchors[k] = Some((a, b));
+            }
+        }
+        let mut spans = Vec::with_capacity(assistant.len());
+        let mut lo = 0usize;
+        // Openers to look for (with the special tokens each holds): the
+        // prompt's, then the template's default.
+        let openers: Vec<(&str, Vec<&str>)> = [&self.opener, &self.default_opener]
+            .into_iter()
+            .flatten()
+            .map(|g| {
+                let held: Vec<&str> = specials
+                    .iter()
+                    .copied()
+                    .filter(|sp| g.contains(sp))
+                    .collect();
+                (g.as_str(), held)
+            })
+            .filter(|(_, held)| !held.is_empty())
+            .collect();
+        for (k, &(_, i)) in assistant.iter().enumerate() {
+            let Some((mut a, b)) = anchors[k] else {
+                continue;
+            };
+            if a < lo {
+                return Err(self.error(
+                    Some(i),
+                    "cannot tell which text this assistant message produced: the rest of the \
+                     template's output depends on its content",
+                ));
+            }
+            // Back to the end of the turn's opener, if the text between holds
+            // none of the opener's special tokens (so it is this turn's).
+            for (g, held) in &openers {
+                if let Some(at) = real[lo..a].rfind(g) {
+                    let from = lo + at + g.len();
+                    if !held.iter().any(|sp| real[from..a].contains(sp)) {
+                        a = from;
+                        break;
+                    }
+                }
+            }
+            spans.push((i, (a, b)));
+            lo = b;
         }
         Ok((real, spans))
     }
@@ -702,12 +875,12 @@ impl ChatTemplate {
         conv: &TemplateConversation,
         messages: &[usize],
     ) -> Result<Rendered, ConversationError> {
-        let (text, spans) = self.text_and_spans(conv, messages)?;
+        let specials: Vec<&str> = tok.specials().iter().map(|(s, _)| s.as_str()).collect();
+        let (text, spans) = self.text_and_spans(conv, messages, &specials)?;
         let last = messages
             .iter()
             .copied()
             .rfind(|&i| conv.messages[i].role == "assistant");
-        let specials: Vec<&str> = tok.specials().iter().map(|(s, _)| s.as_str()).collect();
         let mut trained: Vec<Span> = Vec::new();
         for (i, (s, mut e)) in spans {
             if !self.trained(conv, i, last) {
@@ -738,9 +911,9 @@ impl ChatTemplate {
             }
         }
         trained.sort_unstable();
-        let ids = tok
-            .encode(&text, &specials)
-            .map_err(|e| self.error(None, e.to_string()))?;
+        // Every special token is recognised where its text occurs, as
+        // `tokenizers` splits out added tokens.
+        let ids = tok.encode_with_specials(&text);
         let mut mask = Vec::with_capacity(ids.len());
         let mut pos = 0usize;
         let mut k = 0usize;
@@ -785,16 +958,16 @@ impl ChatTemplate {
         } else {
             n
         };
-        let all: Vec<usize> = (0..keep).collect();
-        let text = self.render_text(conv, &all, true, &|_| None)?;
+        let msgs: Vec<Value> = conv.messages[..keep]
+            .iter()
+            .map(|m| m.value(None))
+            .collect();
+        let text = self.render_values(msgs, conv.tools.as_ref(), true)?;
         let text: String = text
             .chars()
             .filter(|&c| c != GEN_OPEN && c != GEN_CLOSE)
             .collect();
-        let specials: Vec<&str> = tok.specials().iter().map(|(s, _)| s.as_str()).collect();
-        let mut ids = tok
-            .encode(&text, &specials)
-            .map_err(|e| self.error(None, e.to_string()))?;
+        let mut ids = tok.encode_with_specials(&text);
         ids.truncate(max_tokens);
         Ok(ids)
     }
@@ -867,7 +1040,9 @@ impl ChatTemplate {
 }
 
 /// Spans of the assistant contents when `marked` (sentinels in their place)
-/// becomes `real` by putting each content back; `None` when it does not.
+/// becomes `real` by putting each content back, or a piece of it where the
+/// template rewrote it (trimmed, stripped, split) and only one piece fits
+/// between the template's own text; `None` when it does not.
 fn substitute(
     marked: &str,
     real: &str,
@@ -875,11 +1050,19 @@ fn substitute(
     assistant: &[usize],
 ) -> Option<Vec<(usize, Span)>> {
     let mut spans = Vec::with_capacity(assistant.len());
-    let mut rebuilt = String::with_capacity(real.len());
-    let mut rest = marked;
     let mut seen = vec![false; conv.messages.len()];
-    while let Some(at) = rest.find(SENTINEL_OPEN) {
-        rebuilt.push_str(&rest[..at]);
+    let mut pos = 0usize;
+    let mut rest = marked;
+    loop {
+        let at = rest.find(SENTINEL_OPEN);
+        let literal = &rest[..at.unwrap_or(rest.len())];
+        if !real[pos..].starts_with(literal) {
+            return None;
+        }
+        pos += literal.len();
+        let Some(at) = at else {
+            break;
+        };
         let after = &rest[at + SENTINEL_OPEN.len_utf8()..];
         let close = after.find(SENTINEL_CLOSE)?;
         let i: usize = after[..close].parse().ok()?;
@@ -887,16 +1070,94 @@ fn substitute(
             return None;
         }
         let content = conv.messages[i].content.as_deref()?;
-        let start = rebuilt.len();
-        rebuilt.push_str(content);
-        spans.push((i, (start, rebuilt.len())));
-        if !real[..real.len().min(rebuilt.len())].eq(&rebuilt[..real.len().min(rebuilt.len())]) {
-            return None;
-        }
         rest = &after[close + SENTINEL_CLOSE.len_utf8()..];
+        let next = rest.find(SENTINEL_OPEN);
+        let literal = &rest[..next.unwrap_or(rest.len())];
+        let tail = &real[pos..];
+        // What follows the content must be the template's next text (all
+        // of the rest, after the last sentinel).
+        let fits = |q: usize| match next {
+            None => tail.len() == q + literal.len() && tail[q..] == *literal,
+            Some(_) => tail[q..].starts_with(literal),
+        };
+        let len = if tail.starts_with(content) && fits(content.len()) {
+            content.len()
+        } else {
+            let bound = content.len().min(tail.len());
+            let mut found = None;
+            for q in (0..=bound).filter(|&q| tail.is_char_boundary(q)) {
+                if fits(q) && content.contains(&tail[..q]) {
+                    if found.is_some() {
+                        return None;
+                    }
+                    found = Some(q);
+                }
+            }
+            found?
+        };
+        spans.push((i, (pos, pos + len)));
+        pos += len;
     }
-    rebuilt.push_str(rest);
-    (rebuilt == real).then_some(spans)
+    (pos == real.len()).then_some(spans)
+}
+
+/// `v` with every `arguments` value in it (tool calls) replaced by `s`.
+fn with_arguments(v: &Value, s: &str) -> Value {
+    match v.kind() {
+        ValueKind::Seq => match v.try_iter() {
+            Ok(items) => Value::from(items.map(|x| with_arguments(&x, s)).collect::<Vec<_>>()),
+            Err(_) => v.clone(),
+        },
+        ValueKind::Map => match v.try_iter() {
+            Ok(keys) => Value::from_pairs(
+                keys.map(|k| {
+                    let x = if k.as_str() == Some("arguments") {
+                        Value::from(s)
+                    } else {
+                        with_arguments(&v.get_item(&k).unwrap_or_default(), s)
+                    };
+                    (k.to_string(), x)
+                })
+                .collect::<Vec<_>>(),
+            ),
+            Err(_) => v.clone(),
+        },
+        _ => v.clone(),
+    }
+}
+
+/// The start of the special token of `text` that `at` falls inside, else `at`.
+fn special_start(text: &str, at: usize, specials: &[&str]) -> usize {
+    specials
+        .iter()
+        .filter_map(|sp| {
+            let from = at.saturating_sub(sp.len().saturating_sub(1));
+            (from..at).find(|&k| text.is_char_boundary(k) && text[k..].starts_with(sp))
+        })
+        .min()
+        .unwrap_or(at)
+}
+
+/// The byte range of `real` that differs from `one`: what is left between
+/// their longest common prefix and suffix (on character boundaries).
+fn changed(one: &str, real: &str) -> Span {
+    let (x, y) = (one.as_bytes(), real.as_bytes());
+    let mut p = x.iter().zip(y).take_while(|(a, b)| a == b).count();
+    while !real.is_char_boundary(p) {
+        p -= 1;
+    }
+    let room = x.len().min(y.len()) - p;
+    let mut s = x
+        .iter()
+        .rev()
+        .zip(y.iter().rev())
+        .take(room)
+        .take_while(|(a, b)| a == b)
+        .count();
+    while !real.is_char_boundary(real.len() - s) {
+        s -= 1;
+    }
+    (p, real.len() - s)
 }
 
 #[cfg(test)]
