@@ -124,9 +124,6 @@ fn pair_key(a: Rank, b: Rank) -> u64 {
     ((a as u64) << 32) | b as u64
 }
 
-/// Longest token length [`Tokenizer::prefix_lens`] has a bit for.
-const LONG_PREFIX: usize = 64;
-
 /// Entries each thread's piece cache holds before it starts over.
 const PIECE_CACHE_CAPACITY: usize = 1 << 16;
 
@@ -244,8 +241,10 @@ struct PieceCache {
     map: FxHashMap<u64, CacheEntry>,
     bytes: Vec<u8>,
     tokens: Vec<Rank>,
-    /// State of [`Tokenizer::backtrack`], reused between pieces.
-    search: Backtracker,
+    /// Scratch space of [`Tokenizer::merge_small`].
+    scratch: Vec<Part>,
+    /// Scratch space of [`Tokenizer::merge_heap`].
+    heap: HeapScratch,
 }
 
 #[derive(Clone, Copy)]
@@ -294,34 +293,9 @@ thread_local! {
         map: FxHashMap::default(),
         bytes: Vec::new(),
         tokens: Vec::new(),
-        search: Backtracker::default(),
+        scratch: Vec::new(),
+        heap: HeapScratch::default(),
     });
-}
-
-/// Scratch space of [`Tokenizer::backtrack`], one per thread.
-#[derive(Default)]
-struct Backtracker {
-    /// The tokens chosen so far: `(id, start, length)`.
-    stack: Vec<(Rank, u32, u32)>,
-    /// `dead[p]`: no valid encoding of the rest of the piece starts at byte
-    /// `p` after the (unique) valid encoding of the bytes before it.
-    dead: Vec<bool>,
-    /// Scratch space of [`Tokenizer::merge_small`].
-    parts: Vec<Part>,
-    /// Scratch space of [`Tokenizer::merge_heap`].
-    heap: HeapScratch,
-}
-
-impl PieceCache {
-    /// Empties the cache when it holds another tokenizer's pieces.
-    fn claim(&mut self, owner: u64) {
-        if self.owner != owner {
-            self.owner = owner;
-            self.map.clear();
-            self.bytes.clear();
-            self.tokens.clear();
-        }
-    }
 }
 
 /// Ids of tokenizers (0 is never used), so a thread's cache never serves one
@@ -347,14 +321,6 @@ pub struct Tokenizer {
     /// `Rank::MAX`. Every merge starts from bytes, and this table (256 KiB)
     /// stays in cache where the pair hash map does not.
     byte_pairs: Vec<Rank>,
-    /// `prefix_lens[a * 256 + b]`: bit `k - 1` is set when a token of `k`
-    /// bytes (2 to 64) starts with the bytes `[a, b]`; bit 0 when a longer
-    /// one does. The backtracking encoder looks up only those lengths.
-    prefix_lens: Arc<Vec<u64>>,
-    /// Length of the longest ordinary token.
-    max_token_len: usize,
-    /// See [`Tokenizer::split_table`]; `None`: pieces are merged.
-    splits: Option<Arc<Vec<(Rank, Rank)>>>,
     /// Bytes of every ordinary token, indexed by rank.
     ranks: Vec<Vec<u8>>,
     specials: Vec<(String, Rank)>,
@@ -425,18 +391,6 @@ impl Tokenizer {
                 byte_pairs[a as usize * 256 + b as usize] = rank as Rank;
             }
         }
-        let mut prefix_lens = vec![0u64; 256 * 256];
-        for bytes in &ranks {
-            if let [a, b, ..] = bytes[..] {
-                let bit = if bytes.len() <= LONG_PREFIX {
-                    bytes.len() - 1
-                } else {
-                    0
-                };
-                prefix_lens[a as usize * 256 + b as usize] |= 1 << bit;
-            }
-        }
-        let max_token_len = ranks.iter().map(Vec::len).max().unwrap_or(1);
         let short_encoder = ranks
             .iter()
             .enumerate()
@@ -487,16 +441,13 @@ impl Tokenizer {
                 .map_err(|e| CoreError::Invalid(format!("special tokens: {e}")))?;
             Some(built)
         };
-        let mut tok = Tokenizer {
+        Ok(Tokenizer {
             encoder,
             short_encoder,
             mid_encoder,
             pair_ranks,
             byte_ranks,
             byte_pairs,
-            prefix_lens: Arc::new(prefix_lens),
-            max_token_len,
-            splits: None,
             ranks,
             specials,
             special_ids,
@@ -505,9 +456,7 @@ impl Tokenizer {
             splitter,
             merge_list: None,
             id: NEXT_TOKENIZER_ID.fetch_add(1, Ordering::Relaxed),
-        };
-        tok.splits = tok.split_table().map(Arc::new);
-        Ok(tok)
+        })
     }
 
     /// The same vocabulary merging by a `tokenizer.json` merges list
@@ -750,11 +699,8 @@ impl Tokenizer {
         if piece.len() >= HEAP_MERGE_MIN_LEN {
             match list {
                 Some(l) => self.merge_by_list(l, piece, out),
-                None => PIECE_CACHE.with(|cell| {
-                    let mut cache = cell.borrow_mut();
-                    cache.claim(self.id);
-                    self.backtrack(piece, &mut cache.search, out)
-                }),
+                None => PIECE_CACHE
+                    .with(|cell| self.merge_heap(piece, &mut cell.borrow_mut().heap, out)),
             }
             return;
         }
@@ -762,7 +708,12 @@ impl Tokenizer {
         // identifiers): remember their tokens per thread.
         PIECE_CACHE.with(|cell| {
             let mut cache = cell.borrow_mut();
-            cache.claim(self.id);
+            if cache.owner != self.id {
+                cache.owner = self.id;
+                cache.map.clear();
+                cache.bytes.clear();
+                cache.tokens.clear();
+            }
             let hash = {
                 let mut h = FxHasher::default();
                 h.write(piece);
@@ -780,228 +731,12 @@ impl Tokenizer {
             if let Some(l) = list {
                 self.merge_by_list(l, piece, out);
             } else if piece.len() >= SCAN_MERGE_MAX_LEN {
-                self.backtrack(piece, &mut cache.search, out);
+                self.merge_heap(piece, &mut cache.heap, out);
             } else {
-                // Short pieces merge faster than the search walks their
-                // boundaries (measured on English and code).
-                self.merge_small(piece, &mut cache.search.parts, out);
+                self.merge_small(piece, &mut cache.scratch, out);
             }
             cache.insert(hash, piece, &out[start..]);
         })
-    }
-
-    /// The tokens of `piece` (at least 2 bytes, not itself a token) by BPE
-    /// over the ranks, found without merging: BPE's result is the one
-    /// sequence of tokens spelling the piece in which BPE keeps every
-    /// boundary between neighbours (merging the bytes of two neighbours gives
-    /// those two tokens back). A depth-first search takes the longest token
-    /// at each position and, when the boundary with the token before it is
-    /// not one BPE keeps, the next shorter one, backing up when none is left;
-    /// a position from which no valid rest exists is remembered as dead.
-    ///
-    /// Only tokens BPE makes are tried. Why a dead position stays dead:
-    /// every valid sequence of them up to it is BPE's encoding of the bytes
-    /// before it, so it ends in the same token.
-    fn backtrack(&self, piece: &[u8], search: &mut Backtracker, out: &mut Vec<Rank>) {
-        let Some(splits) = self.splits.as_deref() else {
-            return self.merge_into(piece, search, out);
-        };
-        let n = piece.len();
-        let Backtracker { stack, dead, .. } = search;
-        let (mut stack, mut dead) = (std::mem::take(stack), std::mem::take(dead));
-        stack.clear();
-        dead.clear();
-        dead.resize(n + 1, false);
-        let mut pos = 0usize;
-        // Only tokens shorter than this are tried at `pos`.
-        let mut below = n + 1;
-        while pos < n {
-            match self.longest_prefix(splits, &piece[pos..], below) {
-                Some((id, len)) => {
-                    let end = pos + len;
-                    let fits = !dead[end]
-                        && stack.last().is_none_or(|&(prev, _, _)| {
-                            self.keeps_boundary(splits, prev, id, Rank::MAX)
-                        });
-                    if fits {
-                        stack.push((id, pos as u32, len as u32));
-                        pos = end;
-                        below = n + 1;
-                    } else {
-                        below = len;
-                    }
-                }
-                None => {
-                    let Some((_, start, len)) = stack.pop() else {
-                        // Unreachable for a vocabulary of byte-level BPE (its
-                        // own encoding is always found); merge rather than
-                        // lose the piece if a vocabulary ever breaks that.
-                        debug_assert!(false, "no encoding found for {piece:?}");
-                        self.merge_into(piece, search, out);
-                        break;
-                    };
-                    dead[pos] = true;
-                    pos = start as usize;
-                    below = len as usize;
-                }
-            }
-        }
-        if pos == n {
-            out.extend(stack.iter().map(|t| t.0));
-        }
-        search.stack = stack;
-        search.dead = dead;
-    }
-
-    /// The longest token shorter than `below` bytes that `rest` starts with,
-    /// and its length (`None` when even the first byte was too long).
-    #[inline]
-    fn longest_prefix(
-        &self,
-        splits: &[(Rank, Rank)],
-        rest: &[u8],
-        below: usize,
-    ) -> Option<(Rank, usize)> {
-        let made = |id: Rank| splits[id as usize].0 != Rank::MAX;
-        let top = rest.len().min(below - 1);
-        if top >= 2 {
-            let lens = self.prefix_lens[rest[0] as usize * 256 + rest[1] as usize];
-            if lens & 1 != 0 && top > LONG_PREFIX {
-                for len in (LONG_PREFIX + 1..=top.min(self.max_token_len)).rev() {
-                    if let Some(&id) = self.encoder.get(&rest[..len]) {
-                        if made(id) {
-                            return Some((id, len));
-                        }
-                    }
-                }
-            }
-            // Lengths 2..=top.min(64) that some token starting here has.
-            let mut cands = lens & !1 & (u64::MAX >> (64 - top.min(LONG_PREFIX)));
-            while cands != 0 {
-                let len = 64 - cands.leading_zeros() as usize;
-                let id = self.token_of(&rest[..len]);
-                if id != Rank::MAX && made(id) {
-                    return Some((id, len));
-                }
-                cands &= !(1u64 << (len - 1));
-            }
-        }
-        if top >= 1 {
-            Some((self.byte_ranks[rest[0] as usize], 1))
-        } else {
-            None
-        }
-    }
-
-    /// Whether BPE over the ranks of tokens below `bound` keeps the boundary
-    /// between `a` and `b` (both tokens BPE makes): merging the bytes of `a`
-    /// then `b` gives `[a, b]`.
-    ///
-    /// No bytes are merged. BPE builds each side by its split tree, a lower
-    /// rank first; the walk undoes those merges latest first (the higher
-    /// rank; on a tie the right side's, since BPE takes the leftmost pair)
-    /// and at each step asks whether the two parts then meeting at the
-    /// boundary join into a token BPE would take before the boundary next
-    /// changes (`limit`: a rank below it, or equal to it when the pair lies
-    /// left of the merge that changes it).
-    #[inline]
-    fn keeps_boundary(
-        &self,
-        splits: &[(Rank, Rank)],
-        mut a: Rank,
-        mut b: Rank,
-        bound: Rank,
-    ) -> bool {
-        let mut limit = bound;
-        loop {
-            if self.merged(a, b) < limit {
-                return false;
-            }
-            if a > b {
-                // `a` was made last: undo it, keeping its right part.
-                limit = a;
-                a = splits[a as usize].1;
-                if a == limit {
-                    // `a` is a single byte: undo `b` instead.
-                    limit = b + 1;
-                    b = splits[b as usize].0;
-                    if b + 1 == limit {
-                        return true;
-                    }
-                }
-            } else {
-                limit = b + 1;
-                b = splits[b as usize].0;
-                if b + 1 == limit {
-                    limit = a;
-                    a = splits[a as usize].1;
-                    if a == limit {
-                        return true;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The split tree of every token BPE makes, for the backtracking
-    /// encoder: `(left, right)` of its last merge, `(id, id)` for a single
-    /// byte, `(Rank::MAX, Rank::MAX)` for a token BPE never makes (merging
-    /// its bytes gives other tokens) or an id with no token.
-    ///
-    /// `None` when the ranks are not ordered the way [`Tokenizer::backtrack`]
-    /// relies on (BPE makes some token through a merge of higher rank): a
-    /// token with no such split is checked against a plain merge of its
-    /// bytes.
-    fn split_table(&self) -> Option<Vec<(Rank, Rank)>> {
-        const NONE: (Rank, Rank) = (Rank::MAX, Rank::MAX);
-        let mut splits = vec![NONE; self.ranks.len()];
-        for b in 0..=255u8 {
-            let id = self.byte_ranks[b as usize];
-            splits[id as usize] = (id, id);
-        }
-        let mut search = Backtracker::default();
-        let mut merged = Vec::new();
-        for (id, bytes) in self.ranks.iter().enumerate() {
-            if bytes.len() < 2 {
-                continue;
-            }
-            let t = id as Rank;
-            // The one split into two tokens BPE makes, each of lower rank,
-            // whose boundary BPE keeps below this token's rank.
-            let made = |x: Rank| x < t && splits[x as usize].0 != Rank::MAX;
-            let found = (1..bytes.len()).find_map(|k| {
-                let l = self.token_of(&bytes[..k]);
-                let r = self.token_of(&bytes[k..]);
-                (l != Rank::MAX
-                    && r != Rank::MAX
-                    && made(l)
-                    && made(r)
-                    && self.keeps_boundary(&splits, l, r, t))
-                .then_some((l, r))
-            });
-            match found {
-                // BPE then reaches `l, r` by merges below this token's rank
-                // (the walk says so), and joins them last.
-                Some(split) => splits[id] = split,
-                None => {
-                    merged.clear();
-                    self.merge_into(bytes, &mut search, &mut merged);
-                    if merged[..] == [t] {
-                        return None;
-                    }
-                }
-            }
-        }
-        Some(splits)
-    }
-
-    /// Plain BPE of `piece` by the ranks (no whole-token shortcut).
-    fn merge_into(&self, piece: &[u8], search: &mut Backtracker, out: &mut Vec<Rank>) {
-        if piece.len() >= SCAN_MERGE_MAX_LEN {
-            self.merge_heap(piece, &mut search.heap, out);
-        } else {
-            self.merge_small(piece, &mut search.parts, out);
-        }
     }
 
     /// Id of the token that `a` and `b` concatenate to, or `Rank::MAX`.
@@ -1328,7 +1063,6 @@ mod tests {
         assert!(ranks.iter().any(|r| (8..=15).contains(&r.len())));
         assert!(ranks.iter().any(|r| r.len() > 15));
         let t = Tokenizer::new(ranks, vec![], SPLIT_PATTERN).unwrap();
-        assert!(t.splits.is_some());
         let mut state: u64 = 0x853C_49E6_748F_EA9B;
         let mut next = || {
             state ^= state << 13;
@@ -1339,7 +1073,6 @@ mod tests {
         // One heap scratch for every piece: what a longer piece left in it
         // must not leak into the next.
         let (mut parts, mut heap, mut scratch) = (Vec::new(), HeapScratch::default(), Vec::new());
-        let mut search = Backtracker::default();
         for _ in 0..3000 {
             // A slice of the training text, sometimes with one byte changed.
             let bytes = text.as_bytes();
@@ -1357,83 +1090,7 @@ mod tests {
             scratch.clear();
             t.merge_heap(&piece, &mut heap, &mut scratch);
             assert_eq!(scratch, expected, "{piece:?}");
-            if t.token_of(&piece) == Rank::MAX {
-                scratch.clear();
-                t.backtrack(&piece, &mut search, &mut scratch);
-                assert_eq!(scratch, expected, "{piece:?}");
-            }
         }
-    }
-
-    #[test]
-    fn backtracking_agrees_with_plain_bpe_on_random_vocabularies() {
-        // Tokens over a three-letter alphabet in random rank order: many of
-        // them are tokens BPE never makes, and many pieces need the search
-        // to back up.
-        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let mut searched = 0;
-        for round in 0..80 {
-            let mut ranks: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
-            let mut seen: std::collections::HashSet<Vec<u8>> = ranks.iter().cloned().collect();
-            let wanted = 10 + (next() % 60) as usize;
-            // Odd rounds: each new token joins two earlier tokens of the
-            // alphabet (as training makes them, but in random order, so
-            // many are never made); even rounds: any strings at all.
-            let mut made: Vec<Vec<u8>> = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
-            while ranks.len() < 256 + wanted {
-                let token: Vec<u8> = if round % 2 == 1 {
-                    let l = &made[(next() % made.len() as u64) as usize];
-                    let r = &made[(next() % made.len() as u64) as usize];
-                    [l.as_slice(), r.as_slice()].concat()
-                } else {
-                    let len = 2 + (next() % 7) as usize;
-                    (0..len).map(|_| b'a' + (next() % 3) as u8).collect()
-                };
-                if token.len() <= 12 && seen.insert(token.clone()) {
-                    made.push(token.clone());
-                    ranks.push(token);
-                }
-            }
-            // A long token too, so the lookup of tokens over 64 bytes runs.
-            let long: Vec<u8> = (0..70).map(|i| b'a' + (i % 2) as u8).collect();
-            if seen.insert(long.clone()) {
-                ranks.push(long);
-            }
-            let t = Tokenizer::new(ranks, vec![], SPLIT_PATTERN).unwrap();
-            searched += usize::from(t.splits.is_some());
-            let mut search = Backtracker::default();
-            for _ in 0..300 {
-                let len = 2 + (next() % 90) as usize;
-                let piece: Vec<u8> = (0..len)
-                    .map(|i| {
-                        if len > 70 && i < 72 {
-                            b'a' + (i % 2) as u8
-                        } else {
-                            b'a' + (next() % 3) as u8
-                        }
-                    })
-                    .collect();
-                if t.token_of(&piece) != Rank::MAX || t.encoder.contains_key(&piece) {
-                    continue;
-                }
-                let mut got = Vec::new();
-                t.backtrack(&piece, &mut search, &mut got);
-                assert_eq!(
-                    got,
-                    reference_merge(&t, &piece),
-                    "{:?}",
-                    String::from_utf8_lossy(&piece)
-                );
-            }
-        }
-        // Most vocabularies made by joining tokens are searched, not merged.
-        assert!(searched >= 30, "{searched} of 80 vocabularies searched");
     }
 
     #[test]
