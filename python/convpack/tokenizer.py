@@ -868,6 +868,9 @@ class Tokenizer:
                 assistant spans cannot be told).
             TypeError, ValueError: ``max_tokens`` is not an int >= 1.
         """
+        if chat_format is None and self._hf is None and type(max_tokens) is int and 1 <= max_tokens <= sys.maxsize:
+            # nanochat's format with nothing to resolve: the call loaders make per conversation.
+            return self._core.render_conversation(conversation, max_tokens, None)
         template = self._template_core(chat_format)
         if template is None and self._hf is not None:
             self._check_nanochat_format()

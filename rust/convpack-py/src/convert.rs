@@ -95,20 +95,23 @@ impl<'py> Arena<'py> {
         Ok(self.strings.len() - 1)
     }
 
+    /// Keeps `value`, a str; `what` names it in an error (made only then:
+    /// formatting it for every message would cost more than the rest).
     fn text(
         &mut self,
         value: Option<Bound<'py, PyAny>>,
         msg: usize,
-        what: &str,
+        what: impl FnOnce() -> String,
     ) -> Result<usize, ExtractError> {
         match value {
-            None => Err(rule(Some(msg), format!("{what} is missing"))),
+            None => Err(rule(Some(msg), format!("{} is missing", what()))),
             Some(v) => match v.cast_into::<PyString>() {
                 Ok(s) => Ok(self.push_str(s)?),
                 Err(e) => Err(rule(
                     Some(msg),
                     format!(
-                        "{what} must be a string, got {}",
+                        "{} must be a string, got {}",
+                        what(),
                         type_name(e.into_inner().as_any())
                     ),
                 )),
@@ -214,20 +217,16 @@ impl<'py> Arena<'py> {
                                 ),
                             )
                         })?;
-                    let text = self.text(
-                        get(p, intern!(p.py(), "text"))?,
-                        i,
-                        &format!("the 'text' of part {j}"),
-                    )?;
+                    let text = self.text(get(p, intern!(p.py(), "text"))?, i, || {
+                        format!("the 'text' of part {j}")
+                    })?;
                     specs.push((kind, text));
                 }
                 ContentSpec::Parts(specs)
             } else {
-                ContentSpec::Text(self.text(
-                    Some(content),
-                    i,
-                    &format!("{} content", role.name()),
-                )?)
+                ContentSpec::Text(
+                    self.text(Some(content), i, || format!("{} content", role.name()))?,
+                )
             };
             out.push((role, spec));
         }

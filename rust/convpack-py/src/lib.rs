@@ -156,7 +156,11 @@ impl PyTokenizer {
 
     /// `ids` as a Python list of ints: one allocation for the list, then a
     /// reference count and a store per id (no per-item checks).
-    fn id_list<'py>(&self, py: Python<'py>, ids: &[Rank]) -> PyResult<Bound<'py, PyList>> {
+    fn id_list<'py, I: Copy + Into<u32>>(
+        &self,
+        py: Python<'py>,
+        ids: &[I],
+    ) -> PyResult<Bound<'py, PyList>> {
         let len = ffi::Py_ssize_t::try_from(ids.len())
             .map_err(|_| PyMemoryError::new_err(format!("cannot hold {} token ids", ids.len())))?;
         // SAFETY: the GIL is held (`py`). `PyList_New` returns a new list
@@ -170,6 +174,7 @@ impl PyTokenizer {
                 return Err(PyErr::fetch(py));
             }
             for (k, &i) in ids.iter().enumerate() {
+                let i: Rank = i.into();
                 let item = match self.ints.get(i as usize) {
                     Some(o) => {
                         let p = o.as_ptr();
@@ -496,8 +501,7 @@ impl PyTokenizer {
             let (tmpl, tok) = (&t.inner, &self.inner);
             let r =
                 detached(py, "rendering", || tmpl.render(tok, &conv, max_tokens))?.py_err(py)?;
-            let mask: Vec<Rank> = r.mask.into_iter().map(Rank::from).collect();
-            return Ok((self.id_list(py, &r.ids)?, self.id_list(py, &mask)?));
+            return Ok((self.id_list(py, &r.ids)?, self.id_list(py, &r.mask)?));
         }
         let renderer = self.renderer()?;
         let mut arena = Arena::default();
@@ -510,8 +514,7 @@ impl PyTokenizer {
         })?
         .py_err(py)?;
         // Lists of ints, as nanochat returns (a Vec<u8> would become bytes).
-        let mask: Vec<Rank> = r.mask.into_iter().map(Rank::from).collect();
-        Ok((self.id_list(py, &r.ids)?, self.id_list(py, &mask)?))
+        Ok((self.id_list(py, &r.ids)?, self.id_list(py, &r.mask)?))
     }
 
     #[pyo3(signature = (conversation, max_tokens, chat_format = None))]
