@@ -23,7 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyList, PyString};
 use rustc_hash::FxHashMap;
 
-use crate::convert::{Arena, ExtractError};
+use crate::convert::{type_name, Arena, ExtractError};
 use crate::errors::{conversation_error, panic_error, IntoPyResult};
 use crate::template::PyChatTemplate;
 
@@ -118,10 +118,7 @@ fn id_arg(item: &Bound<'_, PyAny>, vocab_size: usize, what: &str) -> PyResult<Ra
         }
         Err(_) => Err(PyTypeError::new_err(format!(
             "{what} must be an int, got {}",
-            item.get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default()
+            type_name(item)
         ))),
     }
 }
@@ -654,11 +651,7 @@ fn keep_texts<'py>(arena: &mut Arena<'py>, texts: &Bound<'py, PyAny>) -> PyResul
     if texts.is_instance_of::<PyString>() || texts.is_instance_of::<PyBytes>() {
         return Err(PyTypeError::new_err(format!(
             "expected a list of str, got one {} (wrap a single text in a list)",
-            texts
-                .get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default()
+            type_name(texts)
         )));
     }
     let mut strs = Vec::new();
@@ -667,11 +660,7 @@ fn keep_texts<'py>(arena: &mut Arena<'py>, texts: &Bound<'py, PyAny>) -> PyResul
         let s = t.cast_into::<PyString>().map_err(|e| {
             PyTypeError::new_err(format!(
                 "encode expects strings, got {} at position {i}",
-                e.into_inner()
-                    .get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default()
+                type_name(&e.into_inner())
             ))
         })?;
         strs.push(arena.keep(s)?);
@@ -701,11 +690,7 @@ fn allowed_arg(tok: &Tokenizer, allowed: &Bound<'_, PyAny>) -> PyResult<AllowedS
         let name = name.cast_into::<PyString>().map_err(|e| {
             PyTypeError::new_err(format!(
                 "allowed_special must hold str names, got {}",
-                e.into_inner()
-                    .get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default()
+                type_name(&e.into_inner())
             ))
         })?;
         names.push(name.to_str()?.to_owned());

@@ -11,7 +11,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyMapping, PyString, PyTuple};
 
-use crate::convert::ExtractError;
+use crate::convert::{type_name, ExtractError};
 
 /// Nesting deeper than this in a message is refused (no template needs it).
 const MAX_DEPTH: usize = 64;
@@ -84,13 +84,6 @@ impl PyChatTemplate {
 
 fn rule(message: Option<usize>, reason: String) -> ExtractError {
     ExtractError::Rule(ConversationError::new(message, reason))
-}
-
-fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into())
 }
 
 /// A Python value as a template value (None, bool, int, float, str, lists,
