@@ -183,3 +183,25 @@ def test_render_spread_over_tasks_writes_the_same_shards(tokenizer, shards, tmp_
         render_shards(DATA, tokenizer, out, max_tokens=200, rows_per_shard=10, progress=False,
                       only=[n_shards])
 
+
+
+def test_only_dead_writers_temporaries_are_removed(tokenizer, shards, tmp_path):
+    # Another task sharing out_dir may be writing its shard right now: its
+    # temporary must survive a render starting beside it; a killed writer's
+    # must not linger.
+    import socket
+
+    host = socket.gethostname()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = tmp_path / f"shard-00001.parquet.tmp-{host}-{int(gone.stdout)}"
+    live = tmp_path / f"shard-00002.parquet.tmp-{host}-{os.getppid()}"
+    other_host = tmp_path / f"shard-00003.parquet.tmp-{host}x-{int(gone.stdout)}"
+    for p in (dead, live, other_host):
+        p.write_bytes(b"half")
+    render_shards(DATA, tokenizer, tmp_path, max_tokens=200, rows_per_shard=10, progress=False)
+    assert not dead.exists()
+    assert live.exists() and other_host.exists()
+    for name in sorted(f for f in os.listdir(shards.out_dir) if f.startswith("shard-")):
+        with open(tmp_path / name, "rb") as f, open(os.path.join(shards.out_dir, name), "rb") as g:
+            assert f.read() == g.read(), name

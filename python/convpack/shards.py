@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import tempfile
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
@@ -131,10 +132,53 @@ def _render_shard(s: int) -> int:
                      type=pa.uint32())),
     })
     final = os.path.join(out_dir, f"shard-{s:05d}.parquet")
-    tmp = final + f".tmp-{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, final)
+    tmp = final + _TMP_TAG + _writer_id()
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return hi - lo
+
+
+_TMP_TAG = ".tmp-"
+
+
+def _writer_id() -> str:
+    """``<host>-<pid>``: unique among the processes sharing ``out_dir``, on
+    one machine or several."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _remove_stale_temporaries(out_dir: str) -> None:
+    """Removes the half-written shards of renders that were killed midway
+    (the shards themselves only ever appear whole, renamed into place).
+    Only this machine's temporaries whose process is gone are removed: other
+    tasks sharing ``out_dir`` may be writing theirs right now."""
+    host = socket.gethostname()
+    for name in os.listdir(out_dir):
+        if not name.startswith("shard-") or ".parquet" + _TMP_TAG not in name:
+            continue
+        owner = name.split(".parquet" + _TMP_TAG, 1)[1]
+        owner_host, _, pid = owner.rpartition("-")
+        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(out_dir, name))
+        except FileNotFoundError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def render_shards(
@@ -211,11 +255,7 @@ def render_shards(
                 f"{old.get('rows_per_shard')}; this one is {n} in shards of {rows_per_shard}")
     else:
         _write_json(path, manifest)
-    # A render killed midway leaves at most one half-written temporary file
-    # per process; the shards themselves only ever appear whole (renamed).
-    for name in os.listdir(out_dir):
-        if name.startswith("shard-") and ".parquet.tmp-" in name:
-            os.unlink(os.path.join(out_dir, name))
+    _remove_stale_temporaries(out_dir)
     shards = -(-n // rows_per_shard)
     wanted = range(shards)
     if only is not None:
