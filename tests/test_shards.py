@@ -184,7 +184,6 @@ def test_render_spread_over_tasks_writes_the_same_shards(tokenizer, shards, tmp_
                       only=[n_shards])
 
 
-
 def test_only_dead_writers_temporaries_are_removed(tokenizer, shards, tmp_path):
     # Another task sharing out_dir may be writing its shard right now: its
     # temporary must survive a render starting beside it; a killed writer's

@@ -25,6 +25,7 @@ refused with a ``ValueError`` naming the fields that differ.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -137,12 +138,13 @@ def _render_shard(s: int) -> int:
         pq.write_table(table, tmp)
         os.replace(tmp, final)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     return hi - lo
 
 
+# A shard's temporary name: "shard-00007.parquet" + _TMP_TAG + _writer_id().
 _TMP_TAG = ".tmp-"
 
 
@@ -159,25 +161,22 @@ def _remove_stale_temporaries(out_dir: str) -> None:
     tasks sharing ``out_dir`` may be writing theirs right now."""
     host = socket.gethostname()
     for name in os.listdir(out_dir):
-        if not name.startswith("shard-") or ".parquet" + _TMP_TAG not in name:
-            continue
-        owner = name.split(".parquet" + _TMP_TAG, 1)[1]
+        shard, tag, owner = name.partition(".parquet" + _TMP_TAG)
         owner_host, _, pid = owner.rpartition("-")
-        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+        if (not tag or not shard.startswith("shard-") or owner_host != host
+                or not pid.isdigit() or _alive(int(pid))):
             continue
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(out_dir, name))
-        except FileNotFoundError:
-            pass
 
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: alive, another user's
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
