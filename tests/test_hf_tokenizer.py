@@ -83,13 +83,72 @@ def test_ids_equal_tokenizers(hf_dir, family):
 
 def test_paths(hf_dir):
     # Which encoder each family runs on: by rank where the core proved the
-    # merges equivalent (one merge per token), by the list otherwise.
-    assert not _core.hf_merges_by_list(Tokenizer.from_hf(hf_dir("qwen3"))._core)
-    assert not _core.hf_merges_by_list(Tokenizer.from_hf(hf_dir("cl100k-one"))._core)
+    # merges equivalent (Qwen's one merge per token, and the tiktoken
+    # conversions' every split of a token), by the list otherwise (Llama 3:
+    # some of its tokens are not made of two tokens of lower id).
+    for family in ("qwen3", "cl100k-one", "cl100k", "o200k"):
+        assert not _core.hf_merges_by_list(Tokenizer.from_hf(hf_dir(family))._core), family
     assert _core.hf_merges_by_list(Tokenizer.from_hf(hf_dir("llama3"))._core)
     assert Tokenizer.from_hf(hf_dir("llama3")).pretokenizer == "fast:gpt4"
     assert Tokenizer.from_hf(hf_dir("qwen3")).pretokenizer == "fast:qwen2"
     assert Tokenizer.from_hf(hf_dir("o200k")).pretokenizer == "regex"
+
+
+def _random_vocabulary(rng) -> list:
+    """Single bytes, then tokens made by joining two earlier ones over a
+    small alphabet (so tokens overlap and repeat), ids in order made."""
+    alphabet = rng.choice([b"ab", b"abc"])
+    toks = [bytes([b]) for b in range(256)]
+    seen = set(toks)
+    joinable = [bytes([c]) for c in alphabet]
+    max_len = rng.randint(3, 10)
+    for _ in range(2000):
+        if len(toks) >= 256 + rng.randint(5, 60):
+            break
+        t = rng.choice(joinable) + rng.choice(joinable)
+        if t not in seen and len(t) <= max_len:
+            toks.append(t)
+            seen.add(t)
+            joinable.append(t)
+    return toks
+
+
+def test_random_vocabularies_match_tokenizers(tmp_path):
+    # Vocabularies in the tiktoken-conversion layout (every split of a token
+    # listed, in a random order within the token's merges), some with
+    # ignore_merges: whichever encoder the load-time check picks, the ids
+    # are tokenizers' ids.
+    import random
+
+    rng = random.Random(20261203)
+    paths = {"rank": 0, "list": 0}
+    for trial in range(150):
+        toks = _random_vocabulary(rng)
+        ids = {t: i for i, t in enumerate(toks)}
+        merges = []
+        for t in toks:
+            local = [(t[:k], t[k:]) for k in range(1, len(t)) if t[:k] in ids and t[k:] in ids]
+            rng.shuffle(local)
+            merges += local
+        doc = json.loads(json.dumps(hf_fixtures.tokenizer_document("cl100k-one")[0]))
+        doc["added_tokens"] = []
+        doc["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {"Regex": "[a-c]+|[^a-c]+"}
+        doc["model"]["ignore_merges"] = rng.random() < 0.5
+        doc["model"]["vocab"] = {hf_fixtures.spell(t): i for i, t in enumerate(toks)}
+        doc["model"]["merges"] = [[hf_fixtures.spell(a), hf_fixtures.spell(b)] for a, b in merges]
+        path = tmp_path / f"{trial}.json"
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        theirs = tokenizers.Tokenizer.from_file(str(path))
+        ours = Tokenizer.from_hf(path)
+        paths["list" if _core.hf_merges_by_list(ours._core) else "rank"] += 1
+        items = ["".join(rng.choice("abc") for _ in range(rng.choice([3, 12, 60, 300]))) for _ in range(60)]
+        items.append(" ".join(items[:5]))
+        want = [e.ids for e in theirs.encode_batch(items, add_special_tokens=False)]
+        got = ours.encode(items)
+        bad = [t for t, g, w in zip(items, got, want) if g != w]
+        assert not bad, f"vocabulary {trial} ({paths}): {bad[0]!r}"
+    # Both encoders were exercised.
+    assert paths["rank"] > 20 and paths["list"] > 20, paths
 
 
 def test_quicktok_agrees(hf_dir):

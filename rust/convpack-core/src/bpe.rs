@@ -507,8 +507,66 @@ pub struct Tokenizer {
 /// token.
 #[derive(Clone, Debug)]
 pub struct MergeList {
-    pairs: FxHashMap<u64, (u32, Rank)>,
+    /// `(left, right)` -> list index (the first, for a pair listed twice).
+    pairs: FxHashMap<u64, u32>,
+    /// List index -> id of the merge's result.
+    results: Vec<Rank>,
+    /// `byte_pairs[a * 256 + b]`: list index of merging the single bytes
+    /// `a` and `b`, or `Rank::MAX`.
+    byte_pairs: Vec<u32>,
     ignore_merges: bool,
+}
+
+/// The order in which the merge loops join parts: each pair of parts gets
+/// a value (`Rank::MAX`: they do not join), the lowest value joins first
+/// (leftmost on a tie), and the value names the joined token.
+trait MergeOrder {
+    /// True when a pair's value is the id of its joined bytes (so short
+    /// joins may be looked up by bytes instead of by the two ids).
+    const BY_BYTES: bool;
+    fn byte_pair(&self, a: u8, b: u8) -> Rank;
+    fn pair(&self, a: Rank, b: Rank) -> Rank;
+    /// Id of the token a pair of this value joins into.
+    fn result(&self, value: Rank) -> Rank;
+}
+
+/// Merging by rank: a pair's value is its result's id (tiktoken's order).
+struct ByRank<'a>(&'a Tokenizer);
+
+impl MergeOrder for ByRank<'_> {
+    const BY_BYTES: bool = true;
+    #[inline(always)]
+    fn byte_pair(&self, a: u8, b: u8) -> Rank {
+        self.0.byte_pairs[a as usize * 256 + b as usize]
+    }
+    #[inline(always)]
+    fn pair(&self, a: Rank, b: Rank) -> Rank {
+        self.0.merged(a, b)
+    }
+    #[inline(always)]
+    fn result(&self, value: Rank) -> Rank {
+        value
+    }
+}
+
+/// Merging by a merges list: a pair's value is its list index
+/// (`tokenizers`' order).
+struct ByList<'a>(&'a MergeList);
+
+impl MergeOrder for ByList<'_> {
+    const BY_BYTES: bool = false;
+    #[inline(always)]
+    fn byte_pair(&self, a: u8, b: u8) -> Rank {
+        self.0.byte_pairs[a as usize * 256 + b as usize]
+    }
+    #[inline(always)]
+    fn pair(&self, a: Rank, b: Rank) -> Rank {
+        self.0.pairs.get(&pair_key(a, b)).copied().unwrap_or(Rank::MAX)
+    }
+    #[inline(always)]
+    fn result(&self, value: Rank) -> Rank {
+        self.0.results[value as usize]
+    }
 }
 
 impl Tokenizer {
@@ -653,8 +711,13 @@ impl Tokenizer {
         merges: &[(Rank, Rank)],
         ignore_merges: bool,
     ) -> Result<Self, CoreError> {
+        if merges.len() >= Rank::MAX as usize {
+            return Err(CoreError::Invalid(format!("{} merges is too many", merges.len())));
+        }
         let mut pairs = FxHashMap::default();
         pairs.reserve(merges.len());
+        let mut results = Vec::with_capacity(merges.len());
+        let mut byte_pairs = vec![Rank::MAX; 256 * 256];
         let mut joined = Vec::new();
         for (i, &(a, b)) in merges.iter().enumerate() {
             let part = |id: Rank| match self.ranks.get(id as usize) {
@@ -671,11 +734,19 @@ impl Tokenizer {
                     "merge {i} ({a}, {b}) makes {joined:?}, which is not a token"
                 )));
             };
+            results.push(result);
             // A pair listed twice keeps its first (lowest) index.
-            pairs.entry(pair_key(a, b)).or_insert((i as u32, result));
+            let index = *pairs.entry(pair_key(a, b)).or_insert(i as u32);
+            if let ([x], [y]) = (part(a)?, part(b)?) {
+                if self.byte_ranks[*x as usize] == a && self.byte_ranks[*y as usize] == b {
+                    byte_pairs[*x as usize * 256 + *y as usize] = index;
+                }
+            }
         }
         self.merge_list = Some(Arc::new(MergeList {
             pairs,
+            results,
+            byte_pairs,
             ignore_merges,
         }));
         Ok(self.with_new_identity())
@@ -684,57 +755,6 @@ impl Tokenizer {
     /// True when pieces merge by a merges list (not by rank).
     pub fn merges_by_list(&self) -> bool {
         self.merge_list.is_some()
-    }
-
-    /// Merges `piece` by the merges list, lowest index first and leftmost on
-    /// a tie (a heap over the pairs, as `tokenizers` does).
-    fn merge_by_list(&self, list: &MergeList, piece: &[u8], out: &mut Vec<Rank>) {
-        let n = piece.len();
-        let mut ids: Vec<Rank> = piece.iter().map(|&b| self.byte_ranks[b as usize]).collect();
-        // len[i]: bytes of the part starting at i (0: merged into a left part).
-        let mut len: Vec<u32> = vec![1; n];
-        let mut prev: Vec<u32> = (0..n as u32).map(|i| i.saturating_sub(1)).collect();
-        let mut heap: BinaryHeap<Reverse<(u32, u32, Rank, Rank)>> = BinaryHeap::new();
-        let priority = |a: Rank, b: Rank| list.pairs.get(&pair_key(a, b)).copied();
-        for i in 0..n.saturating_sub(1) {
-            if let Some((p, _)) = priority(ids[i], ids[i + 1]) {
-                heap.push(Reverse((p, i as u32, ids[i], ids[i + 1])));
-            }
-        }
-        while let Some(Reverse((_, pos, a, b))) = heap.pop() {
-            let pos = pos as usize;
-            if len[pos] == 0 || ids[pos] != a {
-                continue;
-            }
-            let next = pos + len[pos] as usize;
-            if next >= n || ids[next] != b {
-                continue;
-            }
-            let Some((_, result)) = priority(a, b) else {
-                continue;
-            };
-            ids[pos] = result;
-            len[pos] += len[next];
-            len[next] = 0;
-            let after = pos + len[pos] as usize;
-            if after < n {
-                prev[after] = pos as u32;
-                if let Some((p, _)) = priority(result, ids[after]) {
-                    heap.push(Reverse((p, pos as u32, result, ids[after])));
-                }
-            }
-            if pos > 0 {
-                let left = prev[pos] as usize;
-                if let Some((p, _)) = priority(ids[left], result) {
-                    heap.push(Reverse((p, left as u32, ids[left], result)));
-                }
-            }
-        }
-        let mut i = 0;
-        while i < n {
-            out.push(ids[i]);
-            i += len[i] as usize;
-        }
     }
 
     pub fn pattern(&self) -> &str {
@@ -946,11 +966,13 @@ impl Tokenizer {
             }
         }
         if piece.len() >= HEAP_MERGE_MIN_LEN {
-            match list {
-                Some(l) => self.merge_by_list(l, piece, out),
-                None => PIECE_CACHE
-                    .with(|cell| self.merge_heap(piece, &mut cell.borrow_mut().heap, out)),
-            }
+            PIECE_CACHE.with(|cell| {
+                let heap = &mut cell.borrow_mut().heap;
+                match list {
+                    Some(l) => self.merge_heap(&ByList(l), piece, heap, out),
+                    None => self.merge_heap(&ByRank(self), piece, heap, out),
+                }
+            });
             return;
         }
         // Pieces that need merging repeat (names, rare words, code
@@ -977,12 +999,11 @@ impl Tokenizer {
             }
             let start = out.len();
             let cache = &mut *cache;
-            if let Some(l) = list {
-                self.merge_by_list(l, piece, out);
-            } else if piece.len() >= SCAN_MERGE_MAX_LEN {
-                self.merge_heap(piece, &mut cache.heap, out);
-            } else {
-                self.merge_small(piece, &mut cache.scratch, out);
+            match (list, piece.len() >= SCAN_MERGE_MAX_LEN) {
+                (Some(l), true) => self.merge_heap(&ByList(l), piece, &mut cache.heap, out),
+                (Some(l), false) => self.merge_small(&ByList(l), piece, &mut cache.scratch, out),
+                (None, true) => self.merge_heap(&ByRank(self), piece, &mut cache.heap, out),
+                (None, false) => self.merge_small(&ByRank(self), piece, &mut cache.scratch, out),
             }
             cache.insert(hash, piece, &out[start..]);
         })
@@ -1023,17 +1044,21 @@ impl Tokenizer {
     /// `parts` is scratch space (reused between calls, so nothing is
     /// allocated per piece). A part and the pair it starts move together,
     /// so a merge shifts one array.
-    fn merge_small(&self, piece: &[u8], parts: &mut Vec<Part>, out: &mut Vec<Rank>) {
+    fn merge_small<O: MergeOrder>(
+        &self,
+        order: &O,
+        piece: &[u8],
+        parts: &mut Vec<Part>,
+        out: &mut Vec<Rank>,
+    ) {
         debug_assert!(piece.len() < HEAP_MERGE_MIN_LEN);
         let len = piece.len();
         // Joins of other scripts' letters mostly miss the whole-token maps
         // too, and the shorter lookup by ids measured faster there.
-        let by_bytes = piece.is_ascii();
+        let by_bytes = O::BY_BYTES && piece.is_ascii();
         parts.clear();
         parts.extend(piece.iter().enumerate().map(|(i, &b)| Part {
-            pair: piece.get(i + 1).map_or(Rank::MAX, |&c| {
-                self.byte_pairs[b as usize * 256 + c as usize]
-            }),
+            pair: piece.get(i + 1).map_or(Rank::MAX, |&c| order.byte_pair(b, c)),
             id: self.byte_ranks[b as usize],
             start: i as u32,
         }));
@@ -1070,9 +1095,9 @@ impl Tokenizer {
                         return self.token_of(bytes);
                     }
                 }
-                self.merged(parts[k].id, parts[k + 1].id)
+                order.pair(parts[k].id, parts[k + 1].id)
             };
-            parts[at].id = best;
+            parts[at].id = order.result(best);
             parts[at].pair = if at + 1 < n {
                 join(parts, at)
             } else {
@@ -1093,7 +1118,13 @@ impl Tokenizer {
     /// piece. Each part keeps the rank of the pair it starts, so a heap
     /// entry whose pair has changed since it was pushed is recognised
     /// without looking the pair up again.
-    fn merge_heap(&self, piece: &[u8], scratch: &mut HeapScratch, out: &mut Vec<Rank>) {
+    fn merge_heap<O: MergeOrder>(
+        &self,
+        order: &O,
+        piece: &[u8],
+        scratch: &mut HeapScratch,
+        out: &mut Vec<Rank>,
+    ) {
         let n = piece.len();
         const NONE: u32 = u32::MAX;
         let HeapScratch { nodes, heap } = scratch;
@@ -1101,9 +1132,7 @@ impl Tokenizer {
         nodes.clear();
         nodes.extend(piece.iter().enumerate().map(|(i, &b)| Node {
             id: self.byte_ranks[b as usize],
-            pair: piece.get(i + 1).map_or(Rank::MAX, |&c| {
-                self.byte_pairs[b as usize * 256 + c as usize]
-            }),
+            pair: piece.get(i + 1).map_or(Rank::MAX, |&c| order.byte_pair(b, c)),
             next: i as u32 + 1,
             prev: if i == 0 { NONE } else { i as u32 - 1 },
         }));
@@ -1126,12 +1155,13 @@ impl Tokenizer {
             }
             let gone = nodes[i].next as usize;
             let after = nodes[gone].next;
-            nodes[i].id = r;
+            let id = order.result(r);
+            nodes[i].id = id;
             nodes[i].next = after;
             nodes[gone].pair = Rank::MAX;
             nodes[i].pair = if (after as usize) < n {
                 nodes[after as usize].prev = i as u32;
-                self.merged(r, nodes[after as usize].id)
+                order.pair(id, nodes[after as usize].id)
             } else {
                 Rank::MAX
             };
@@ -1141,7 +1171,7 @@ impl Tokenizer {
             let before = nodes[i].prev;
             if before != NONE {
                 let before = before as usize;
-                nodes[before].pair = self.merged(nodes[before].id, r);
+                nodes[before].pair = order.pair(nodes[before].id, id);
                 if nodes[before].pair != Rank::MAX {
                     queue.push(Reverse((nodes[before].pair, before as u32)));
                 }
@@ -1269,14 +1299,14 @@ mod tests {
         let t = toy();
         let long = "ab".repeat(300) + &" ".repeat(517) + "abc";
         let mut heap = Vec::new();
-        t.merge_heap(long.as_bytes(), &mut HeapScratch::default(), &mut heap);
+        t.merge_heap(&ByRank(&t), long.as_bytes(), &mut HeapScratch::default(), &mut heap);
         assert_eq!(heap, reference_merge(&t, long.as_bytes()));
         for piece in ["abcabab", "hellhello", "    ab   ", "xhelloabc"] {
             let mut small = Vec::new();
-            t.merge_small(piece.as_bytes(), &mut Vec::new(), &mut small);
+            t.merge_small(&ByRank(&t), piece.as_bytes(), &mut Vec::new(), &mut small);
             assert_eq!(small, reference_merge(&t, piece.as_bytes()), "{piece:?}");
             let mut heap = Vec::new();
-            t.merge_heap(piece.as_bytes(), &mut HeapScratch::default(), &mut heap);
+            t.merge_heap(&ByRank(&t), piece.as_bytes(), &mut HeapScratch::default(), &mut heap);
             assert_eq!(heap, small, "{piece:?}");
         }
     }
@@ -1333,10 +1363,10 @@ mod tests {
             }
             let expected = reference_merge(&t, &piece);
             scratch.clear();
-            t.merge_small(&piece, &mut parts, &mut scratch);
+            t.merge_small(&ByRank(&t), &piece, &mut parts, &mut scratch);
             assert_eq!(scratch, expected, "{piece:?}");
             scratch.clear();
-            t.merge_heap(&piece, &mut heap, &mut scratch);
+            t.merge_heap(&ByRank(&t), &piece, &mut heap, &mut scratch);
             assert_eq!(scratch, expected, "{piece:?}");
         }
     }

@@ -1,26 +1,46 @@
 //! Hugging Face `tokenizer.json` BPE models on the rank encoder.
 //!
 //! `tokenizers` merges only the pairs its merges list names, lowest list
-//! index first; the rank encoder merges any two tokens that concatenate to
-//! a token, lowest id of the result first. The two agree when
+//! index first (leftmost among occurrences of that pair); the rank encoder
+//! merges any two tokens that concatenate to a token, lowest id of the
+//! result first, leftmost on a tie. Call `t`'s *rank split* the parts that
+//! rank-merging `t`'s bytes with only the tokens of lower id ends in. The
+//! two encoders agree when
 //!
-//! 1. the merges' results have strictly increasing ids in list order, and
-//! 2. every token of two or more bytes is the result of exactly one merge
-//!    `(a, b)`, and rank-merging the token's bytes with only the tokens of
-//!    lower id ends in exactly `[a, b]`.
+//! 1. the merges' results have non-decreasing ids in list order (all the
+//!    merges making one token are consecutive, as in files converted from
+//!    tiktoken ranks, which list every split of a token);
+//! 2. every token of two or more bytes has a rank split of exactly two
+//!    parts `(a, b)`, and that pair is listed;
+//! 3. no split `(b, c)` of a token `t = a + b` is listed before `t`'s rank
+//!    split `(a, b)` when rank-merging the bytes of `a + b + c` passes
+//!    through the parts `[a, b, c]`.
 //!
-//! Why: while the rank encoder builds a token `t` of id `r` inside a piece,
-//! no merge crosses `t`'s span (it would leave a token crossing it) and
-//! every merge inside it was the lowest rank at its time, so the parts
-//! inside the span evolve as `t`'s bytes alone would with ids below `r`:
-//! they end as `[a, b]`, the listed merge. Each merge the rank encoder makes
-//! is thus listed, and by (1) the listed pair with the lowest index is the
-//! one whose result has the lowest id, which is the rank encoder's choice;
-//! both break ties leftmost. Under (2) a token's own bytes merge to the
-//! token, so `ignore_merges` (whole-piece lookup first) changes nothing.
+//! Why. (i) The rank encoder builds a token only from its rank split:
+//! while it builds `t` of id `r`, no merge crosses `t`'s span, and every
+//! merge inside it was the lowest at its time, so the parts inside evolve
+//! as `t`'s bytes alone would; until they are the rank split every inside
+//! pair below `r` is merged first, and the rank split's only pair is `t`.
+//! (ii) Once the lowest pair present makes `t`, no later merge is below
+//! `r`: such a merge would join a part built since (id at least `r`) into
+//! a token of lower id, which (i) and the rank split's lower ids exclude.
+//! (iii) So if another split `(x, y)` of `t` is present when the rank
+//! encoder merges `t`'s rank split, it can only disappear by merging `x`
+//! with its left neighbour into `t` again, by the rank split: the parts
+//! are `[a, b, c]` with `x = b`, which (3) rules out for splits listed
+//! before the rank split (the rank split wins `tokenizers`' order
+//! otherwise). Every state of a piece holding `[a, b, c]` passes through
+//! it when rank-merging `a + b + c` alone (the argument of (i) for that
+//! span). (iv) At each step, then, the pair `tokenizers` picks (lowest
+//! index, by (1) among the splits of the lowest result id, by (iii) the
+//! rank split, listed by (2)) is the rank encoder's pick, at the same
+//! (leftmost) place. Under (2) a token's own bytes merge to the token, so
+//! a whole-piece lookup first changes nothing even without
+//! `ignore_merges`.
 //!
-//! [`check_merges_follow_ranks`] decides (1) and (2) at load time; a file
-//! that fails is refused, never encoded with other ids than `tokenizers`'.
+//! [`check_merges_follow_ranks`] decides (1)-(3) at load time; a file that
+//! fails merges by its list ([`crate::bpe::Tokenizer::with_merge_list`]),
+//! never by rank with other ids than `tokenizers`'.
 
 use rustc_hash::FxHashMap;
 
@@ -30,12 +50,21 @@ use crate::bpe::Rank;
 /// token's length; real vocabularies stay far below this).
 pub const MAX_CHECKED_TOKEN_LEN: usize = 1024;
 
-/// Rank-merges `bytes` with only the tokens of id below `limit`; returns
-/// the ids of the parts.
-fn merge_below(bytes: &[u8], limit: Rank, encoder: &FxHashMap<&[u8], Rank>) -> Vec<Rank> {
-    // Part boundaries: parts are bytes[bounds[i]..bounds[i + 1]].
+/// Rank-merges `bytes` with only the tokens of id below `limit`, calling
+/// `seen` with the part boundaries (parts are `bytes[b[i]..b[i + 1]]`)
+/// before each merge and at the end; stops early when `seen` returns true.
+/// Returns the final boundaries.
+fn merge_below(
+    bytes: &[u8],
+    limit: Rank,
+    encoder: &FxHashMap<&[u8], Rank>,
+    mut seen: impl FnMut(&[usize]) -> bool,
+) -> Vec<usize> {
     let mut bounds: Vec<usize> = (0..=bytes.len()).collect();
     loop {
+        if seen(&bounds) {
+            break;
+        }
         let mut best: Option<(Rank, usize)> = None;
         for i in 0..bounds.len().saturating_sub(2) {
             if let Some(&r) = encoder.get(&bytes[bounds[i]..bounds[i + 2]]) {
@@ -52,20 +81,12 @@ fn merge_below(bytes: &[u8], limit: Rank, encoder: &FxHashMap<&[u8], Rank>) -> V
         }
     }
     bounds
-        .windows(2)
-        .map(|w| {
-            encoder
-                .get(&bytes[w[0]..w[1]])
-                .copied()
-                .unwrap_or(Rank::MAX)
-        })
-        .collect()
 }
 
-/// Checks that a merges list is equivalent to merging by rank (see the
-/// module docs). `ranks[i]` are the bytes of token `i` (empty: no token);
-/// `merges` are `(left id, right id)` in list order. The error names the
-/// merge or token that breaks the equivalence.
+/// Checks that a merges list is equivalent to merging by rank (conditions
+/// (1)-(3) of the module docs). `ranks[i]` are the bytes of token `i`
+/// (empty: no token); `merges` are `(left id, right id)` in list order. The
+/// error names the merge or token that breaks the equivalence.
 pub fn check_merges_follow_ranks(ranks: &[Vec<u8>], merges: &[(Rank, Rank)]) -> Result<(), String> {
     let mut encoder: FxHashMap<&[u8], Rank> = FxHashMap::default();
     for (id, bytes) in ranks.iter().enumerate() {
@@ -81,8 +102,8 @@ pub fn check_merges_follow_ranks(ranks: &[Vec<u8>], merges: &[(Rank, Rank)]) -> 
             )),
         }
     };
-    let mut merge_of: FxHashMap<Rank, (Rank, Rank)> = FxHashMap::default();
-    let mut last: Option<Rank> = None;
+    // Condition (1), and each merge's result.
+    let mut results: Vec<Rank> = Vec::with_capacity(merges.len());
     let mut joined = Vec::new();
     for (i, &(a, b)) in merges.iter().enumerate() {
         joined.clear();
@@ -93,35 +114,88 @@ pub fn check_merges_follow_ranks(ranks: &[Vec<u8>], merges: &[(Rank, Rank)]) -> 
                 "merge {i} ({a}, {b}) makes {joined:?}, which is not a token of the vocabulary"
             ));
         };
-        if let Some(l) = last {
-            if r <= l {
+        if let Some(&l) = results.last() {
+            if r < l {
                 return Err(format!(
                     "merge {i} makes token {r} after an earlier merge made token {l}: \
                      the merges are not in the order of their results' ids"
                 ));
             }
         }
-        last = Some(r);
-        merge_of.insert(r, (a, b));
+        results.push(r);
     }
+    // Condition (2): each token's rank split.
+    let mut rank_split: FxHashMap<Rank, (Rank, Rank)> = FxHashMap::default();
     for (id, bytes) in ranks.iter().enumerate() {
         if bytes.len() < 2 {
             continue;
         }
         let id = id as Rank;
-        let Some(&(a, b)) = merge_of.get(&id) else {
-            return Err(format!("token {id} ({bytes:?}) is made by no merge"));
-        };
         if bytes.len() > MAX_CHECKED_TOKEN_LEN {
             return Err(format!(
                 "token {id} is {} bytes long; tokens of more than {MAX_CHECKED_TOKEN_LEN} bytes are not supported",
                 bytes.len()
             ));
         }
-        let parts = merge_below(bytes, id, &encoder);
-        if parts != [a, b] {
+        let bounds = merge_below(bytes, id, &encoder, |_| false);
+        if let [0, k, _] = bounds[..] {
+            rank_split.insert(id, (encoder[&bytes[..k]], encoder[&bytes[k..]]));
+        } else {
+            // The rank encoder may still build it inside a longer piece,
+            // after merges of higher id: (i) of the module docs fails.
             return Err(format!(
-                "token {id} ({bytes:?}) is listed as merge ({a}, {b}) but merging its bytes by rank gives {parts:?}"
+                "token {id} ({bytes:?}) is not made of two tokens of lower id \
+                 (its bytes merge by rank into {} parts)",
+                bounds.len() - 1
+            ));
+        }
+    }
+    // Walk each token's consecutive merges up to its rank split: condition
+    // (2)'s listing and condition (3).
+    let mut i = 0;
+    while i < merges.len() {
+        let t = results[i];
+        let group = i..i + results[i..].iter().take_while(|&&r| r == t).count();
+        i = group.end;
+        let (a, b) = rank_split[&t];
+        let Some(at) = group.clone().find(|&k| merges[k] == (a, b)) else {
+            return Err(format!(
+                "token {t} ({:?}) is listed without its rank split ({a}, {b})",
+                ranks[t as usize]
+            ));
+        };
+        for k in group.start..at {
+            let (x, c) = merges[k];
+            if x != b {
+                continue;
+            }
+            // Could the parts [a, b, c] occur? They would while rank-merging
+            // the bytes of a + b + c alone.
+            let (la, lb) = (ranks[a as usize].len(), ranks[b as usize].len());
+            joined.clear();
+            joined.extend_from_slice(&ranks[a as usize]);
+            joined.extend_from_slice(&ranks[b as usize]);
+            joined.extend_from_slice(&ranks[c as usize]);
+            let target = [0, la, la + lb, joined.len()];
+            let mut reached = false;
+            merge_below(&joined, Rank::MAX, &encoder, |bounds| {
+                reached = bounds == target;
+                // Merges only remove boundaries: once one is gone, never.
+                reached || bounds.binary_search(&la).is_err() || bounds.binary_search(&(la + lb)).is_err()
+            });
+            if reached {
+                return Err(format!(
+                    "merge {k} ({b}, {c}) of token {t} is listed before its rank split ({a}, {b}), \
+                     and the parts [{a}, {b}, {c}] occur when merging by rank: the two orders can disagree"
+                ));
+            }
+        }
+    }
+    for (&t, &(a, b)) in &rank_split {
+        if results.binary_search(&t).is_err() {
+            return Err(format!(
+                "token {t} ({:?}) is made by no merge (its rank split is ({a}, {b}))",
+                ranks[t as usize]
             ));
         }
     }
@@ -164,5 +238,32 @@ mod tests {
         // A merge whose result is not a token, and an unknown id.
         assert!(check_merges_follow_ranks(&ranks, &[(99, 99)]).is_err());
         assert!(check_merges_follow_ranks(&ranks, &[(999, 99)]).is_err());
+    }
+
+    #[test]
+    fn every_split_in_any_order_passes() {
+        // The tiktoken-conversion layout: every split of a token, here with
+        // a split other than the rank split (ab, c) listed first.
+        let mut ranks = bytes_vocab();
+        ranks.push(b"ab".to_vec()); // 256
+        ranks.push(b"bc".to_vec()); // 257
+        ranks.push(b"abc".to_vec()); // 258
+        let merges = [(97, 98), (98, 99), (97, 257), (256, 99)];
+        assert_eq!(check_merges_follow_ranks(&ranks, &merges), Ok(()));
+        // Without the rank split the list is not equivalent.
+        let err = check_merges_follow_ranks(&ranks, &merges[..3]).unwrap_err();
+        assert!(err.contains("without its rank split (256, 99)"), "{err}");
+    }
+
+    #[test]
+    fn tokens_not_made_of_lower_ids_are_refused() {
+        // "abc" (257) comes before "bc" (258) and there is no "ab": by rank
+        // it forms only inside longer pieces, after "bc", so (i) fails.
+        let mut ranks = bytes_vocab();
+        ranks.push(b"xy".to_vec()); // 256
+        ranks.push(b"abc".to_vec()); // 257
+        ranks.push(b"bc".to_vec()); // 258
+        let err = check_merges_follow_ranks(&ranks, &[(120, 121), (97, 258), (98, 99)]).unwrap_err();
+        assert!(err.contains("token 257") && err.contains("3 parts"), "{err}");
     }
 }
