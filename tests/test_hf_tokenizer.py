@@ -91,7 +91,7 @@ def test_paths(hf_dir):
     assert _core.hf_merges_by_list(Tokenizer.from_hf(hf_dir("llama3"))._core)
     assert Tokenizer.from_hf(hf_dir("llama3")).pretokenizer == "fast:gpt4"
     assert Tokenizer.from_hf(hf_dir("qwen3")).pretokenizer == "fast:qwen2"
-    assert Tokenizer.from_hf(hf_dir("o200k")).pretokenizer == "regex"
+    assert Tokenizer.from_hf(hf_dir("o200k")).pretokenizer == "fast:o200k"
 
 
 def _random_vocabulary(rng) -> list:

@@ -417,8 +417,8 @@ const PATTERN_PROBE_EXTRA: &str =
 /// silently (a pattern that matches nothing, such as `""` or `(?!)`, would
 /// drop everything).
 fn check_pattern_covers(splitter: &Splitter, pattern: &str) -> Result<(), CoreError> {
-    if matches!(splitter, Splitter::Gpt(..)) {
-        return Ok(()); // the scanner's pieces cover any text
+    if !matches!(splitter, Splitter::Regex(..)) {
+        return Ok(()); // the scanners' pieces cover any text
     }
     let probe: String = (0u8..0x80)
         .map(char::from)
@@ -804,6 +804,7 @@ impl Tokenizer {
     pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<Rank>) {
         match &self.splitter {
             Splitter::Gpt(s, _) => s.split(text, |piece| self.encode_piece(piece.as_bytes(), out)),
+            Splitter::O200k(s) => s.split(text, |piece| self.encode_piece(piece.as_bytes(), out)),
             Splitter::Regex(_) => {
                 // fancy-regex can only fail by exceeding its backtrack limit;
                 // fall back to encoding the remaining text as one piece so no

@@ -7,6 +7,8 @@
 //!   (nanochat's default with `\p{N}{1,2}` and cl100k's with `\p{N}{1,3}`). It
 //!   classifies characters through a table built from the regex engine's own
 //!   Unicode data, so it agrees with the regex character classes exactly.
+//! * [`O200kSplitter`]: the same for o200k's case-aware pattern (GPT-4o,
+//!   GPT-OSS), with its own table of letter cases and marks.
 //! * a general `fancy_regex` fallback for any other pattern.
 
 use std::sync::OnceLock;
@@ -368,6 +370,333 @@ fn contraction(cur: &Cursor, pos: usize) -> Option<usize> {
     }
 }
 
+/// o200k_base's split pattern (tiktoken's and `tokenizer.json`'s spelling).
+pub const O200K_PATTERN: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|\p{N}{1,3}",
+    r"| ?[^\s\p{L}\p{N}]+[\r\n/]*",
+    r"|\s*[\r\n]+",
+    r"|\s+(?!\S)",
+    r"|\s+",
+);
+
+/// Character classes of the o200k pattern. `Upper` chars are in its
+/// "upper" set `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]` only, `Lower` in its
+/// "lower" set `[\p{Ll}\p{Lm}\p{Lo}\p{M}]` only; `Both` letters (`Lm`,
+/// `Lo`) and `Mark`s are in both sets, and marks are not `\p{L}`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Oc {
+    Upper = 0,
+    Lower = 1,
+    Both = 2,
+    Mark = 3,
+    Number = 4,
+    /// `\s` except `\r` and `\n`.
+    Space = 5,
+    Newline = 6,
+    Other = 7,
+}
+
+impl Oc {
+    #[inline(always)]
+    fn upper(self) -> bool {
+        matches!(self, Oc::Upper | Oc::Both | Oc::Mark)
+    }
+    #[inline(always)]
+    fn lower(self) -> bool {
+        matches!(self, Oc::Lower | Oc::Both | Oc::Mark)
+    }
+    /// `[^\r\n\p{L}\p{N}]`: the optional char before a word.
+    #[inline(always)]
+    fn lead(self) -> bool {
+        matches!(self, Oc::Mark | Oc::Space | Oc::Other)
+    }
+    /// `[^\s\p{L}\p{N}]`: punctuation.
+    #[inline(always)]
+    fn punct(self) -> bool {
+        matches!(self, Oc::Mark | Oc::Other)
+    }
+}
+
+struct O200kTable {
+    bmp: Vec<u8>,
+    astral: Vec<(u32, u32, Oc)>,
+}
+
+fn o200k_table() -> &'static O200kTable {
+    static TABLE: OnceLock<O200kTable> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut bmp = vec![Oc::Other as u8; 0x10000];
+        let mut astral = Vec::new();
+        // The general categories are disjoint, and disjoint from \s.
+        for (pattern, class) in [
+            (r"[\p{Lu}\p{Lt}]", Oc::Upper),
+            (r"\p{Ll}", Oc::Lower),
+            (r"[\p{Lm}\p{Lo}]", Oc::Both),
+            (r"\p{M}", Oc::Mark),
+            (r"\p{N}", Oc::Number),
+            (r"\s", Oc::Space),
+        ] {
+            for (lo, hi) in unicode_ranges(pattern) {
+                if lo < 0x10000 {
+                    for cp in lo..=hi.min(0xFFFF) {
+                        bmp[cp as usize] = class as u8;
+                    }
+                }
+                if hi >= 0x10000 {
+                    astral.push((lo.max(0x10000), hi, class));
+                }
+            }
+        }
+        bmp['\r' as usize] = Oc::Newline as u8;
+        bmp['\n' as usize] = Oc::Newline as u8;
+        astral.sort_unstable_by_key(|r| r.0);
+        O200kTable { bmp, astral }
+    })
+}
+
+impl O200kTable {
+    #[inline(always)]
+    fn class(&self, c: char) -> Oc {
+        const BY_CODE: [Oc; 8] = [
+            Oc::Upper,
+            Oc::Lower,
+            Oc::Both,
+            Oc::Mark,
+            Oc::Number,
+            Oc::Space,
+            Oc::Newline,
+            Oc::Other,
+        ];
+        let cp = c as u32;
+        if cp < 0x10000 {
+            return BY_CODE[self.bmp[cp as usize] as usize & 7];
+        }
+        match self.astral.binary_search_by(|&(lo, hi, _)| {
+            if hi < cp {
+                std::cmp::Ordering::Less
+            } else if lo > cp {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        }) {
+            Ok(i) => self.astral[i].2,
+            Err(_) => Oc::Other,
+        }
+    }
+}
+
+/// Hand-written scanner equivalent to [`O200K_PATTERN`]'s `find_iter`.
+#[derive(Clone, Debug, Default)]
+pub struct O200kSplitter;
+
+struct OCursor<'a> {
+    text: &'a str,
+    table: &'static O200kTable,
+}
+
+impl OCursor<'_> {
+    /// The char at `pos` (a char boundary), its class and length.
+    #[inline(always)]
+    fn at(&self, pos: usize) -> Option<(char, Oc, usize)> {
+        let b = *self.text.as_bytes().get(pos)?;
+        if b < 0x80 {
+            let c = b as char;
+            return Some((c, self.table.class(c), 1));
+        }
+        let c = self.text[pos..].chars().next()?;
+        Some((c, self.table.class(c), c.len_utf8()))
+    }
+
+    /// End of the run of chars from `pos` whose class passes `keep`.
+    #[inline(always)]
+    fn run(&self, mut pos: usize, keep: impl Fn(Oc) -> bool) -> usize {
+        let bytes = self.text.as_bytes();
+        // ASCII letters of one case, byte by byte, without the table.
+        while let Some(&b) = bytes.get(pos) {
+            let class = if b.is_ascii_lowercase() {
+                Oc::Lower
+            } else if b.is_ascii_uppercase() {
+                Oc::Upper
+            } else {
+                break;
+            };
+            if !keep(class) {
+                return pos;
+            }
+            pos += 1;
+        }
+        while let Some((_, class, l)) = self.at(pos) {
+            if !keep(class) {
+                break;
+            }
+            pos += l;
+        }
+        pos
+    }
+
+    /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)?` at `pos`.
+    #[inline]
+    fn contraction(&self, pos: usize) -> usize {
+        if self.text.as_bytes().get(pos) != Some(&b'\'') {
+            return pos;
+        }
+        let chars = |p: usize| self.at(p).map(|(c, _, l)| (c, l));
+        let fold = |c: char| if c == '\u{17F}' { 's' } else { c.to_ascii_lowercase() };
+        let Some((a, la)) = chars(pos + 1) else {
+            return pos;
+        };
+        let a = fold(a);
+        if matches!(a, 's' | 't' | 'm' | 'd') {
+            return pos + 1 + la;
+        }
+        match chars(pos + 1 + la) {
+            Some((b, lb)) if matches!((a, fold(b)), ('r', 'e') | ('v', 'e') | ('l', 'l')) => {
+                pos + 1 + la + lb
+            }
+            _ => pos,
+        }
+    }
+
+    /// `upper* lower+` from `start`, as the regex engine backtracks: the
+    /// longest run of upper chars, then lower chars after it; or else, when
+    /// no lower char follows the run, the run up to its last char that is
+    /// lower too.
+    #[inline]
+    fn upper_then_lower(&self, start: usize) -> Option<usize> {
+        let bytes = self.text.as_bytes();
+        // The common case: ASCII capitals (none is lower) then a lowercase.
+        let mut p = start;
+        while bytes.get(p).is_some_and(|b| b.is_ascii_uppercase()) {
+            p += 1;
+        }
+        if bytes.get(p).is_some_and(|b| b.is_ascii_lowercase()) {
+            return Some(self.run(p, Oc::lower));
+        }
+        let mut last_lower = None;
+        while let Some((_, class, l)) = self.at(p) {
+            if !class.upper() {
+                if class.lower() {
+                    return Some(self.run(p, Oc::lower));
+                }
+                break;
+            }
+            if class.lower() {
+                last_lower = Some(p + l);
+            }
+            p += l;
+        }
+        last_lower
+    }
+
+    /// `upper+ lower*` from `start`.
+    #[inline]
+    fn upper_plus(&self, start: usize) -> Option<usize> {
+        let end = self.run(start, Oc::upper);
+        (end > start).then(|| self.run(end, Oc::lower))
+    }
+}
+
+impl O200kSplitter {
+    /// Calls `f` with every piece of `text`, in order. The pieces cover the
+    /// text exactly.
+    pub fn split<'t>(&self, text: &'t str, mut f: impl FnMut(&'t str)) {
+        let cur = OCursor {
+            text,
+            table: o200k_table(),
+        };
+        let mut pos = 0;
+        while pos < text.len() {
+            let end = Self::match_at(&cur, pos);
+            debug_assert!(end > pos);
+            f(&text[pos..end]);
+            pos = end;
+        }
+    }
+
+    /// End of the match at `pos`: the first alternative that matches, each
+    /// tried in the regex engine's backtracking order.
+    fn match_at(cur: &OCursor, pos: usize) -> usize {
+        let Some((c, class, len)) = cur.at(pos) else {
+            return pos;
+        };
+        let lead = class.lead();
+        // 1. lead? upper* lower+ contraction?
+        if lead {
+            if let Some(end) = cur.upper_then_lower(pos + len) {
+                return cur.contraction(end);
+            }
+        }
+        if class.upper() || class.lower() {
+            if let Some(end) = cur.upper_then_lower(pos) {
+                return cur.contraction(end);
+            }
+        }
+        // 2. lead? upper+ lower* contraction?
+        if lead {
+            if let Some(end) = cur.upper_plus(pos + len) {
+                return cur.contraction(end);
+            }
+        }
+        if let Some(end) = cur.upper_plus(pos) {
+            return cur.contraction(end);
+        }
+        // 3. \p{N}{1,3}
+        if class == Oc::Number {
+            let mut end = pos + len;
+            for _ in 0..2 {
+                match cur.at(end) {
+                    Some((_, Oc::Number, l)) => end += l,
+                    _ => break,
+                }
+            }
+            return end;
+        }
+        // 4. ` ?[^\s\p{L}\p{N}]+[\r\n/]*`
+        let punct_from = if class.punct() {
+            Some(pos)
+        } else if c == ' ' && cur.at(pos + 1).is_some_and(|(_, k, _)| k.punct()) {
+            Some(pos + 1)
+        } else {
+            None
+        };
+        if let Some(from) = punct_from {
+            let end = cur.run(from, Oc::punct);
+            let bytes = cur.text.as_bytes();
+            let mut end = end;
+            while bytes.get(end).is_some_and(|&b| matches!(b, b'\r' | b'\n' | b'/')) {
+                end += 1;
+            }
+            return end;
+        }
+        // Whitespace: 5. \s*[\r\n]+  6. \s+(?!\S)  7. \s+
+        let mut end = pos;
+        let mut last_newline_end = None;
+        let mut last_char_start = pos;
+        let mut count = 0usize;
+        while let Some((_, k, l)) = cur.at(end) {
+            match k {
+                Oc::Space => {}
+                Oc::Newline => last_newline_end = Some(end + l),
+                _ => break,
+            }
+            last_char_start = end;
+            end += l;
+            count += 1;
+        }
+        if let Some(e) = last_newline_end {
+            return e;
+        }
+        if end == cur.text.len() || count < 2 {
+            return end;
+        }
+        last_char_start
+    }
+}
+
 /// cl100k_base's split pattern as tiktoken spells it. It splits like
 /// [`CL100K_PATTERN`] except at the end of the text, where `\s++$` keeps a
 /// whitespace run with newlines in one piece.
@@ -399,6 +728,8 @@ const FAST_PATTERNS: [(&str, &str, usize, bool); 5] = [
 pub enum Splitter {
     /// The scanner, with the name of the pattern family it implements.
     Gpt(GptSplitter, &'static str),
+    /// The o200k scanner.
+    O200k(O200kSplitter),
     Regex(Box<Regex>),
 }
 
@@ -408,6 +739,7 @@ impl Splitter {
             Some(&(_, name, digits, run_to_end)) => {
                 Ok(Splitter::Gpt(GptSplitter::new(digits, run_to_end), name))
             }
+            None if pattern == O200K_PATTERN => Ok(Splitter::O200k(O200kSplitter)),
             None => Self::new_regex(pattern),
         }
     }
@@ -417,6 +749,7 @@ impl Splitter {
     pub fn path(&self) -> String {
         match self {
             Splitter::Gpt(_, name) => format!("fast:{name}"),
+            Splitter::O200k(_) => "fast:o200k".to_string(),
             Splitter::Regex(_) => "regex".to_string(),
         }
     }
@@ -433,6 +766,10 @@ impl Splitter {
     pub fn split<'t>(&self, text: &'t str, mut f: impl FnMut(&'t str)) -> Result<(), CoreError> {
         match self {
             Splitter::Gpt(s, _) => {
+                s.split(text, f);
+                Ok(())
+            }
+            Splitter::O200k(s) => {
                 s.split(text, f);
                 Ok(())
             }
@@ -458,9 +795,16 @@ impl Splitter {
 mod tests {
     use super::*;
 
+    /// Every pattern a scanner serves.
+    fn scanned() -> Vec<&'static str> {
+        let mut all: Vec<&str> = FAST_PATTERNS.iter().map(|p| p.0).collect();
+        all.push(O200K_PATTERN);
+        all
+    }
+
     fn pair(pattern: &str) -> (Splitter, Splitter) {
         let fast = Splitter::new(pattern).unwrap();
-        assert!(matches!(fast, Splitter::Gpt(..)), "{pattern}");
+        assert!(!matches!(fast, Splitter::Regex(..)), "{pattern}");
         (fast, Splitter::new_regex(pattern).unwrap())
     }
 
@@ -517,8 +861,11 @@ mod tests {
             "x\r\n\t ",
             "end \n\n",
             "y \n z",
+            "HELLOworld HelloWorld HELLO'S don'T ǅemal ʰa ABCʰ Ɐ\u{301}x",
+            "a/b //\n/ c\r\n/ ./\n\n x \u{301}\u{301}A \u{301}abc",
+            "'Ll 'VE 'ſ I'M\u{301}'re",
         ];
-        for (pattern, ..) in FAST_PATTERNS {
+        for pattern in scanned() {
             let splitters = pair(pattern);
             for t in cases {
                 check(&splitters, t);
@@ -530,7 +877,7 @@ mod tests {
     fn matches_regex_on_random_text() {
         // A small deterministic generator over an alphabet that hits every
         // class boundary the scanner handles.
-        let alphabet: Vec<char> = "aZ'sSdmtlLvVerR ſ\t\r\n\u{a0}\u{3000}09\u{663}\u{2167}.,!?-_\u{301}\u{1F600}\u{200D}日é\u{10400}\u{1D7CE}\u{85}\u{2028}"
+        let alphabet: Vec<char> = "aZ'sSdmtlLvVerR ſ\t\r\n\u{a0}\u{3000}09\u{663}\u{2167}.,!?-_/\u{301}\u{1F600}\u{200D}日é\u{10400}\u{1D7CE}\u{85}\u{2028}ǅʰÉ\u{1E900}\u{1E922}\u{16F93}"
             .chars()
             .collect();
         let mut state: u64 = 0x9E3779B97F4A7C15;
@@ -540,7 +887,7 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let splitters: Vec<_> = FAST_PATTERNS.iter().map(|p| pair(p.0)).collect();
+        let splitters: Vec<_> = scanned().into_iter().map(pair).collect();
         for _ in 0..5000 {
             let len = (next() % 24) as usize;
             let s: String = (0..len)
