@@ -148,6 +148,16 @@ def test_render_command(tokenizer, tmp_path):
     for i in (0, 17, 39):
         ids, mask = tokenizer.render_conversation(task[i], max_tokens=300)
         assert rendered[i][0].tolist() == list(ids) and rendered[i][1].tolist() == list(mask)
+    # --truncate turns: the rows render_shards(truncate="turns") writes.
+    split = tmp_path / "split"
+    assert main(["render", "spellingbee:size=40", str(split), "--tokenizer", str(tokdir),
+                 "--max-tokens", "24", "--truncate", "turns"]) == 0
+    direct = render_shards(task, tokenizer, tmp_path / "direct", max_tokens=24, truncate="turns",
+                           progress=False)
+    assert RenderedDataset(split).key == direct.key
+    for i in range(40):
+        a, b = RenderedDataset(split)[i], direct[i]
+        assert len(a) == 5 and all(np.array_equal(x, y) for x, y in zip(a, b)), i
 
 
 def _render_one(args):
@@ -204,3 +214,79 @@ def test_only_dead_writers_temporaries_are_removed(tokenizer, shards, tmp_path):
     for name in sorted(f for f in os.listdir(shards.out_dir) if f.startswith("shard-")):
         with open(tmp_path / name, "rb") as f, open(os.path.join(shards.out_dir, name), "rb") as g:
             assert f.read() == g.read(), name
+
+
+# ---------------------------------------------------------------- truncate="turns"
+
+TURNS_MODES = {
+    # name: (generator arguments, the row length the shards are split at)
+    "padded": (dict(mode="padded", batch_size=1, seq_len=63), 64),
+    "stream": (dict(mode="stream", batch_size=2, seq_len=32), 64),
+    "bestfit": (dict(mode="bestfit", batch_size=2, seq_len=63, buffer_size=4), 64),
+    "varlen": (dict(mode="varlen", batch_size=2, seq_len=48), 64),
+}
+
+
+@pytest.fixture(scope="module")
+def long_data():
+    import random
+
+    from test_datagen import make_long_conversation
+
+    rng = random.Random(5)
+    return [make_long_conversation(rng, giant=i == 3) for i in range(16)]
+
+
+@pytest.fixture(scope="module")
+def turns_shards(tokenizer, long_data, tmp_path_factory):
+    return render_shards(long_data, tokenizer, tmp_path_factory.mktemp("turns"), max_tokens=64,
+                         truncate="turns", rows_per_shard=5, progress=False)
+
+
+def test_turns_rows_are_the_generators_pieces(tokenizer, long_data, turns_shards):
+    # Each row holds the conversation's pieces as the packer splits them:
+    # the padded generator yields them one per row, in order.
+    gen = DataGenerator(long_data, tokenizer, batch_size=1, seq_len=63, mode="padded",
+                        truncate="turns", max_tokens=64, prefetch=0, output="numpy")
+    split = 0
+    for i in range(len(long_data)):
+        ids, mask, pieces, cut, lost = turns_shards[i]
+        assert pieces.sum() == len(ids) == len(mask) and (pieces <= 64).all()
+        split += len(pieces) > 1
+        at = 0
+        for n in pieces:
+            inputs, targets = next(gen)
+            assert inputs[0].tolist() == ids[at:at + n - 1].tolist(), (i, at)
+            want = np.where(mask[at + 1:at + n] == 1, ids[at + 1:at + n].astype(np.int64), -1)
+            assert targets[0].tolist() == want.tolist(), (i, at)
+            at += n
+    assert split >= 3  # the test data is long enough to split
+    assert sum(turns_shards[i][3] for i in range(len(long_data))) == gen.stats["exchanges_cut"] >= 1
+
+
+@pytest.mark.parametrize("mode", list(TURNS_MODES))
+@pytest.mark.parametrize("world", [1, 2])
+def test_turns_batches_equal_on_the_fly(tokenizer, long_data, turns_shards, mode, world):
+    args, row = TURNS_MODES[mode]
+    for rank in range(world):
+        kw = dict(args, output="numpy", max_tokens=row, truncate="turns", rank=rank,
+                  world_size=world)
+        ours, fly = DataGenerator(turns_shards, tokenizer, **kw), DataGenerator(long_data, tokenizer, **kw)
+        for x, y in zip(batches(ours, 12), batches(fly, 12)):
+            for u, v in zip(x, y):
+                np.testing.assert_array_equal(u, v)
+        for k in ("split", "exchanges_cut", "supervised_dropped"):
+            assert ours.stats[k] == fly.stats[k], k
+
+
+def test_turns_shards_need_their_row_length(tokenizer, turns_shards, shards):
+    # Pieces of 64 tokens do not fit rows of 49; tail shards are not split.
+    with pytest.raises(ValueError, match="max_tokens=49"):
+        DataGenerator(turns_shards, tokenizer, mode="bestfit", batch_size=2, seq_len=48,
+                      max_tokens=64, truncate="turns", output="numpy")
+    with pytest.raises(ValueError, match="truncate"):
+        DataGenerator(turns_shards, tokenizer, mode="bestfit", batch_size=2, seq_len=63,
+                      max_tokens=64, output="numpy")
+    with pytest.raises(ValueError, match="truncate"):
+        DataGenerator(shards, tokenizer, mode="stream", batch_size=2, seq_len=16,
+                      max_tokens=200, truncate="turns", output="numpy")

@@ -446,8 +446,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
     shards = render_shards(build_task(args.task, args.data_dir),
                            Tokenizer.from_directory(args.tokenizer), args.out_dir,
-                           max_tokens=args.max_tokens, rows_per_shard=args.rows_per_shard,
-                           num_proc=args.num_proc)
+                           max_tokens=args.max_tokens, truncate=args.truncate,
+                           rows_per_shard=args.rows_per_shard, num_proc=args.num_proc)
     print(f"{args.out_dir}: {len(shards)} conversations rendered (key {shards.key['hash'][:12]})")
     return 0
 
@@ -908,7 +908,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("out_dir", metavar="OUT_DIR", help="shard directory (resumed if there)")
     render.add_argument("--tokenizer", required=True, help="a convpack or nanochat tokenizer dir")
     render.add_argument("--data-dir", default=None, help="local data directory")
-    render.add_argument("--max-tokens", type=int, default=2048)
+    render.add_argument("--max-tokens", type=int, default=2048,
+                        help="tokens per conversation (with --truncate turns: per piece, the "
+                        "generator's row: seq_len + 1 for bestfit and padded)")
+    render.add_argument("--truncate", choices=("tail", "turns"), default="tail",
+                        help="cut a long conversation's end (tail) or split it at exchanges (turns)")
     render.add_argument("--rows-per-shard", type=int, default=16384)
     render.add_argument("--num-proc", type=int, default=1, help="processes (default 1)")
 

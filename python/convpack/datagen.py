@@ -377,6 +377,19 @@ class _Producer:
         return _Batch(slot, arrays, views, state, p.progress(), p.cache_stats())
 
 
+def _template_prepare(tokenizer: Any, template: Any) -> Optional[Callable[[Any], Any]]:
+    """What each conversation goes through before the packer renders it
+    with ``template`` (a Hugging Face vocabulary's NFC), or None. Raises
+    when the vocabulary's added-token rules cannot apply to a template's
+    render (here, not at the first batch)."""
+    if template is None or getattr(tokenizer, "_hf", None) is None:
+        return None
+    tokenizer._template_text(template, {"messages": []})
+    if tokenizer._hf.nfc:
+        return functools.partial(tokenizer._template_text, template)
+    return None
+
+
 def _core_tokenizer(tokenizer: Any) -> Any:
     """The core of a convpack ``Tokenizer``; a ``tiktoken.Encoding`` or an
     object holding one in ``.enc`` (nanochat's own tokenizer, as chat_sft's
@@ -631,17 +644,19 @@ class DataGenerator:
             max_seqs = None
         core_tok = _core_tokenizer(tokenizer)
         template = resolve_chat_format(tokenizer, chat_format)
-        prepare = None
-        if template is not None and getattr(tokenizer, "_hf", None) is not None:
-            # Refused here, not at the first batch, when the vocabulary's
-            # added-token rules cannot apply to a template's render.
-            tokenizer._template_text(template, {"messages": []})
-            if tokenizer._hf.nfc:
-                prepare = functools.partial(tokenizer._template_text, template)
+        prepare = _template_prepare(tokenizer, template)
         if isinstance(dataset, RenderedDataset):
             # Rows rendered ahead enter at the packer: they must be what this
             # generator would render.
             dataset.check(tokenizer, max_tokens, truncate, format_identity(template))
+            row = max_tokens
+            if mode in ("padded", "bestfit") and seq_len is not None:
+                row = min(max_tokens, seq_len + 1)
+            if truncate == "turns" and row != max_tokens:
+                raise ValueError(
+                    f"the shards in {dataset.out_dir} are split at turns into pieces of up to "
+                    f"max_tokens={max_tokens}, but this generator's rows hold {row} tokens: "
+                    f"render them with max_tokens={row} (and pass that here)")
         self.device = _resolve_device(device, output)
         # Memory taken before the first batch: the batches in flight (ring
         # slots or queued batches) and the best-fit buffer at its longest.

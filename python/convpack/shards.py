@@ -11,7 +11,12 @@ memory-mapped by ``DataGenerator`` (no rendering, only packing).
   ``index`` (uint64, the source index), ``length`` (uint32, tokens),
   ``ids`` (list of uint16 when the vocabulary fits, else uint32) and
   ``mask_runs`` (list of uint32: run lengths of the mask, alternating
-  0s and 1s, starting with the run of 0s).
+  0s and 1s, starting with the run of 0s). A render with
+  ``truncate="turns"`` splits each conversation at exchanges into pieces
+  of at most ``max_tokens`` (a ``DataGenerator``'s row) and adds
+  ``pieces`` (list of uint32: the pieces' lengths, which ``ids`` holds one
+  after another), ``cut`` (uint32: exchanges cut to the row on their own)
+  and ``lost`` (uint64: supervised tokens those cuts dropped).
 
 Each shard is written to a temporary name and renamed into place, so a render
 killed midway leaves only whole shards; rendering again with the same key
@@ -115,14 +120,24 @@ def _render_shard(s: int) -> int:
     n, per, out_dir = job["n"], job["rows_per_shard"], job["out_dir"]
     lo, hi = s * per, min(n, (s + 1) * per)
     dataset, tok = job["dataset"], job["tokenizer"]
-    ids, mask, offsets = tok.render_conversations(
-        (dataset[i] for i in range(lo, hi)), max_tokens=job["max_tokens"],
-        num_threads=job["num_threads"], chat_format=job["chat_format"])
+    pieces = None
+    if job["packer"] is not None:
+        # Split at turns exactly as a DataGenerator's packer splits.
+        prepare = job["prepare"]
+        items = [dataset[i] if prepare is None else prepare(dataset[i]) for i in range(lo, hi)]
+        ids, mask, piece_offsets, counts, cut, lost = job["packer"].render_rows(items, lo)
+        conv_pieces = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        offsets = piece_offsets[conv_pieces]
+        pieces = np.diff(piece_offsets).astype(np.uint32)
+    else:
+        ids, mask, offsets = tok.render_conversations(
+            (dataset[i] for i in range(lo, hi)), max_tokens=job["max_tokens"],
+            num_threads=job["num_threads"], chat_format=job["chat_format"])
     id_type = pa.uint16() if job["vocab_size"] <= 2**16 else pa.uint32()
     lengths = np.diff(offsets).astype(np.uint32)
     runs = [_mask_runs(mask[offsets[j]:offsets[j + 1]]) for j in range(hi - lo)]
     run_offsets = np.concatenate(([0], np.cumsum([r.size for r in runs]))).astype(np.int32)
-    table = pa.table({
+    columns = {
         "index": pa.array(np.arange(lo, hi, dtype=np.uint64)),
         "length": pa.array(lengths),
         "ids": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
@@ -131,7 +146,13 @@ def _render_shard(s: int) -> int:
             pa.array(run_offsets),
             pa.array(np.concatenate(runs) if runs else np.zeros(0, np.uint32),
                      type=pa.uint32())),
-    })
+    }
+    if pieces is not None:
+        columns["pieces"] = pa.ListArray.from_arrays(pa.array(conv_pieces.astype(np.int32)),
+                                                     pa.array(pieces, type=pa.uint32()))
+        columns["cut"] = pa.array(cut.astype(np.uint32))
+        columns["lost"] = pa.array(lost)
+    table = pa.table(columns)
     final = os.path.join(out_dir, f"shard-{s:05d}.parquet")
     tmp = final + _TMP_TAG + _writer_id()
     try:
@@ -205,6 +226,15 @@ def render_shards(
         num_threads: Rust threads per process (``None``: all, divided among
             the processes).
         progress: a tqdm bar over the conversations.
+        max_tokens: conversations are rendered truncated to this many
+            tokens; with ``truncate="turns"``, split at exchanges into pieces
+            of at most this many (pass the ``DataGenerator``'s row length:
+            ``seq_len + 1`` in ``padded`` and ``bestfit``, ``max_tokens`` in
+            ``stream`` and ``varlen``).
+        truncate: ``"tail"`` (cut a conversation's end off) or ``"turns"``
+            (split it at exchanges, as ``DataGenerator(truncate="turns")``
+            does; read back only by a generator whose rows are
+            ``max_tokens`` long).
         only: render just these shard numbers (``range(-(-len(dataset) //
             rows_per_shard))`` are all of them) and return ``None`` unless
             that completes the render: how a render is spread over machines
@@ -216,15 +246,11 @@ def render_shards(
 
     Raises:
         ValueError: ``out_dir`` holds shards of another key (naming the
-            fields that differ) or of another dataset length; a bad argument;
-            ``truncate`` other than ``"tail"`` (``"turns"`` splits rows at
-            the packer's row length, which shards do not know).
+            fields that differ) or of another dataset length; a bad argument.
         ConversationError: a bad conversation (its index in the message).
     """
-    if truncate != "tail":
-        raise ValueError(
-            f"shards are rendered with truncate='tail' (got {truncate!r}): 'turns' splits at the "
-            "packer's row length; render with DataGenerator(truncate='turns') on the fly instead")
+    if truncate not in ("tail", "turns"):
+        raise ValueError(f"shards are rendered with truncate 'tail' or 'turns', got {truncate!r}")
     if not isinstance(rows_per_shard, int) or rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be an int >= 1, got {rows_per_shard!r}")
     if not isinstance(num_proc, int) or num_proc < 1:
@@ -264,11 +290,21 @@ def render_shards(
     todo = [s for s in wanted
             if not os.path.exists(os.path.join(out_dir, f"shard-{s:05d}.parquet"))]
     from . import _core
+    from .datagen import _core_tokenizer, _template_prepare
 
     threads = num_threads or max(1, _core.max_threads() // num_proc)
+    packer = prepare = None
+    if truncate == "turns":
+        # A stream packer's pieces are max_tokens long; it only renders here.
+        packer = _core.Packer(
+            _core_tokenizer(tokenizer), "stream", batch_size=1, seq_len=max_tokens,
+            dataset_len=max(n, 1), rank=0, world_size=1, max_tokens=max_tokens,
+            num_threads=threads, truncate="turns",
+            chat_format=None if template is None else template._core)
+        prepare = _template_prepare(tokenizer, template)
     job = dict(n=n, rows_per_shard=rows_per_shard, out_dir=out_dir, dataset=dataset,
                tokenizer=tokenizer, max_tokens=max_tokens, num_threads=threads,
-               vocab_size=key["vocab_size"],
+               vocab_size=key["vocab_size"], packer=packer, prepare=prepare,
                chat_format=NANOCHAT if template is None else template)
     bar = None
     if progress:
@@ -317,7 +353,9 @@ class RenderedDataset:
     """Shards written by :func:`render_shards`, read memory-mapped
     (``pyarrow.parquet.read_table(memory_map=True)``, a few shards open at a
     time). ``dataset[i]`` is ``(ids uint32, mask uint8)``, the rendering of
-    conversation ``i``; ``DataGenerator`` packs these rows as they are.
+    conversation ``i`` (rendered with ``truncate="turns"``: ``(ids, mask,
+    pieces, cut, lost)``, its pieces' lengths and the split's counts);
+    ``DataGenerator`` packs these rows as they are.
 
     Raises ``ValueError`` when the directory holds no finished render."""
 
@@ -354,6 +392,10 @@ class RenderedDataset:
         runs = table.column("mask_runs").combine_chunks()
         entry = (ids.offsets.to_numpy(), ids.values.to_numpy().astype(np.uint32),
                  runs.offsets.to_numpy(), runs.values.to_numpy())
+        if "pieces" in table.column_names:
+            pieces = table.column("pieces").combine_chunks()
+            entry += (pieces.offsets.to_numpy(), pieces.values.to_numpy(),
+                      table.column("cut").to_numpy(), table.column("lost").to_numpy())
         self._open[s] = entry
         if len(self._open) > OPEN_SHARDS:
             self._open.popitem(last=False)
@@ -363,10 +405,15 @@ class RenderedDataset:
         if not isinstance(i, (int, np.integer)) or not 0 <= i < self.num_rows:
             raise IndexError(f"row {i!r} of {self.num_rows}")
         s, j = divmod(int(i), self.rows_per_shard)
-        offsets, ids, run_offsets, runs = self._shard(s)
+        entry = self._shard(s)
+        offsets, ids, run_offsets, runs = entry[:4]
         row = ids[offsets[j]:offsets[j + 1]]
         mask = _runs_to_mask(runs[run_offsets[j]:run_offsets[j + 1]])
-        return row, mask
+        if len(entry) == 4:
+            return row, mask
+        piece_offsets, pieces, cut, lost = entry[4:]
+        return (row, mask, pieces[piece_offsets[j]:piece_offsets[j + 1]], int(cut[j]),
+                int(lost[j]))
 
     def check(self, tokenizer: Any, max_tokens: int, truncate: str,
               chat_format: Any = CHAT_FORMAT) -> None:

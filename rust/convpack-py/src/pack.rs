@@ -234,7 +234,7 @@ impl PyPacker {
                 // A row rendered ahead of time (`RenderedDataset`): it enters
                 // at the packer, like a conversation the cache held.
                 slots.push(match self.rendered_row(row) {
-                    Ok(r) => Slot::Cached(Turns::from(r)),
+                    Ok(t) => Slot::Cached(t),
                     Err(e) => {
                         Slot::Failed(ConversationError::new(None, e).with_conversation(index))
                     }
@@ -254,15 +254,70 @@ impl PyPacker {
         Ok((slots, specs, rich))
     }
 
-    /// `(ids uint32, mask uint8)` arrays of a rendered row, checked against
-    /// this packer's vocabulary and `max_tokens`; the error is the rule broken.
-    fn rendered_row(&self, row: &Bound<'_, PyTuple>) -> Result<Rendered, String> {
-        if row.len() != 2 {
+    /// A rendered row: `(ids uint32, mask uint8)` arrays, or for a
+    /// conversation split at turns `(ids, mask, pieces, cut, lost)` with
+    /// `pieces` the pieces' lengths (uint32) and the split's counts (see
+    /// `Turns`); checked against this packer's vocabulary, `max_tokens` and
+    /// piece limit. The error is the rule broken.
+    fn rendered_row(&self, row: &Bound<'_, PyTuple>) -> Result<Turns, String> {
+        let split = self.inner.config().split_turns;
+        match (row.len(), split) {
+            (2, false) => self.rendered_ids(row, self.max_tokens).map(Turns::from),
+            (5, true) => self.rendered_pieces(row),
+            (2 | 5, _) => Err(format!(
+                "a row rendered {} reached a packer that {}",
+                if row.len() == 2 { "whole" } else { "in pieces (truncate='turns')" },
+                if split { "splits at turns" } else { "does not split at turns" }
+            )),
+            (n, _) => Err(format!(
+                "a rendered row is (ids, mask) or (ids, mask, pieces, cut, lost), got a tuple of {n}"
+            )),
+        }
+    }
+
+    fn rendered_pieces(&self, row: &Bound<'_, PyTuple>) -> Result<Turns, String> {
+        let limit = self.inner.piece_limit();
+        let whole = self.rendered_ids(row, usize::MAX)?;
+        let item = |i: usize| row.get_item(i).map_err(|e| e.to_string());
+        let lengths = item(2)?
+            .cast::<PyArray1<u32>>()
+            .map_err(|_| "rendered piece lengths must be a uint32 numpy array".to_string())?
+            .to_vec()
+            .map_err(|e| e.to_string())?;
+        let count = |i: usize, what: &str| -> Result<u64, String> {
+            item(i)?
+                .extract::<u64>()
+                .map_err(|_| format!("a rendered row's {what} must be an int >= 0"))
+        };
+        let (cut, lost) = (count(3, "cut")?, count(4, "lost")?);
+        let total: u64 = lengths.iter().map(|&l| l as u64).sum();
+        if total != whole.ids.len() as u64 {
             return Err(format!(
-                "a rendered row is (ids, mask), got a tuple of {}",
-                row.len()
+                "rendered pieces of {total} tokens in all, but {} ids",
+                whole.ids.len()
             ));
         }
+        if let Some(&l) = lengths.iter().find(|&&l| l == 0 || l as usize > limit) {
+            return Err(format!(
+                "a rendered piece of {l} tokens; pieces are 1 to {limit} tokens (this packer's row)"
+            ));
+        }
+        let mut pieces = Vec::with_capacity(lengths.len());
+        let mut at = 0;
+        for l in lengths {
+            let end = at + l as usize;
+            pieces.push(Rendered {
+                ids: whole.ids[at..end].to_vec(),
+                mask: whole.mask[at..end].to_vec(),
+            });
+            at = end;
+        }
+        Ok(Turns { pieces, cut, lost })
+    }
+
+    /// The `(ids, mask)` arrays at the start of a rendered row, at most
+    /// `max_len` long.
+    fn rendered_ids(&self, row: &Bound<'_, PyTuple>, max_len: usize) -> Result<Rendered, String> {
         let array = |i: usize| row.get_item(i).map_err(|e| e.to_string());
         let ids = array(0)?;
         let ids = ids
@@ -279,7 +334,7 @@ impl PyPacker {
         if ids.len() != mask.len() {
             return Err(format!("{} ids but {} mask values", ids.len(), mask.len()));
         }
-        if ids.len() > self.max_tokens {
+        if ids.len() > max_len {
             return Err(format!(
                 "a rendered row of {} tokens, above max_tokens {}",
                 ids.len(),
@@ -508,6 +563,70 @@ impl PyPacker {
             Some(c) => indices.iter().map(|&i| c.contains(i)).collect(),
             None => vec![false; indices.len()],
         }
+    }
+
+    /// Renders `conversations` (dataset rows `first`, `first + 1`, ...)
+    /// as this packer would, without packing them: `(ids uint32, mask
+    /// uint8, piece_offsets int64, pieces uint32, cut uint64, lost uint64)`,
+    /// where conversation `j` is `pieces[j]` consecutive pieces, piece `k`
+    /// is `ids[piece_offsets[k]:piece_offsets[k + 1]]`, and `cut`/`lost` are
+    /// its split's counts. For rendering shards ahead of time. Raises the
+    /// first bad conversation's `ConversationError`.
+    #[allow(clippy::type_complexity)]
+    fn render_rows<'py>(
+        &mut self,
+        py: Python<'py>,
+        conversations: Bound<'py, PyAny>,
+        first: usize,
+    ) -> PyResult<(
+        Bound<'py, PyArray1<u32>>,
+        Bound<'py, PyArray1<u8>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<u32>>,
+        Bound<'py, PyArray1<u64>>,
+        Bound<'py, PyArray1<u64>>,
+    )> {
+        let items: Vec<Bound<'_, PyAny>> = conversations.try_iter()?.collect::<PyResult<_>>()?;
+        let indices: Vec<usize> = (first..first + items.len()).collect();
+        let mut arena = Arena::default();
+        let (slots, specs, rich) = self.extract(&mut arena, &items, &indices)?;
+        let convs: Vec<Conversation<Cow<'_, str>>> = specs.iter().map(|s| arena.view(s)).collect();
+        let job = self.job();
+        let mut rendered = detached(py, "rendering", || job.run(&convs, &rich))?.into_iter();
+        let (mut ids, mut mask, mut offsets) = (Vec::new(), Vec::new(), vec![0i64]);
+        let (mut pieces, mut cut, mut lost) = (Vec::new(), Vec::new(), Vec::new());
+        for (slot, &index) in slots.into_iter().zip(&indices) {
+            let turns = match slot {
+                Slot::Cached(t) => t,
+                Slot::Failed(e) => return Err(crate::errors::conversation_error(py, &e)),
+                Slot::Render => match rendered.next() {
+                    Some(Ok(t)) => t,
+                    Some(Err(e)) => {
+                        return Err(crate::errors::conversation_error(
+                            py,
+                            &e.with_conversation(index),
+                        ))
+                    }
+                    None => return Err(PyRuntimeError::new_err("internal: missing rendering")),
+                },
+            };
+            pieces.push(turns.pieces.len() as u32);
+            cut.push(turns.cut);
+            lost.push(turns.lost);
+            for p in &turns.pieces {
+                ids.extend_from_slice(&p.ids);
+                mask.extend_from_slice(&p.mask);
+                offsets.push(ids.len() as i64);
+            }
+        }
+        Ok((
+            PyArray1::from_vec(py, ids),
+            PyArray1::from_vec(py, mask),
+            PyArray1::from_vec(py, offsets),
+            PyArray1::from_vec(py, pieces),
+            PyArray1::from_vec(py, cut),
+            PyArray1::from_vec(py, lost),
+        ))
     }
 
     /// Renders the conversations fetched for `wanted` (in that order); None
