@@ -669,7 +669,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import convpack
 
     from .bench.baseline import PythonRenderer, bestfit_batches, padded_batches, stream_batches
-    from .bench.common import compare, cpu_count, fresh_copy, tiktoken_twin
+    from .bench.common import compare, cpu_count, cold_cache, tiktoken_twin
     from .bench.texts import iter_texts
 
     started = time.perf_counter()
@@ -726,10 +726,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         for i, e in enumerate(expected)
     )
 
-    # Best of three alternating rounds, convpack with a fresh copy of the
-    # tokenizer each time (no piece cache carried over from the last round).
+    # Best of three alternating rounds, convpack's piece cache emptied each
+    # time (nothing carried over from the last round).
     def render_all() -> Any:
-        tok = fresh_copy(tokenizer)
+        tok = cold_cache(tokenizer)
         return lambda: tok.render_conversations(convs, num_threads=threads)
 
     ours_rate, py_rate = compare(
@@ -777,7 +777,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             # padded is nanochat's SFT collate: rows as long as the batch's longest.
             gen = generator_cls(
                 convs,
-                fresh_copy(tokenizer),
+                cold_cache(tokenizer),
                 batch_size=batch_size,
                 seq_len=None if mode == "padded" else seq_len,
                 mode=mode,

@@ -14,7 +14,7 @@ __all__ = [
     "check_identical",
     "compare",
     "cpu_count",
-    "fresh_copy",
+    "cold_cache",
     "interleaved",
     "note",
     "row",
@@ -112,7 +112,8 @@ def interleaved(makers: dict, amount: float, repeats: int, warmup: bool = True) 
 
     Args:
         makers: ``{name: make}``; ``make()`` returns the callable to time
-            (built over fresh state: an empty piece cache, a new object).
+            (built over fresh state: convpack's piece cache emptied, see
+            ``cold_cache``).
         amount: the work one call does (MB, conversations).
         repeats: rounds (at least 1).
         warmup: make the warm-up calls (a smoke run leaves them out).
@@ -165,15 +166,27 @@ def tiktoken_twin(tokenizer: Any, name: str = "convpack-twin") -> Any:
     return to_tiktoken(tokenizer, name)
 
 
-def fresh_copy(tokenizer: Any) -> Any:
-    """The same tokenizer as a new object (its own, empty, piece cache).
+def cold_cache(tokenizer: Any) -> Any:
+    """``tokenizer`` with nothing remembered of the text before: the text
+    timed next is new to it, as at the start of a run.
+
+    A ``convpack.Tokenizer`` is returned itself after every thread's piece
+    cache is emptied (its tables stay as a running encoder has them, as the
+    baselines' do between rounds). Any other encoder is copied through
+    pickle (a new object with whatever caches it keeps empty).
 
     Args:
-        tokenizer: a picklable ``convpack.Tokenizer``.
+        tokenizer: a ``convpack.Tokenizer``, or a picklable encoder.
 
     Returns:
-        A new ``Tokenizer`` with the same ranks, pattern and special tokens.
+        The tokenizer to time.
     """
+    from .. import _core
+    from ..tokenizer import Tokenizer
+
+    if isinstance(tokenizer, Tokenizer):
+        _core.forget_pieces()
+        return tokenizer
     return pickle.loads(pickle.dumps(tokenizer))
 
 

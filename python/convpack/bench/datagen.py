@@ -42,8 +42,8 @@ pure-Python generator over the same already rendered ids. The unit is GB/s
 of batch written (inputs + targets; ``varlen`` adds ``cu_seqlens`` and
 ``position_ids``).
 
-Each timed round builds its generator over a freshly built convpack
-tokenizer (an empty piece cache); construction is outside the timing.
+Each timed round builds its generator with convpack's piece cache emptied
+(the text is new to it); construction is outside the timing.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ import warnings
 from collections.abc import Callable, Iterator
 
 from .baseline import PythonRenderer, bestfit_batches, padded_batches, stream_batches
-from .common import BenchmarkMismatch, cl100k_path, cpu_count, fresh_copy, row, tiktoken_twin
+from .common import BenchmarkMismatch, cl100k_path, cpu_count, cold_cache, row, tiktoken_twin
 from .texts import smoltalk_like_conversations
 
 __all__ = ["run", "settings", "MODES"]
@@ -193,7 +193,7 @@ def _end_to_end(convs, tokenizer, python, s, threads) -> list:
         tokens = sum(batch[0].numel() for batch in expected)
 
         def ours(t, prefetch, mode=mode, overflow=overflow):
-            gen = _generator(convs, fresh_copy(tokenizer), s, mode, overflow, t, prefetch)
+            gen = _generator(convs, cold_cache(tokenizer), s, mode, overflow, t, prefetch)
             return (lambda: _take(gen, n)), gen.close
 
         def baseline(mode=mode, overflow=overflow):
@@ -235,7 +235,7 @@ def _varlen(convs, tokenizer, s, threads) -> list:
     for t in sorted({1, threads}):
 
         def make(t=t):
-            gen = _generator(convs, fresh_copy(tokenizer), s, "varlen", "pad", t, 0)
+            gen = _generator(convs, cold_cache(tokenizer), s, "varlen", "pad", t, 0)
             return (lambda: _take(gen, n)), gen.close
 
         gen = _generator(convs, tokenizer, s, "varlen", "pad", t, 0)
@@ -271,7 +271,7 @@ def _cache_epochs(convs, tokenizer, s) -> list:
 
     def make(cache):
         return convpack.DataGenerator(
-            convs, fresh_copy(tokenizer), batch_size=s["batch_size"], seq_len=s["seq_len"],
+            convs, cold_cache(tokenizer), batch_size=s["batch_size"], seq_len=s["seq_len"],
             mode="bestfit", buffer_size=BUFFER_SIZE, device="cpu", rank=0, world_size=1,
             prefetch=0, num_threads=1, cache=cache)
 

@@ -31,8 +31,8 @@ document by document, with tiktoken's ``encode_ordinary`` on each text. An
 encoder that differs is still timed and its cell is marked with the number
 of documents that differ; one that raises is not timed and its cell says
 why. convpack differing is an error (``BenchmarkMismatch``). Each round
-times every encoder once, one after the other (convpack on a fresh copy: an
-empty piece cache); best of 5 rounds. Figures are x tiktoken in the same
+times every encoder once, one after the other (convpack with its piece
+cache emptied, other encoders copied through pickle); best of 5 rounds. Figures are x tiktoken in the same
 form and thread count (MB/s of UTF-8 input in the rows).
 """
 
@@ -49,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .common import BenchmarkMismatch, cl100k_path, cpu_count, fresh_copy, interleaved, note
+from .common import BenchmarkMismatch, cl100k_path, cpu_count, cold_cache, interleaved, note
 from .texts import CORPORA, corpus
 
 __all__ = ["PEERS", "Peer", "run"]
@@ -160,9 +160,9 @@ def _batch_ids(method: str, **kwargs) -> Callable:
 
 
 def _convpack_make(method: str, threads_kw: bool = True) -> Callable:
-    # A fresh copy per round: an empty piece cache, the text new to it.
+    # An empty piece cache per round: the text new to it.
     def make(enc, docs, threads):
-        call = getattr(fresh_copy(enc), method)
+        call = getattr(cold_cache(enc), method)
         if method == "encode" and threads is None:
             return lambda: [call(d) for d in docs]
         return lambda: call(docs, num_threads=threads)

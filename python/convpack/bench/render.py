@@ -21,7 +21,7 @@ piece cache). The unit is conversations per second.
 from __future__ import annotations
 
 from .baseline import PythonRenderer
-from .common import check_identical, cl100k_path, compare, cpu_count, fresh_copy, row, tiktoken_twin
+from .common import check_identical, cl100k_path, compare, cpu_count, cold_cache, row, tiktoken_twin
 from .texts import mmlu_like_conversations, smoltalk_like_conversations, spellingbee_conversations
 
 __all__ = ["run", "datasets"]
@@ -96,11 +96,11 @@ def run(quick: bool = False) -> list[dict]:
             return [python.render_conversation(c) for c in convs]
 
         def one_by_one(convs=convs):
-            tok = fresh_copy(tokenizer)
+            tok = cold_cache(tokenizer)
             return lambda: [tok.render_conversation(c) for c in convs]
 
         def batched(t, convs=convs):
-            tok = fresh_copy(tokenizer)
+            tok = cold_cache(tokenizer)
             return lambda: tok.render_conversations(convs, num_threads=t)
 
         cases = [("one by one", 1, one_by_one)]

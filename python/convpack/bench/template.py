@@ -19,8 +19,8 @@ long (SmolTalk-like, about 4.7 messages of about 845 characters, some with
 a system message). convpack's ids are checked identical to
 ``apply_chat_template``'s for every conversation before anything is timed
 (no truncation: ``max_tokens`` is larger than any conversation). Each round
-times every side once (convpack on a fresh copy of the tokenizer: an empty
-piece cache); best of 5 rounds. The unit is conversations per second.
+times every side once (convpack with its piece cache
+emptied); best of 5 rounds. The unit is conversations per second.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import os
 from typing import Optional
 
 from .chat_templates import TEMPLATES
-from .common import check_identical, cpu_count, fresh_copy, interleaved, note, row
+from .common import check_identical, cpu_count, cold_cache, interleaved, note, row
 from .hf_files import built_directory, family_available
 from .texts import mmlu_like_conversations, smoltalk_like_conversations
 
@@ -118,12 +118,12 @@ def _rows(family, name, convs, hf, tokenizer, fmt, threads, repeats, warmup) -> 
         check_identical(f"{what}, render_conversations on {t} threads", got, expected)
 
     def one_by_one():
-        render = fresh_copy(tokenizer).render_conversation
+        render = cold_cache(tokenizer).render_conversation
         return lambda: [render(c, MAX_TOKENS, chat_format=fmt) for c in convs]
 
     def batched(t):
         def make():
-            tok = fresh_copy(tokenizer)
+            tok = cold_cache(tokenizer)
             return lambda: tok.render_conversations(
                 convs, MAX_TOKENS, num_threads=t, chat_format=fmt
             )

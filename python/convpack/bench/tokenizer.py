@@ -16,8 +16,8 @@ prose, source code and multilingual text (see ``convpack.bench.texts``):
   num_threads=N)``: no Python int per token) against the same tiktoken batch.
 
 The ids are checked to be identical before anything is timed. Each timed
-round is one pass over the text with a freshly built convpack tokenizer (an
-empty piece cache: the text is new to it). The one-thread figures (through
+round is one pass over the text with convpack's piece cache emptied first
+(the text is new to it; its tables stay warm, as tiktoken's do). The one-thread figures (through
 Python, the Rust encoder alone, tiktoken) are timed in the same rounds, one
 after the other, on the same documents with a cold piece cache on both
 convpack sides, so that the share kept through Python compares like with
@@ -31,7 +31,7 @@ import functools
 import time
 
 from .._encodings import NAMED_ENCODINGS
-from .common import check_identical, cl100k_path, compare, cpu_count, fresh_copy, row
+from .common import check_identical, cl100k_path, compare, cpu_count, cold_cache, row
 from .texts import CORPORA, corpus
 
 __all__ = ["run"]
@@ -142,7 +142,7 @@ def _add_row(
 
 def against_batch(method: str, ours, enc, docs: list, n: int, mb: float, repeats: int) -> tuple:
     """``(ours, tiktoken)`` in MB/s: ``tokenizer.<method>(docs, num_threads=n)``
-    on a fresh copy of ``ours`` each round (an empty piece cache) against
+    on ``ours`` with its piece cache emptied each round against
     ``enc.encode_ordinary_batch(docs, num_threads=n)``.
 
     Args:
@@ -159,7 +159,7 @@ def against_batch(method: str, ours, enc, docs: list, n: int, mb: float, repeats
     """
 
     def make():
-        call = getattr(fresh_copy(ours), method)
+        call = getattr(cold_cache(ours), method)
         return lambda: call(docs, num_threads=n)
 
     return compare(make, lambda: enc.encode_ordinary_batch(docs, num_threads=n), mb, repeats)
@@ -169,7 +169,7 @@ def one_thread(ours, enc, docs: list, mb: float, repeats: int) -> tuple:
     """One-thread throughputs in MB/s: ``(through Python, Rust alone, tiktoken)``.
 
     Each round times, one after the other, ``tokenizer.encode(doc)`` per
-    document on a fresh copy of ``ours``, the Rust encoder alone on the same
+    document on ``ours`` (piece cache emptied), the Rust encoder alone on the same
     documents (a fresh piece cache too, no Python object made), and
     ``enc.encode_ordinary(doc)``; the best round of each counts.
 
@@ -186,7 +186,7 @@ def one_thread(ours, enc, docs: list, mb: float, repeats: int) -> tuple:
     [enc.encode_ordinary(d) for d in docs]  # warm-up: imports, allocator
     best_py = best_rust = best_tt = float("inf")
     for _ in range(max(1, repeats)):
-        encode = fresh_copy(ours).encode
+        encode = cold_cache(ours).encode
         start = time.perf_counter()
         [encode(d) for d in docs]
         best_py = min(best_py, time.perf_counter() - start)

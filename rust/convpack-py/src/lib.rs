@@ -753,11 +753,19 @@ fn max_threads() -> usize {
     convpack_core::parallel::max_threads()
 }
 
+/// Every thread's piece cache starts over at its next piece (benchmarks:
+/// text new to the encoder, with the tables as a running encoder has them).
+#[pyfunction]
+fn forget_pieces() {
+    convpack_core::bpe::forget_pieces()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
     m.add_class::<PyBpeTrainer>()?;
     m.add_function(wrap_pyfunction!(max_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(forget_pieces, m)?)?;
     pack::register(m)?;
     template::register(m)?;
     hf::register(m)?;
