@@ -324,3 +324,26 @@ def test_directory_chat_template_renders_as_transformers(hf_dir, family):
         for m in messages:
             if m["role"] == "assistant":
                 assert unicodedata.normalize("NFC", m["content"].strip()) in unicodedata.normalize("NFC", trained)
+
+
+def test_nfc_deep_normalises_copies_and_keeps_what_is_normalised():
+    from convpack.hf import nfc_deep
+
+    def reference(v):
+        if isinstance(v, str):
+            return unicodedata.normalize("NFC", v)
+        if isinstance(v, dict):
+            return {k: reference(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(reference(x) for x in v) if isinstance(v, list) else tuple(reference(x) for x in v)
+        return v
+
+    plain = {"messages": [{"role": "user", "content": "caf\u00e9"}, {"role": "assistant", "content": "ok"}]}
+    assert nfc_deep(plain) is plain
+    odd = {"messages": [{"role": "user", "content": "cafe\u0301", "n": 3},
+                        {"role": "assistant", "content": ["x", ("a\u0301", 1)]}], "tools": None}
+    before = json.dumps(odd)
+    got = nfc_deep(odd)
+    assert got == reference(odd) and got is not odd
+    assert json.dumps(odd) == before  # the caller's objects are unchanged
+    assert got["messages"][1]["content"][1] == ("\u00e1", 1)

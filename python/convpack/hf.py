@@ -21,6 +21,7 @@ ids of ``tokenizers`` (the oracle) are never silently replaced by others.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -128,27 +129,50 @@ class HfVocabulary:
         )
 
 
-    @property
+    @functools.cached_property
     def rule_tokens(self) -> list:
-        """The added tokens with ``lstrip``/``rstrip``/``single_word`` rules."""
+        """The added tokens with ``lstrip``/``rstrip``/``single_word`` rules
+        (asked on every templated render: worked out once)."""
         return [t for t in self.added if t.lstrip or t.rstrip or t.single_word]
 
 
 def nfc_deep(value: Any) -> Any:
     """``value`` with every str in it (through dicts, lists and tuples) in
     NFC; the caller's objects are never changed, and a value already in NFC is
-    returned as it is."""
+    returned as it is (asked per templated render: strs are checked inline,
+    and nothing is copied unless one changes)."""
     if isinstance(value, str):
-        return value if unicodedata.is_normalized("NFC", value) else unicodedata.normalize("NFC", value)
+        return value if _is_nfc("NFC", value) else unicodedata.normalize("NFC", value)
     if isinstance(value, dict):
-        out = {k: nfc_deep(v) for k, v in value.items()}
-        return value if all(out[k] is value[k] for k in value) else out
+        out = None
+        for k, v in value.items():
+            if type(v) is str:
+                if _is_nfc("NFC", v):
+                    continue
+                new = unicodedata.normalize("NFC", v)
+            else:
+                new = nfc_deep(v)
+                if new is v:
+                    continue
+            if out is None:
+                out = dict(value)
+            out[k] = new
+        return value if out is None else out
     if isinstance(value, (list, tuple)):
-        items = [nfc_deep(v) for v in value]
-        if all(a is b for a, b in zip(items, value)):
+        items = None
+        for i, v in enumerate(value):
+            new = (v if _is_nfc("NFC", v) else unicodedata.normalize("NFC", v)) if type(v) is str else nfc_deep(v)
+            if new is not v:
+                if items is None:
+                    items = list(value)
+                items[i] = new
+        if items is None:
             return value
         return items if isinstance(value, list) else tuple(items)
     return value
+
+
+_is_nfc = unicodedata.is_normalized
 
 
 def _fail(path: str, component: str, what: str) -> HfTokenizerError:

@@ -829,15 +829,17 @@ class Tokenizer:
         """
         if template is None or self._hf is None:
             return conversation
-        from . import hf
-
         if self._hf.rule_tokens:
             raise ValueError(
                 f"{self._hf.path}: the added tokens "
                 + ", ".join(repr(t.content) for t in self._hf.rule_tokens[:3])
                 + " have lstrip/rstrip/single_word rules, which chat-template rendering does not "
                 "apply; render with nanochat's format or encode the template's text with encode()")
-        return hf.nfc_deep(conversation) if self._hf.nfc else conversation
+        if not self._hf.nfc:
+            return conversation
+        from . import hf
+
+        return hf.nfc_deep(conversation)
 
     def _check_nanochat_format(self) -> None:
         missing = [t for t in CHAT_SPECIAL_TOKENS if t not in self._special_ids]
