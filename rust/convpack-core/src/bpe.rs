@@ -898,6 +898,42 @@ impl Tokenizer {
         crate::parallel::map_chunked(texts, num_threads, |t| self.encode_allowed(t, allowed))
     }
 
+    /// The automaton finding every occurrence of every special token,
+    /// overlapping ones included (built on first use; `None` if it cannot be).
+    fn every_special(&self) -> Option<&AhoCorasick> {
+        self.special_occurrences
+            .get_or_init(|| {
+                AhoCorasickBuilder::new()
+                    .match_kind(MatchKind::Standard)
+                    .build(self.specials.iter().map(|s| s.0.as_bytes()))
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// The special tokens that occur in `text` (anywhere, overlapping ones
+    /// too), each once, in the order of their first occurrence.
+    pub fn specials_in(&self, text: &str) -> Vec<&str> {
+        let mut found: Vec<&str> = Vec::new();
+        match self.every_special() {
+            Some(every) => {
+                for m in every.find_overlapping_iter(text) {
+                    let name = self.specials[m.pattern().as_usize()].0.as_str();
+                    if !found.contains(&name) {
+                        found.push(name);
+                    }
+                }
+            }
+            None => found.extend(
+                self.specials
+                    .iter()
+                    .map(|s| s.0.as_str())
+                    .filter(|name| text.contains(name)),
+            ),
+        }
+        found
+    }
+
     /// A special token that is not allowed and occurs in `text` (anywhere,
     /// also inside or across an allowed one, as tiktoken's check finds it).
     fn disallowed_special_in(&self, text: &str, allowed: &AllowedSpecials) -> Option<&str> {
@@ -911,13 +947,7 @@ impl Tokenizer {
                 .find(text)
                 .map(|m| self.specials[m.pattern().as_usize()].0.as_str());
         }
-        let every = self.special_occurrences.get_or_init(|| {
-            AhoCorasickBuilder::new()
-                .match_kind(MatchKind::Standard)
-                .build(self.specials.iter().map(|s| s.0.as_bytes()))
-                .ok()
-        });
-        let found = match every {
+        let found = match self.every_special() {
             Some(every) => every
                 .find_overlapping_iter(text)
                 .map(|m| &self.specials[m.pattern().as_usize()])

@@ -663,6 +663,7 @@ impl ChatTemplate {
     /// header) is trained too, as the model generates it after that opener.
     fn text_and_spans(
         &self,
+        tok: &Tokenizer,
         conv: &TemplateConversation,
         messages: &[usize],
         specials: &[&str],
@@ -764,14 +765,7 @@ impl ChatTemplate {
         let openers: Vec<(&str, Vec<&str>)> = [&self.opener, &self.default_opener]
             .into_iter()
             .flatten()
-            .map(|g| {
-                let held: Vec<&str> = specials
-                    .iter()
-                    .copied()
-                    .filter(|sp| g.contains(sp))
-                    .collect();
-                (g.as_str(), held)
-            })
+            .map(|g| (g.as_str(), tok.specials_in(g)))
             .filter(|(_, held)| !held.is_empty())
             .collect();
         for (k, &(_, i)) in assistant.iter().enumerate() {
@@ -876,7 +870,7 @@ impl ChatTemplate {
         messages: &[usize],
     ) -> Result<Rendered, ConversationError> {
         let specials: Vec<&str> = tok.specials().iter().map(|(s, _)| s.as_str()).collect();
-        let (text, spans) = self.text_and_spans(conv, messages, &specials)?;
+        let (text, spans) = self.text_and_spans(tok, conv, messages, &specials)?;
         let last = messages
             .iter()
             .copied()
