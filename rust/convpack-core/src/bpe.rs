@@ -505,6 +505,8 @@ pub struct Tokenizer {
     special_occurrences: OnceLock<Option<AhoCorasick>>,
     /// One more than the largest id (ordinary or special).
     vocab_size: usize,
+    /// Bytes of the longest special token.
+    max_special_len: usize,
     pattern: String,
     splitter: Splitter,
     /// A `tokenizer.json` merges list to merge by instead of by rank (see
@@ -686,6 +688,7 @@ impl Tokenizer {
             .max()
             .unwrap_or(0)
             .max(ranks.len());
+        let max_special_len = specials.iter().map(|s| s.0.len()).max().unwrap_or(0);
         let special_matcher = if specials.is_empty() {
             None
         } else {
@@ -709,6 +712,7 @@ impl Tokenizer {
             special_matcher,
             special_occurrences: OnceLock::new(),
             vocab_size,
+            max_special_len,
             pattern: pattern.to_string(),
             splitter,
             merge_list: None,
@@ -932,6 +936,44 @@ impl Tokenizer {
             ),
         }
         found
+    }
+
+    /// Length of the longest special token `bytes` starts with.
+    pub fn longest_special_starting(&self, bytes: &[u8]) -> Option<usize> {
+        let window = &bytes[..bytes.len().min(self.max_special_len)];
+        self.longest_special_where(window, |start, _| start == 0)
+    }
+
+    /// Length of the longest special token `bytes` ends with.
+    pub fn longest_special_ending(&self, bytes: &[u8]) -> Option<usize> {
+        let window = &bytes[bytes.len().saturating_sub(self.max_special_len)..];
+        let n = window.len();
+        self.longest_special_where(window, |_, end| end == n)
+    }
+
+    fn longest_special_where(
+        &self,
+        window: &[u8],
+        keep: impl Fn(usize, usize) -> bool,
+    ) -> Option<usize> {
+        match self.every_special() {
+            Some(every) => every
+                .find_overlapping_iter(window)
+                .filter(|m| keep(m.start(), m.end()))
+                .map(|m| m.len())
+                .max(),
+            None => self
+                .specials
+                .iter()
+                .map(|s| s.0.as_bytes())
+                .filter(|sp| {
+                    window.len() >= sp.len()
+                        && (keep(0, sp.len()) && window.starts_with(sp)
+                            || keep(window.len() - sp.len(), window.len()) && window.ends_with(sp))
+                })
+                .map(<[u8]>::len)
+                .max(),
+        }
     }
 
     /// A special token that is not allowed and occurs in `text` (anywhere,

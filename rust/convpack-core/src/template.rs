@@ -177,6 +177,8 @@ impl TemplateConversation {
             if let Some(c) = m
                 .content
                 .as_deref()
+                // The marks are U+E0xx, UTF-8 0xEE 0x80 ..: most texts have no 0xEE byte.
+                .filter(|t| t.as_bytes().contains(&0xEE))
                 .and_then(|t| t.chars().find(|c| marks.contains(c)))
             {
                 return Err(ConversationError::at_message(
@@ -666,7 +668,6 @@ impl ChatTemplate {
         tok: &Tokenizer,
         conv: &TemplateConversation,
         messages: &[usize],
-        specials: &[&str],
     ) -> Result<(String, Vec<(usize, Span)>), ConversationError> {
         let base: Vec<Value> = messages
             .iter()
@@ -746,12 +747,13 @@ impl ChatTemplate {
                 ));
             }
             let (a, b) = changed(&one, &real);
+            let specials: Vec<&str> = tok.specials().iter().map(|(s, _)| s.as_str()).collect();
             // A special token the two renders spell differently (`<|call|>`
             // for `<|end|>`) is one token: the range starts where it starts,
             // and one at its end is left to the end-of-turn policy.
             let (a, b) = (
-                special_start(&real, a, specials),
-                special_start(&real, b, specials),
+                special_start(&real, a, &specials),
+                special_start(&real, b, &specials),
             );
             let b = b.max(a);
             if first.is_some() || b > a {
@@ -869,8 +871,7 @@ impl ChatTemplate {
         conv: &TemplateConversation,
         messages: &[usize],
     ) -> Result<Rendered, ConversationError> {
-        let specials: Vec<&str> = tok.specials().iter().map(|(s, _)| s.as_str()).collect();
-        let (text, spans) = self.text_and_spans(tok, conv, messages, &specials)?;
+        let (text, spans) = self.text_and_spans(tok, conv, messages)?;
         let last = messages
             .iter()
             .copied()
@@ -883,21 +884,13 @@ impl ChatTemplate {
             if self.generation {
                 if !self.policy.end_of_turn {
                     // The block's closing special token, if it ends with one.
-                    if let Some(sp) = specials
-                        .iter()
-                        .filter(|sp| text[s..e].ends_with(**sp))
-                        .max_by_key(|sp| sp.len())
-                    {
-                        e -= sp.len();
+                    if let Some(n) = tok.longest_special_ending(&text.as_bytes()[s..e]) {
+                        e -= n;
                     }
                 }
             } else if self.policy.end_of_turn {
-                if let Some(sp) = specials
-                    .iter()
-                    .filter(|sp| text[e..].starts_with(**sp))
-                    .max_by_key(|sp| sp.len())
-                {
-                    e += sp.len();
+                if let Some(n) = tok.longest_special_starting(&text.as_bytes()[e..]) {
+                    e += n;
                 }
             }
             if e > s {
