@@ -698,12 +698,20 @@ class Tokenizer:
         if isinstance(text, str):
             return self._hf_encode(text, add_special_tokens)
         if isinstance(text, (list, tuple)):
-            fast = self._hf_splitter is None and (
-                not self._hf.nfc or all(type(t) is str and unicodedata.is_normalized("NFC", t) for t in text)
-            )
-            if not fast:
+            if self._hf_splitter is not None:
                 return [self._hf_encode(t, add_special_tokens) for t in text]
-            rows = _core.hf_encode_batch(self._core, text, _threads(num_threads))
+            # Texts the normalizer changes take the exact per-segment path;
+            # the rest are encoded on every thread.
+            slow = set()
+            if self._hf.nfc:
+                slow = {i for i, t in enumerate(text) if type(t) is str and not unicodedata.is_normalized("NFC", t)}
+            if slow:
+                quick = _core.hf_encode_batch(
+                    self._core, [t for i, t in enumerate(text) if i not in slow], _threads(num_threads))
+                rest = iter(quick)
+                rows = [self._hf_encode(t) if i in slow else next(rest) for i, t in enumerate(text)]
+            else:
+                rows = _core.hf_encode_batch(self._core, text, _threads(num_threads))
             if add_special_tokens:
                 rows = [self._hf_with_template(r) for r in rows]
             return rows
