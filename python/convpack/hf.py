@@ -11,10 +11,10 @@ Supported: ``model.type == "BPE"`` byte-level files (the ``ByteLevel``
 pre-tokenizer alone, or a ``Split`` regex followed by ``ByteLevel`` with
 ``use_regex: false``), no normalizer or NFC, whose merges list is
 merged either by rank (when the core proves at load time that the merges
-list is equivalent to a rank order: files with one merge per token in id
-order, like Qwen's) or by the merges list itself, as ``tokenizers`` merges
-(files that list every split of a token, like the Llama 3 and GPT-4/GPT-4o
-conversions). Anything else
+list gives the rank order's ids: files with one merge per token in id
+order, like Qwen's, and the GPT-4/GPT-4o conversions that list every split
+of a token) or by the merges list itself, as ``tokenizers`` merges (files
+that fail the proof, like the Llama 3 conversion). Anything else
 is refused with a :class:`HfTokenizerError` naming the component: the
 ids of ``tokenizers`` (the oracle) are never silently replaced by others.
 """

@@ -507,8 +507,9 @@ class Tokenizer:
     @property
     def pretokenizer(self) -> str:
         """Which path splits text: ``"fast:<name>"`` when the hand-written
-        scanner serves the pattern (nanochat's, GPT-4's or cl100k_base's, in
-        any of their known spellings), ``"regex"`` for the general engine."""
+        scanner serves the pattern (nanochat's, GPT-4's, cl100k_base's,
+        Qwen 2's or o200k's, in any of their known spellings), ``"regex"``
+        for the general engine."""
         return self._core.pretokenizer
 
     @property
