@@ -576,7 +576,11 @@ impl MergeOrder for ByList<'_> {
     }
     #[inline(always)]
     fn pair(&self, a: Rank, b: Rank) -> Rank {
-        self.0.pairs.get(&pair_key(a, b)).copied().unwrap_or(Rank::MAX)
+        self.0
+            .pairs
+            .get(&pair_key(a, b))
+            .copied()
+            .unwrap_or(Rank::MAX)
     }
     #[inline(always)]
     fn result(&self, value: Rank) -> Rank {
@@ -729,7 +733,10 @@ impl Tokenizer {
         ignore_merges: bool,
     ) -> Result<Self, CoreError> {
         if merges.len() >= Rank::MAX as usize {
-            return Err(CoreError::Invalid(format!("{} merges is too many", merges.len())));
+            return Err(CoreError::Invalid(format!(
+                "{} merges is too many",
+                merges.len()
+            )));
         }
         let mut pairs = FxHashMap::default();
         pairs.reserve(merges.len());
@@ -1145,10 +1152,14 @@ impl Tokenizer {
         // too, and the shorter lookup by ids measured faster there.
         let by_bytes = O::BY_BYTES && piece.is_ascii();
         parts.clear();
-        parts.extend(piece.iter().enumerate().map(|(i, &b)| Part {
-            pair: piece.get(i + 1).map_or(Rank::MAX, |&c| order.byte_pair(b, c)),
-            id: self.byte_ranks[b as usize],
-            start: i as u32,
+        parts.extend(piece.iter().enumerate().map(|(i, &b)| {
+            Part {
+                pair: piece
+                    .get(i + 1)
+                    .map_or(Rank::MAX, |&c| order.byte_pair(b, c)),
+                id: self.byte_ranks[b as usize],
+                start: i as u32,
+            }
         }));
         let mut n = parts.len();
         while n > 1 {
@@ -1218,11 +1229,15 @@ impl Tokenizer {
         let HeapScratch { nodes, heap } = scratch;
         // Parts are identified by their first byte's index.
         nodes.clear();
-        nodes.extend(piece.iter().enumerate().map(|(i, &b)| Node {
-            id: self.byte_ranks[b as usize],
-            pair: piece.get(i + 1).map_or(Rank::MAX, |&c| order.byte_pair(b, c)),
-            next: i as u32 + 1,
-            prev: if i == 0 { NONE } else { i as u32 - 1 },
+        nodes.extend(piece.iter().enumerate().map(|(i, &b)| {
+            Node {
+                id: self.byte_ranks[b as usize],
+                pair: piece
+                    .get(i + 1)
+                    .map_or(Rank::MAX, |&c| order.byte_pair(b, c)),
+                next: i as u32 + 1,
+                prev: if i == 0 { NONE } else { i as u32 - 1 },
+            }
         }));
         heap.clear();
         heap.extend(
@@ -1387,14 +1402,24 @@ mod tests {
         let t = toy();
         let long = "ab".repeat(300) + &" ".repeat(517) + "abc";
         let mut heap = Vec::new();
-        t.merge_heap(&ByRank(&t), long.as_bytes(), &mut HeapScratch::default(), &mut heap);
+        t.merge_heap(
+            &ByRank(&t),
+            long.as_bytes(),
+            &mut HeapScratch::default(),
+            &mut heap,
+        );
         assert_eq!(heap, reference_merge(&t, long.as_bytes()));
         for piece in ["abcabab", "hellhello", "    ab   ", "xhelloabc"] {
             let mut small = Vec::new();
             t.merge_small(&ByRank(&t), piece.as_bytes(), &mut Vec::new(), &mut small);
             assert_eq!(small, reference_merge(&t, piece.as_bytes()), "{piece:?}");
             let mut heap = Vec::new();
-            t.merge_heap(&ByRank(&t), piece.as_bytes(), &mut HeapScratch::default(), &mut heap);
+            t.merge_heap(
+                &ByRank(&t),
+                piece.as_bytes(),
+                &mut HeapScratch::default(),
+                &mut heap,
+            );
             assert_eq!(heap, small, "{piece:?}");
         }
     }

@@ -164,8 +164,7 @@ pub fn check_merges_follow_ranks(ranks: &[Vec<u8>], merges: &[(Rank, Rank)]) -> 
                 ranks[t as usize]
             ));
         };
-        for k in group.start..at {
-            let (x, c) = merges[k];
+        for (k, &(x, c)) in merges.iter().enumerate().take(at).skip(group.start) {
             if x != b {
                 continue;
             }
@@ -181,7 +180,9 @@ pub fn check_merges_follow_ranks(ranks: &[Vec<u8>], merges: &[(Rank, Rank)]) -> 
             merge_below(&joined, Rank::MAX, &encoder, |bounds| {
                 reached = bounds == target;
                 // Merges only remove boundaries: once one is gone, never.
-                reached || bounds.binary_search(&la).is_err() || bounds.binary_search(&(la + lb)).is_err()
+                reached
+                    || bounds.binary_search(&la).is_err()
+                    || bounds.binary_search(&(la + lb)).is_err()
             });
             if reached {
                 return Err(format!(
@@ -263,7 +264,11 @@ mod tests {
         ranks.push(b"xy".to_vec()); // 256
         ranks.push(b"abc".to_vec()); // 257
         ranks.push(b"bc".to_vec()); // 258
-        let err = check_merges_follow_ranks(&ranks, &[(120, 121), (97, 258), (98, 99)]).unwrap_err();
-        assert!(err.contains("token 257") && err.contains("3 parts"), "{err}");
+        let err =
+            check_merges_follow_ranks(&ranks, &[(120, 121), (97, 258), (98, 99)]).unwrap_err();
+        assert!(
+            err.contains("token 257") && err.contains("3 parts"),
+            "{err}"
+        );
     }
 }

@@ -545,7 +545,13 @@ impl OCursor<'_> {
             return pos;
         }
         let chars = |p: usize| self.at(p).map(|(c, _, l)| (c, l));
-        let fold = |c: char| if c == '\u{17F}' { 's' } else { c.to_ascii_lowercase() };
+        let fold = |c: char| {
+            if c == '\u{17F}' {
+                's'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        };
         let Some((a, la)) = chars(pos + 1) else {
             return pos;
         };
@@ -667,7 +673,10 @@ impl O200kSplitter {
             let end = cur.run(from, Oc::punct);
             let bytes = cur.text.as_bytes();
             let mut end = end;
-            while bytes.get(end).is_some_and(|&b| matches!(b, b'\r' | b'\n' | b'/')) {
+            while bytes
+                .get(end)
+                .is_some_and(|&b| matches!(b, b'\r' | b'\n' | b'/'))
+            {
                 end += 1;
             }
             return end;
