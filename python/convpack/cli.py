@@ -669,7 +669,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import convpack
 
     from .bench.baseline import PythonRenderer, bestfit_batches, padded_batches, stream_batches
-    from .bench.common import compare, cpu_count, cold_cache, tiktoken_twin
+    from .bench.common import cold_cache, compare, cpu_count, tiktoken_twin
     from .bench.texts import iter_texts
 
     started = time.perf_counter()

@@ -53,7 +53,7 @@ import warnings
 from collections.abc import Callable, Iterator
 
 from .baseline import PythonRenderer, bestfit_batches, padded_batches, stream_batches
-from .common import BenchmarkMismatch, cl100k_path, cpu_count, cold_cache, row, tiktoken_twin
+from .common import BenchmarkMismatch, cl100k_path, cold_cache, cpu_count, row, tiktoken_twin
 from .texts import smoltalk_like_conversations
 
 __all__ = ["run", "settings", "MODES"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from .common import check_identical, cpu_count, cold_cache, interleaved, note, row
+from .common import check_identical, cold_cache, cpu_count, interleaved, note, row
 from .hf_files import FAMILIES, built_directory, family_available, ranks_and_specials
 from .texts import CORPORA, corpus
 

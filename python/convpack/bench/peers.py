@@ -49,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .common import BenchmarkMismatch, cl100k_path, cpu_count, cold_cache, interleaved, note
+from .common import BenchmarkMismatch, cl100k_path, cold_cache, cpu_count, interleaved, note
 from .texts import CORPORA, corpus
 
 __all__ = ["PEERS", "Peer", "run"]

@@ -21,7 +21,7 @@ piece cache). The unit is conversations per second.
 from __future__ import annotations
 
 from .baseline import PythonRenderer
-from .common import check_identical, cl100k_path, compare, cpu_count, cold_cache, row, tiktoken_twin
+from .common import check_identical, cl100k_path, cold_cache, compare, cpu_count, row, tiktoken_twin
 from .texts import mmlu_like_conversations, smoltalk_like_conversations, spellingbee_conversations
 
 __all__ = ["run", "datasets"]

@@ -29,7 +29,7 @@ import os
 from typing import Optional
 
 from .chat_templates import TEMPLATES
-from .common import check_identical, cpu_count, cold_cache, interleaved, note, row
+from .common import check_identical, cold_cache, cpu_count, interleaved, note, row
 from .hf_files import built_directory, family_available
 from .texts import mmlu_like_conversations, smoltalk_like_conversations
 

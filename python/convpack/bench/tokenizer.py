@@ -31,7 +31,7 @@ import functools
 import time
 
 from .._encodings import NAMED_ENCODINGS
-from .common import check_identical, cl100k_path, compare, cpu_count, cold_cache, row
+from .common import check_identical, cl100k_path, cold_cache, compare, cpu_count, row
 from .texts import CORPORA, corpus
 
 __all__ = ["run"]
