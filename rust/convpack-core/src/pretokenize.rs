@@ -37,11 +37,14 @@ enum Class {
     Other = 4,
 }
 
-struct ClassTable {
-    /// One entry per code point below 0x10000.
+/// A class code per code point: a direct table for the BMP, sorted
+/// disjoint ranges above it, `other` for everything not listed.
+struct CodeTable {
+    /// One code per code point below 0x10000.
     bmp: Vec<u8>,
-    /// Sorted, disjoint ranges above the BMP, with their class.
-    astral: Vec<(u32, u32, Class)>,
+    /// Sorted, disjoint ranges above the BMP, with their code.
+    astral: Vec<(u32, u32, u8)>,
+    other: u8,
 }
 
 fn unicode_ranges(class: &str) -> Vec<(u32, u32)> {
@@ -60,61 +63,80 @@ fn unicode_ranges(class: &str) -> Vec<(u32, u32)> {
     }
 }
 
-fn class_table() -> &'static ClassTable {
-    static TABLE: OnceLock<ClassTable> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut bmp = vec![Class::Other as u8; 0x10000];
+impl CodeTable {
+    /// Codes from the regex engine's own Unicode data: each character
+    /// class in `sets` (later ones win; the callers' sets are disjoint),
+    /// then `\r` and `\n` as `newline`.
+    fn build(sets: &[(&str, u8)], newline: u8, other: u8) -> CodeTable {
+        let mut bmp = vec![other; 0x10000];
         let mut astral = Vec::new();
-        // Later assignments win; the three sets are disjoint anyway.
-        for (pattern, class) in [
-            (r"\p{L}", Class::Letter),
-            (r"\p{N}", Class::Number),
-            (r"\s", Class::Space),
-        ] {
+        for &(pattern, code) in sets {
             for (lo, hi) in unicode_ranges(pattern) {
                 if lo < 0x10000 {
                     for cp in lo..=hi.min(0xFFFF) {
-                        bmp[cp as usize] = class as u8;
+                        bmp[cp as usize] = code;
                     }
                 }
                 if hi >= 0x10000 {
-                    astral.push((lo.max(0x10000), hi, class));
+                    astral.push((lo.max(0x10000), hi, code));
                 }
             }
         }
-        bmp['\r' as usize] = Class::Newline as u8;
-        bmp['\n' as usize] = Class::Newline as u8;
+        bmp['\r' as usize] = newline;
+        bmp['\n' as usize] = newline;
         astral.sort_unstable_by_key(|r| r.0);
-        ClassTable { bmp, astral }
+        CodeTable { bmp, astral, other }
+    }
+
+    #[inline(always)]
+    fn code(&self, c: char) -> u8 {
+        let cp = c as u32;
+        if cp < 0x10000 {
+            return self.bmp[cp as usize];
+        }
+        match self.astral.binary_search_by(|&(lo, hi, _)| {
+            if hi < cp {
+                std::cmp::Ordering::Less
+            } else if lo > cp {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        }) {
+            Ok(i) => self.astral[i].2,
+            Err(_) => self.other,
+        }
+    }
+}
+
+/// The GPT-4 family's classes.
+struct ClassTable(CodeTable);
+
+fn class_table() -> &'static ClassTable {
+    static TABLE: OnceLock<ClassTable> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        ClassTable(CodeTable::build(
+            &[
+                (r"\p{L}", Class::Letter as u8),
+                (r"\p{N}", Class::Number as u8),
+                (r"\s", Class::Space as u8),
+            ],
+            Class::Newline as u8,
+            Class::Other as u8,
+        ))
     })
 }
 
 impl ClassTable {
     #[inline]
     fn class(&self, c: char) -> Class {
-        let cp = c as u32;
-        if cp < 0x10000 {
-            // SAFETY-free: every stored byte is a valid `Class` discriminant.
-            match self.bmp[cp as usize] {
-                0 => Class::Letter,
-                1 => Class::Number,
-                2 => Class::Space,
-                3 => Class::Newline,
-                _ => Class::Other,
-            }
-        } else {
-            match self.astral.binary_search_by(|&(lo, hi, _)| {
-                if hi < cp {
-                    std::cmp::Ordering::Less
-                } else if lo > cp {
-                    std::cmp::Ordering::Greater
-                } else {
-                    std::cmp::Ordering::Equal
-                }
-            }) {
-                Ok(i) => self.astral[i].2,
-                Err(_) => Class::Other,
-            }
+        // Every stored code is a `Class` discriminant.
+        match self.0.code(c) {
+            0 => Class::Letter,
+            1 => Class::Number,
+            2 => Class::Space,
+            3 => Class::Newline,
+            _ => Class::Other,
         }
     }
 }
@@ -249,36 +271,50 @@ impl GptSplitter {
             Class::Newline => {}
         }
         // Whitespace (first is \s): alternatives 5, 6, 7.
-        let mut end = pos;
-        let mut last_newline_end = None;
-        let mut last_char_start = pos;
-        let mut count = 0usize;
-        while let Some((ch, l)) = cur.at(end) {
-            match ch.class {
-                Class::Space => {}
-                Class::Newline => last_newline_end = Some(end + l),
-                _ => break,
-            }
-            last_char_start = end;
-            end += l;
-            count += 1;
-        }
-        // \s++$ (tiktoken's spelling): a run reaching the end is one piece.
-        if self.run_to_end && end == cur.text.len() {
-            return end;
-        }
-        // 5. \s*[\r\n]: up to the last newline in the run.
-        if let Some(e) = last_newline_end {
-            return e;
-        }
-        // 6. \s+(?!\S): the whole run at the end of text, else all but the
-        // last whitespace char (which then starts the next piece).
-        if end == cur.text.len() || count < 2 {
-            // 7. \s+ (a lone whitespace char before a non-space).
-            return end;
-        }
-        last_char_start
+        let kind = |at: usize| match cur.at(at) {
+            Some((ch, l)) if ch.class == Class::Space => Some((false, l)),
+            Some((ch, l)) if ch.class == Class::Newline => Some((true, l)),
+            _ => None,
+        };
+        whitespace_end(pos, cur.text.len(), self.run_to_end, kind)
     }
+}
+
+/// End of the whitespace piece at `pos`: `\s++$` when `run_to_end` (a run
+/// reaching the end of the text is one piece), then `\s*[\r\n]+` (up to
+/// the run's last newline), `\s+(?!\S)` (all but the run's last char,
+/// unless the run ends the text), `\s+`. `kind(at)` is `Some((is \r or
+/// \n, its length))` for a whitespace char at `at`, `None` otherwise.
+#[inline]
+fn whitespace_end(
+    pos: usize,
+    text_len: usize,
+    run_to_end: bool,
+    kind: impl Fn(usize) -> Option<(bool, usize)>,
+) -> usize {
+    let mut end = pos;
+    let mut last_newline_end = None;
+    let mut last_char_start = pos;
+    let mut count = 0usize;
+    while let Some((newline, l)) = kind(end) {
+        if newline {
+            last_newline_end = Some(end + l);
+        }
+        last_char_start = end;
+        end += l;
+        count += 1;
+    }
+    if run_to_end && end == text_len {
+        return end;
+    }
+    if let Some(e) = last_newline_end {
+        return e;
+    }
+    if end == text_len || count < 2 {
+        // A lone whitespace char before a non-space, or the run at the end.
+        return end;
+    }
+    last_char_start
 }
 
 #[inline]
@@ -420,40 +456,25 @@ impl Oc {
     }
 }
 
-struct O200kTable {
-    bmp: Vec<u8>,
-    astral: Vec<(u32, u32, Oc)>,
-}
+/// The o200k pattern's classes.
+struct O200kTable(CodeTable);
 
 fn o200k_table() -> &'static O200kTable {
     static TABLE: OnceLock<O200kTable> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let mut bmp = vec![Oc::Other as u8; 0x10000];
-        let mut astral = Vec::new();
         // The general categories are disjoint, and disjoint from \s.
-        for (pattern, class) in [
-            (r"[\p{Lu}\p{Lt}]", Oc::Upper),
-            (r"\p{Ll}", Oc::Lower),
-            (r"[\p{Lm}\p{Lo}]", Oc::Both),
-            (r"\p{M}", Oc::Mark),
-            (r"\p{N}", Oc::Number),
-            (r"\s", Oc::Space),
-        ] {
-            for (lo, hi) in unicode_ranges(pattern) {
-                if lo < 0x10000 {
-                    for cp in lo..=hi.min(0xFFFF) {
-                        bmp[cp as usize] = class as u8;
-                    }
-                }
-                if hi >= 0x10000 {
-                    astral.push((lo.max(0x10000), hi, class));
-                }
-            }
-        }
-        bmp['\r' as usize] = Oc::Newline as u8;
-        bmp['\n' as usize] = Oc::Newline as u8;
-        astral.sort_unstable_by_key(|r| r.0);
-        O200kTable { bmp, astral }
+        O200kTable(CodeTable::build(
+            &[
+                (r"[\p{Lu}\p{Lt}]", Oc::Upper as u8),
+                (r"\p{Ll}", Oc::Lower as u8),
+                (r"[\p{Lm}\p{Lo}]", Oc::Both as u8),
+                (r"\p{M}", Oc::Mark as u8),
+                (r"\p{N}", Oc::Number as u8),
+                (r"\s", Oc::Space as u8),
+            ],
+            Oc::Newline as u8,
+            Oc::Other as u8,
+        ))
     })
 }
 
@@ -470,22 +491,7 @@ impl O200kTable {
             Oc::Newline,
             Oc::Other,
         ];
-        let cp = c as u32;
-        if cp < 0x10000 {
-            return BY_CODE[self.bmp[cp as usize] as usize & 7];
-        }
-        match self.astral.binary_search_by(|&(lo, hi, _)| {
-            if hi < cp {
-                std::cmp::Ordering::Less
-            } else if lo > cp {
-                std::cmp::Ordering::Greater
-            } else {
-                std::cmp::Ordering::Equal
-            }
-        }) {
-            Ok(i) => self.astral[i].2,
-            Err(_) => Oc::Other,
-        }
+        BY_CODE[self.0.code(c) as usize & 7]
     }
 }
 
@@ -682,27 +688,12 @@ impl O200kSplitter {
             return end;
         }
         // Whitespace: 5. \s*[\r\n]+  6. \s+(?!\S)  7. \s+
-        let mut end = pos;
-        let mut last_newline_end = None;
-        let mut last_char_start = pos;
-        let mut count = 0usize;
-        while let Some((_, k, l)) = cur.at(end) {
-            match k {
-                Oc::Space => {}
-                Oc::Newline => last_newline_end = Some(end + l),
-                _ => break,
-            }
-            last_char_start = end;
-            end += l;
-            count += 1;
-        }
-        if let Some(e) = last_newline_end {
-            return e;
-        }
-        if end == cur.text.len() || count < 2 {
-            return end;
-        }
-        last_char_start
+        let kind = |at: usize| match cur.at(at) {
+            Some((_, Oc::Space, l)) => Some((false, l)),
+            Some((_, Oc::Newline, l)) => Some((true, l)),
+            _ => None,
+        };
+        whitespace_end(pos, cur.text.len(), false, kind)
     }
 }
 
