@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
@@ -415,3 +416,23 @@ def test_datagenerator_over_a_templated_mixture(twins, mode, truncate):
         # whole one strips, so this holds for whole conversations only.)
         assert seen <= supervised
     gen.close()
+
+
+@pytest.mark.parametrize("mode", ["bestfit", "stream"])
+def test_turns_shards_of_a_template_equal_the_on_the_fly_split(twins, tmp_path, mode):
+    # Shards split at turns with a template give the generator's batches.
+    pytest.importorskip("pyarrow")
+    ours, _ = twins
+    fmt = ChatTemplate(QWEN, name="qwen")
+    dataset = [{"messages": m} for m in CONVS] * 3
+    row = 25
+    kw = dict(batch_size=2, seq_len=24 if mode == "bestfit" else 12, mode=mode, output="numpy",
+              chat_format=fmt, truncate="turns", max_tokens=row)
+    shards = convpack.render_shards(dataset, ours, tmp_path, max_tokens=row, truncate="turns",
+                                    chat_format=fmt, rows_per_shard=4, progress=False)
+    assert any(len(shards[i][2]) > 1 for i in range(len(dataset)))  # some were split
+    a, b = convpack.DataGenerator(shards, ours, **kw), convpack.DataGenerator(dataset, ours, **kw)
+    for _ in range(5):
+        for x, y in zip(next(a), next(b)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert a.stats["split"] == b.stats["split"]
