@@ -290,3 +290,16 @@ def test_turns_shards_need_their_row_length(tokenizer, turns_shards, shards):
     with pytest.raises(ValueError, match="truncate"):
         DataGenerator(shards, tokenizer, mode="stream", batch_size=2, seq_len=16,
                       max_tokens=200, truncate="turns", output="numpy")
+
+
+def test_turns_render_over_processes_writes_the_same_shards(tokenizer, long_data, turns_shards,
+                                                            tmp_path):
+    # Forked workers split with the parent's packer: the same bytes.
+    again = render_shards(long_data, tokenizer, tmp_path, max_tokens=64, truncate="turns",
+                          rows_per_shard=5, num_proc=2, progress=False)
+    names = sorted(f for f in os.listdir(turns_shards.out_dir) if f.endswith(".parquet"))
+    assert names == sorted(f for f in os.listdir(again.out_dir) if f.endswith(".parquet"))
+    for name in names:
+        with open(os.path.join(turns_shards.out_dir, name), "rb") as f1, \
+                open(os.path.join(again.out_dir, name), "rb") as f2:
+            assert f1.read() == f2.read(), name
