@@ -649,14 +649,6 @@ class DataGenerator:
             # Rows rendered ahead enter at the packer: they must be what this
             # generator would render.
             dataset.check(tokenizer, max_tokens, truncate, format_identity(template))
-            row = max_tokens
-            if mode in ("padded", "bestfit") and seq_len is not None:
-                row = min(max_tokens, seq_len + 1)
-            if truncate == "turns" and row != max_tokens:
-                raise ValueError(
-                    f"the shards in {dataset.out_dir} are split at turns into pieces of up to "
-                    f"max_tokens={max_tokens}, but this generator's rows hold {row} tokens: "
-                    f"render them with max_tokens={row} (and pass that here)")
         self.device = _resolve_device(device, output)
         # Memory taken before the first batch: the batches in flight (ring
         # slots or queued batches) and the best-fit buffer at its longest.
@@ -710,6 +702,13 @@ class DataGenerator:
                                   cache_bytes=cache_bytes if cache else None)
         except ValueError as e:
             raise ValueError(str(e)) from None
+        if isinstance(dataset, RenderedDataset) and truncate == "turns":
+            row = packer.piece_limit()
+            if row != max_tokens:
+                raise ValueError(
+                    f"the shards in {dataset.out_dir} are split at turns into pieces of up to "
+                    f"max_tokens={max_tokens}, but this generator's rows hold {row} tokens: "
+                    f"render them with max_tokens={row} (and pass that here)")
         threads = num_threads or _core.max_threads()
         self._chunk = max(32, 8 * threads)
 

@@ -694,6 +694,12 @@ impl PyPacker {
         Ok(())
     }
 
+    /// Longest piece a conversation enters the packer as (its row; with
+    /// `truncate="turns"`, the length conversations are split at).
+    fn piece_limit(&self) -> usize {
+        self.inner.piece_limit()
+    }
+
     /// Chunks submitted and not yet taken in by `plan`.
     fn in_flight(&self) -> usize {
         self.pending.len()
