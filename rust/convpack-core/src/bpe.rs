@@ -1118,6 +1118,10 @@ impl Tokenizer {
     /// key: no byte comparison, and the maps stay in cache.
     #[inline(always)]
     fn token_of(&self, bytes: &[u8]) -> Rank {
+        // Two bytes: the direct table (no hashing).
+        if let [a, b] = *bytes {
+            return self.byte_pairs[a as usize * 256 + b as usize];
+        }
         let found = if let Some(k) = short_key(bytes) {
             self.short_encoder.get(&k)
         } else if let Some(k) = mid_key(bytes) {
@@ -1163,18 +1167,22 @@ impl Tokenizer {
         }));
         let mut n = parts.len();
         while n > 1 {
-            let mut best = Rank::MAX;
-            let mut at = 0;
-            for (k, p) in parts[..n - 1].iter().enumerate() {
-                if p.pair < best {
-                    best = p.pair;
-                    at = k;
-                }
-            }
+            // The lowest pair, leftmost on a tie, without a branch per part
+            // (which one wins is unpredictable).
+            let low = parts[..n - 1]
+                .iter()
+                .enumerate()
+                .map(|(k, p)| (p.pair as u64) << 32 | k as u64)
+                .min()
+                .unwrap_or(u64::MAX);
+            let (best, at) = ((low >> 32) as Rank, low as u32 as usize);
             if best == Rank::MAX {
                 break;
             }
-            parts.copy_within(at + 2..n, at + 1);
+            // A few parts: a loop beats a call to memmove.
+            for k in at + 1..n - 1 {
+                parts[k] = parts[k + 1];
+            }
             n -= 1;
             // End of part k (the start of the next one).
             let end = |parts: &[Part], k: usize| {
