@@ -136,6 +136,14 @@ pub struct TemplateConversation {
 const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
 impl TemplateConversation {
+    /// Bytes of the messages' string contents: about what rendering costs.
+    pub fn text_len(&self) -> usize {
+        self.messages
+            .iter()
+            .map(|m| m.content.as_ref().map_or(0, String::len))
+            .sum()
+    }
+
     /// Checks what any template needs: messages, known roles, string
     /// content (an assistant message may have none if it has `tool_calls`).
     pub fn validate(&self) -> Result<(), ConversationError> {

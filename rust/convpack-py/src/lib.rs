@@ -496,8 +496,10 @@ impl PyTokenizer {
         if let Some(t) = chat_format {
             let conv = template::extract(&conversation).map_err(|e| extract_error(py, e, None))?;
             let (tmpl, tok) = (&t.inner, &self.inner);
-            let r =
-                detached(py, "rendering", || tmpl.render(tok, &conv, max_tokens))?.py_err(py)?;
+            let r = run_sized(py, conv.text_len(), "rendering", || {
+                tmpl.render(tok, &conv, max_tokens)
+            })?
+            .py_err(py)?;
             return Ok((self.id_list(py, &r.ids)?, self.id_list(py, &r.mask)?));
         }
         let renderer = self.renderer()?;
@@ -525,7 +527,7 @@ impl PyTokenizer {
         if let Some(t) = chat_format {
             let conv = template::extract(&conversation).map_err(|e| extract_error(py, e, None))?;
             let (tmpl, tok) = (&t.inner, &self.inner);
-            return detached(py, "rendering", || {
+            return run_sized(py, conv.text_len(), "rendering", || {
                 tmpl.render_for_completion(tok, &conv, max_tokens)
             })?
             .py_err(py);
