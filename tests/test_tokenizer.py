@@ -124,6 +124,38 @@ def test_nanochat_api(tokenizer, tt_nano, chat_specials):
     assert tokenizer.decode_bytes(tt_nano.encode_ordinary("é")[:1]) == tt_nano.decode_bytes(tt_nano.encode_ordinary("é")[:1])
 
 
+def test_id_lists_are_plain_lists_the_cycle_collector_skips(tokenizer, tt_nano):
+    """Lists of ids hold only ints, so they are untracked by the cycle
+    collector (its collections would walk every id); they stay ordinary,
+    mutable lists freed by reference counting."""
+    import gc
+    import weakref
+
+    conv = {"messages": [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "yo"}]}
+    ids, mask = tokenizer.render_conversation(conv)
+    outputs = [tokenizer.encode("hello world"), tokenizer.encode_ordinary("x y"), ids, mask,
+               *tokenizer.encode(["a b", "c"])]
+    for out in outputs:
+        assert type(out) is list and not gc.is_tracked(out)
+    words = tokenizer.encode("hello world")
+    assert words == tt_nano.encode_ordinary("hello world")
+    words.append(7)
+    assert words[-1] == 7 and words[:-1] == tt_nano.encode_ordinary("hello world")
+
+    # Freed by reference counting alone: an object only the list holds dies with it.
+    class Marker:
+        pass
+
+    held = tokenizer.encode("hello")
+    m = Marker()
+    alive = weakref.ref(m)
+    held.append(m)
+    del m
+    assert alive() is not None
+    del held
+    assert alive() is None
+
+
 def _train_texts():
     return [t for t in TEXTS[:3000] if len(t) < 5000]
 
