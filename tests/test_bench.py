@@ -306,6 +306,73 @@ def test_peers_child_prints_its_rows(monkeypatch, capsys):
     assert all(r["differs"] == 0 and r["corpus"] == "code" for r in rows)
 
 
+def test_every_round_times_a_peer_with_its_memory_of_earlier_rounds_gone(monkeypatch, recorded):
+    # A peer that remembers what it encoded (fastokens, tokenizers) must be
+    # timed on the encoder its `fresh` gives for that round, not on the one
+    # the id check (or an earlier round) has already run over the text.
+    monkeypatch.setattr(peers, "corpus", _small_corpus)
+    fresh_ones, made_on = [], []
+
+    class Fresh:
+        def __init__(self, enc):
+            self.enc = enc
+
+    def fresh(enc, ctx):
+        fresh_ones.append(Fresh(enc))
+        return fresh_ones[-1]
+
+    def make(enc, docs, threads):
+        made_on.append(enc)
+        inner = enc.enc if isinstance(enc, Fresh) else enc
+        return lambda: [inner.encode_ordinary(d) for d in docs]
+
+    remembering = peers.Peer(
+        "remembering", "tiktoken", "remembering", peers._tiktoken, {peers.PER_DOC: make}, fresh
+    )
+    monkeypatch.setattr(peers, "PEERS", peers.PEERS[:1] + (remembering,))
+    rows = peers.measure(quick=True, batch_threads=1, per_document=True, corpora=("english",))
+    # Quick mode: the check, then one round (no warm-up call).
+    assert len(fresh_ones) == 1 and made_on[1:] == fresh_ones
+    assert not isinstance(made_on[0], Fresh)
+    (row,) = [r for r in rows if r.get("encoder") == "remembering"]
+    assert row["differs"] == 0 and row["speed"] > 0
+
+
+def test_cold_cache_empties_the_word_cache_of_tokenizers_and_transformers():
+    cleared = []
+
+    class Model:
+        def _clear_cache(self):
+            cleared.append(self)
+
+    class HfLike:
+        model = Model()
+
+    class FastLike:
+        backend_tokenizer = HfLike()
+
+    hf, fast = HfLike(), FastLike()
+    assert common.cold_cache(hf) is hf and cleared == [HfLike.model]
+    assert common.cold_cache(fast) is fast and cleared == [HfLike.model] * 2
+    plain = object()
+    assert common.cold_cache(plain) is plain
+
+
+@needs_tokenizers
+def test_the_tokenizers_library_has_the_cache_cold_cache_empties():
+    import os
+
+    import tokenizers
+
+    tok = tokenizers.Tokenizer.from_file(
+        os.path.join(hf_files.built_directory("cl100k"), "tokenizer.json")
+    )
+    assert callable(tok.model._clear_cache)
+    before = tok.encode("unremembered words", add_special_tokens=False).ids
+    common.cold_cache(tok)
+    assert tok.encode("unremembered words", add_special_tokens=False).ids == before
+
+
 @pytest.mark.parametrize(
     "name", ["quicktok", "fastokens", "bpe-openai", "riptoken", "HF tokenizers"]
 )
