@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 
 import pytest
@@ -371,6 +373,36 @@ def test_the_tokenizers_library_has_the_cache_cold_cache_empties():
     before = tok.encode("unremembered words", add_special_tokens=False).ids
     common.cold_cache(tok)
     assert tok.encode("unremembered words", add_special_tokens=False).ids == before
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_one_thread_child_is_pinned_to_one_cpu_for_pools_that_ignore_thread_counts(monkeypatch):
+    # The child process of the one-thread batches is asked to pin itself...
+    seen = []
+
+    def fake_run(command, **kwargs):
+        seen.append((command, kwargs["env"]))
+        return subprocess.CompletedProcess(command, 0, stdout="[]", stderr="")
+
+    monkeypatch.setattr(peers.subprocess, "run", fake_run)
+    assert peers._one_thread_batches(quick=True) == []
+    (command, env), = seen
+    assert "--one-cpu" in command and env["RAYON_NUM_THREADS"] == "1"
+    monkeypatch.undo()  # `subprocess.run` itself again
+    # ...and pinning holds for the threads started afterwards, where a pool's
+    # workers run (in a process of its own: pinning is for the whole test run
+    # otherwise).
+    code = (
+        "import os, threading\n"
+        "from convpack.bench import peers\n"
+        "peers.pin_to_one_cpu()\n"
+        "out = []\n"
+        "t = threading.Thread(target=lambda: out.append(len(os.sched_getaffinity(0))))\n"
+        "t.start(); t.join()\n"
+        "print(len(os.sched_getaffinity(0)), out[0])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["1", "1"]
 
 
 @pytest.mark.parametrize(

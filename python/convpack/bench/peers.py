@@ -22,9 +22,12 @@ Forms, each where the encoder has one:
 Batches run on every core and on one thread. Encoders that take no thread
 count (fastokens, riptoken, ``tokenizers``) use their own thread pool,
 which has every core; the one-thread batches therefore run in a child
-process started with ``RAYON_NUM_THREADS=1`` and
-``TOKENIZERS_PARALLELISM=false``, where every encoder is given or limited
-to one thread.
+process pinned to one CPU (``os.sched_setaffinity``), started with
+``RAYON_NUM_THREADS=1`` and ``TOKENIZERS_PARALLELISM=false``, where every
+encoder is given or limited to one thread and, whatever its pool does,
+runs on one core. The pin is needed: fastokens' batches use every core
+whatever ``RAYON_NUM_THREADS`` says (measured: CPU time 1.9x the wall
+time on 2 cores with it set to 1).
 
 Before anything is timed, every encoder's output in every form is compared,
 document by document, with tiktoken's ``encode_ordinary`` on each text. An
@@ -430,13 +433,29 @@ def run(quick: bool = False) -> list:
     return rows
 
 
+def pin_to_one_cpu() -> None:
+    """Pin the calling thread, and so every thread it starts from now on
+    (they inherit it: call this before any encoder builds its pool), to one
+    of the CPUs it may run on, so that an encoder whose thread pool ignores
+    the thread-count settings still runs on one core.
+
+    Raises:
+        OSError: the system cannot pin processes (``os.sched_setaffinity``
+            is Linux's); the child then fails and the one-thread rows are a
+            note saying so, rather than figures that may use every core.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        raise OSError("os.sched_setaffinity is not available: cannot pin to one CPU")
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
 def _one_thread_batches(quick: bool) -> list:
     import convpack
 
     env = dict(os.environ, RAYON_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(convpack.__file__)))
     env["PYTHONPATH"] = os.pathsep.join([package_root, *sys.path])
-    command = [sys.executable, "-m", "convpack.bench.peers", "--batch-threads", "1"]
+    command = [sys.executable, "-m", "convpack.bench.peers", "--batch-threads", "1", "--one-cpu"]
     done = subprocess.run(
         command + (["--quick"] if quick else []), env=env, capture_output=True, text=True
     )
@@ -453,7 +472,12 @@ def _main(argv: Optional[list] = None) -> int:
     parser.add_argument("--batch-threads", type=int, required=True)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--corpora", default=",".join(CORPORA), help="comma-separated texts")
+    parser.add_argument(
+        "--one-cpu", action="store_true", help="pin this process to one CPU before timing"
+    )
     args = parser.parse_args(argv)
+    if args.one_cpu:
+        pin_to_one_cpu()
     try:
         corpora = tuple(args.corpora.split(","))
         rows = measure(args.quick, args.batch_threads, per_document=False, corpora=corpora)

@@ -302,7 +302,11 @@ def peers_tables(rows: list, quick: bool = False) -> str:
             out += [
                 "",
                 "(own pool): the encoder takes no thread count; its thread pool has "
-                + ("every core" if threads > 1 else "one thread (RAYON_NUM_THREADS=1)")
+                + (
+                    "every core"
+                    if threads > 1
+                    else "one thread (RAYON_NUM_THREADS=1, the process pinned to one CPU)"
+                )
                 + ".",
             ]
         out.append("")
