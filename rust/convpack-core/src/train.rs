@@ -8,7 +8,6 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::bpe::Rank;
@@ -23,19 +22,16 @@ pub fn count_pieces(
     texts: &[&str],
     counts: &mut FxHashMap<Vec<u8>, u64>,
 ) -> Result<(), CoreError> {
-    let partial: Result<Vec<FxHashMap<&[u8], u64>>, CoreError> = crate::parallel::install(|| {
-        texts
-            .par_chunks(64)
-            .map(|chunk| {
-                let mut m: FxHashMap<&[u8], u64> = FxHashMap::default();
-                for t in chunk {
-                    splitter.split(t, |p| *m.entry(p.as_bytes()).or_insert(0) += 1)?;
-                }
-                Ok(m)
-            })
-            .collect()
+    let chunks: Vec<&[&str]> = texts.chunks(64).collect();
+    let partial = crate::parallel::map_chunked(&chunks, 0, |chunk| {
+        let mut m: FxHashMap<&[u8], u64> = FxHashMap::default();
+        for t in chunk.iter() {
+            splitter.split(t, |p| *m.entry(p.as_bytes()).or_insert(0) += 1)?;
+        }
+        Ok::<_, CoreError>(m)
     });
-    for m in partial? {
+    for m in partial {
+        let m = m?;
         for (k, v) in m {
             match counts.get_mut(k) {
                 Some(c) => *c += v,
