@@ -326,24 +326,60 @@ def test_directory_chat_template_renders_as_transformers(hf_dir, family):
                 assert unicodedata.normalize("NFC", m["content"].strip()) in unicodedata.normalize("NFC", trained)
 
 
-def test_nfc_deep_normalises_copies_and_keeps_what_is_normalised():
-    from convpack.hf import nfc_deep
+def test_code_points_below_u0300_are_nfc_so_the_core_skips_them():
+    # The core reads a str for an NFC template as is when every byte of its
+    # UTF-8 is below 0xCC (code points below U+0300), and asks unicodedata
+    # otherwise: that holds only if none of those code points changes under
+    # NFC, combines with a neighbour, or composes with one.
+    below = [chr(c) for c in range(0x300)]
+    assert all(unicodedata.combining(ch) == 0 for ch in below)
+    assert all(unicodedata.normalize("NFC", ch) == ch for ch in below)
+    assert all(max(ch.encode("utf-8")) < 0xCC for ch in below)
+    assert chr(0x300).encode("utf-8")[0] == 0xCC
+    pairs = [a + b for a in below[::7] for b in below[::11]]
+    assert all(unicodedata.is_normalized("NFC", p) for p in pairs)
 
-    def reference(v):
+
+def test_nfc_template_render_normalises_every_str_and_leaves_the_callers_objects(hf_dir):
+    # Qwen's tokenizer.json normalises to NFC: a conversation's strings
+    # (content, extra fields, nested lists, tools) reach the template in NFC,
+    # one by one, in a batch and in a DataGenerator, and the caller's objects
+    # are not changed.
+    import copy
+
+    from convpack import ChatTemplate, DataGenerator
+
+    def nfc(v):
         if isinstance(v, str):
             return unicodedata.normalize("NFC", v)
         if isinstance(v, dict):
-            return {k: reference(x) for k, x in v.items()}
+            return {k: nfc(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
-            return type(v)(reference(x) for x in v) if isinstance(v, list) else tuple(reference(x) for x in v)
+            return type(v)(nfc(x) for x in v)
         return v
 
-    plain = {"messages": [{"role": "user", "content": "caf\u00e9"}, {"role": "assistant", "content": "ok"}]}
-    assert nfc_deep(plain) is plain
-    odd = {"messages": [{"role": "user", "content": "cafe\u0301", "n": 3},
-                        {"role": "assistant", "content": ["x", ("a\u0301", 1)]}], "tools": None}
-    before = json.dumps(odd)
-    got = nfc_deep(odd)
-    assert got == reference(odd) and got is not odd
-    assert json.dumps(odd) == before  # the caller's objects are unchanged
-    assert got["messages"][1]["content"][1] == ("\u00e1", 1)
+    tok = Tokenizer.from_hf(hf_dir("qwen3"))
+    fmt = ChatTemplate(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+        "{% for x in m.get('notes', []) %} [{{ x }}]{% endfor %}<|im_end|>\n{% endfor %}"
+        "{% for t in tools or [] %}{{ t.name }}{% endfor %}",
+        name="nfc probe",
+    )
+    odd = {"messages": [{"role": "user", "content": "cafe\u0301 A\u030a", "notes": ["a\u0301", "plain"]},
+                        {"role": "assistant", "content": "e\u0301t\u00e9 \u1e0b\u0323"}],
+           "tools": [{"name": "x\u0308"}]}
+    before = copy.deepcopy(odd)
+    want = tok.render_conversation(nfc(odd), chat_format=fmt)
+    text = tok.decode(want[0])
+    assert text.count("\u00e9") == 3 and "\u00e1" in text and "\u00eb" not in text
+    assert unicodedata.is_normalized("NFC", text)
+    assert tok.render_conversation(odd, chat_format=fmt) == want
+    assert odd == before
+    ids, mask, offsets = tok.render_conversations([odd, nfc(odd)], chat_format=fmt, num_threads=2)
+    assert ids[: offsets[1]].tolist() == want[0] == ids[offsets[1]:].tolist()
+    assert mask[: offsets[1]].tolist() == want[1]
+    n = len(want[0])
+    gen = DataGenerator([odd], tok, batch_size=1, seq_len=n + 8, mode="padded", chat_format=fmt)
+    inputs, _targets = next(iter(gen))
+    assert inputs[0, : n - 1].tolist() == want[0][:-1]
+    assert odd == before

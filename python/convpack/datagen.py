@@ -43,7 +43,6 @@ numpy; ``output="torch"`` (the default) needs ``pip install torch``.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import threading
@@ -282,12 +281,8 @@ class _Producer:
     flight."""
 
     def __init__(self, dataset, packer, chunk: int, ring: Optional[PinnedRing],
-                 cache: bool = False, ahead: int = 0, batch_size: int = 1,
-                 prepare: Optional[Callable[[Any], Any]] = None) -> None:
+                 cache: bool = False, ahead: int = 0, batch_size: int = 1) -> None:
         self.dataset = dataset
-        # What each conversation goes through before the packer sees it (a
-        # Hugging Face vocabulary's NFC for templates), or None.
-        self.prepare = prepare
         self.packer = packer
         self.chunk = chunk
         self.ring = ring
@@ -304,19 +299,16 @@ class _Producer:
         p = self.packer
         indices = p.wanted(n)
         dataset = self.dataset
-        prepare = self.prepare
         if isinstance(dataset, StreamSource):
             items = dataset.read(indices)
             if items:
-                p.submit(items if prepare is None else [prepare(x) for x in items])
+                p.submit(items)
             return len(items)
         if self.cache:
             # Cached conversations are not read again (None stands in).
             items = [None if hit else dataset[i] for i, hit in zip(indices, p.cached(indices))]
         else:
             items = [dataset[i] for i in indices]
-        if prepare is not None:
-            items = [x if x is None else prepare(x) for x in items]
         p.submit(items)
         return len(indices)
 
@@ -375,19 +367,6 @@ class _Producer:
         if state["batches"]:
             self.per_batch = max(1.0, state["consumed"] / state["batches"])
         return _Batch(slot, arrays, views, state, p.progress(), p.cache_stats())
-
-
-def _template_prepare(tokenizer: Any, template: Any) -> Optional[Callable[[Any], Any]]:
-    """What each conversation goes through before the packer renders it
-    with ``template`` (a Hugging Face vocabulary's NFC), or None. Raises
-    when the vocabulary's added-token rules cannot apply to a template's
-    render (here, not at the first batch)."""
-    if template is None or getattr(tokenizer, "_hf", None) is None:
-        return None
-    tokenizer._template_text(template, {"messages": []})
-    if tokenizer._hf.nfc:
-        return functools.partial(tokenizer._template_text, template)
-    return None
 
 
 def _core_tokenizer(tokenizer: Any) -> Any:
@@ -644,7 +623,9 @@ class DataGenerator:
             max_seqs = None
         core_tok = _core_tokenizer(tokenizer)
         template = resolve_chat_format(tokenizer, chat_format)
-        prepare = _template_prepare(tokenizer, template)
+        if template is not None and getattr(tokenizer, "_hf", None) is not None:
+            # Here rather than at the first batch.
+            tokenizer._check_template_rules(template)
         if isinstance(dataset, RenderedDataset):
             # Rows rendered ahead enter at the packer: they must be what this
             # generator would render.
@@ -718,7 +699,7 @@ class DataGenerator:
             self._transfer = _make_transfer(self.device)
             ring = self._new_ring(max(1, max_cols))
         self._producer = _Producer(source or dataset, packer, self._chunk, ring, cache,
-                                   ahead=prefetch, batch_size=batch_size, prepare=prepare)
+                                   ahead=prefetch, batch_size=batch_size)
         self.max_seqs = max_seqs
         self._state: dict = packer.state()
         self._failure: Optional[BaseException] = None

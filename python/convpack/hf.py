@@ -136,45 +136,6 @@ class HfVocabulary:
         return [t for t in self.added if t.lstrip or t.rstrip or t.single_word]
 
 
-def nfc_deep(value: Any) -> Any:
-    """``value`` with every str in it (through dicts, lists and tuples) in
-    NFC; the caller's objects are never changed, and a value already in NFC is
-    returned as it is (asked per templated render: strs are checked inline,
-    and nothing is copied unless one changes)."""
-    if isinstance(value, str):
-        return value if _is_nfc("NFC", value) else unicodedata.normalize("NFC", value)
-    if isinstance(value, dict):
-        out = None
-        for k, v in value.items():
-            if type(v) is str:
-                if _is_nfc("NFC", v):
-                    continue
-                new = unicodedata.normalize("NFC", v)
-            else:
-                new = nfc_deep(v)
-                if new is v:
-                    continue
-            if out is None:
-                out = dict(value)
-            out[k] = new
-        return value if out is None else out
-    if isinstance(value, (list, tuple)):
-        items = None
-        for i, v in enumerate(value):
-            new = (v if _is_nfc("NFC", v) else unicodedata.normalize("NFC", v)) if type(v) is str else nfc_deep(v)
-            if new is not v:
-                if items is None:
-                    items = list(value)
-                items[i] = new
-        if items is None:
-            return value
-        return items if isinstance(value, list) else tuple(items)
-    return value
-
-
-_is_nfc = unicodedata.is_normalized
-
-
 def _fail(path: str, component: str, what: str) -> HfTokenizerError:
     return HfTokenizerError(
         f"{path}: {component}: {what} is not supported; supported are {SUPPORTED}",

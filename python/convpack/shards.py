@@ -123,8 +123,7 @@ def _render_shard(s: int) -> int:
     pieces = None
     if job["packer"] is not None:
         # Split at turns exactly as a DataGenerator's packer splits.
-        prepare = job["prepare"]
-        items = [dataset[i] if prepare is None else prepare(dataset[i]) for i in range(lo, hi)]
+        items = [dataset[i] for i in range(lo, hi)]
         ids, mask, piece_offsets, counts, cut, lost = job["packer"].render_rows(items, lo)
         conv_pieces = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
         offsets = piece_offsets[conv_pieces]
@@ -290,10 +289,10 @@ def render_shards(
     todo = [s for s in wanted
             if not os.path.exists(os.path.join(out_dir, f"shard-{s:05d}.parquet"))]
     from . import _core
-    from .datagen import _core_tokenizer, _template_prepare
+    from .datagen import _core_tokenizer
 
     threads = num_threads or max(1, _core.max_threads() // num_proc)
-    packer = prepare = None
+    packer = None
     if truncate == "turns":
         # A stream packer's pieces are max_tokens long; it only renders here.
         packer = _core.Packer(
@@ -301,10 +300,11 @@ def render_shards(
             dataset_len=max(n, 1), rank=0, world_size=1, max_tokens=max_tokens,
             num_threads=threads, truncate="turns",
             chat_format=None if template is None else template._core)
-        prepare = _template_prepare(tokenizer, template)
+        if template is not None and getattr(tokenizer, "_hf", None) is not None:
+            tokenizer._check_template_rules(template)
     job = dict(n=n, rows_per_shard=rows_per_shard, out_dir=out_dir, dataset=dataset,
                tokenizer=tokenizer, max_tokens=max_tokens, num_threads=threads,
-               vocab_size=key["vocab_size"], packer=packer, prepare=prepare,
+               vocab_size=key["vocab_size"], packer=packer,
                chat_format=NANOCHAT if template is None else template)
     bar = None
     if progress:

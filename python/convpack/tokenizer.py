@@ -344,6 +344,7 @@ class Tokenizer:
         tok = cls(core)
         tok._hf = vocab
         tok._hf_splitter = None if vocab.plain_added else hf.AddedSplitter(vocab.added, vocab.nfc)
+        core.set_template_nfc(vocab.nfc)
         return tok
 
     @property
@@ -825,30 +826,26 @@ class Tokenizer:
         t = resolve_chat_format(self, chat_format)
         return None if t is None else t._core
 
-    def _template_text(self, template: Any, conversation: Any) -> Any:
-        """The conversation as a template of this tokenizer must see it.
+    def _check_template_rules(self, template: Any) -> None:
+        """Refuses a template render that this tokenizer's added tokens would
+        make wrong.
 
         A template's render is encoded in Rust with the added tokens split out
-        as plain matches; a Hugging Face vocabulary that normalises to NFC
-        gets its messages normalised first (template text is ASCII markup, so
-        normalising the parts equals normalising the render at every boundary
-        a template has), and added tokens with ``lstrip``/``rstrip``/
-        ``single_word`` rules, which only the Python path applies, are refused
-        rather than matched without their rules.
+        as plain matches, and a Hugging Face vocabulary that normalises to NFC
+        has each str of a conversation put in NFC by the core as it is read
+        (template markup is ASCII, so normalising the parts equals normalising
+        the render at every boundary a template has; ``set_template_nfc``).
+        Added tokens with ``lstrip``/``rstrip``/``single_word`` rules, which
+        only the Python path applies, are refused rather than matched without
+        their rules.
         """
-        if template is None or self._hf is None:
-            return conversation
-        if self._hf.rule_tokens:
-            raise ValueError(
-                f"{self._hf.path}: the added tokens "
-                + ", ".join(repr(t.content) for t in self._hf.rule_tokens[:3])
-                + " have lstrip/rstrip/single_word rules, which chat-template rendering does not "
-                "apply; render with nanochat's format or encode the template's text with encode()")
-        if not self._hf.nfc:
-            return conversation
-        from . import hf
-
-        return hf.nfc_deep(conversation)
+        if template is None or self._hf is None or not self._hf.rule_tokens:
+            return
+        raise ValueError(
+            f"{self._hf.path}: the added tokens "
+            + ", ".join(repr(t.content) for t in self._hf.rule_tokens[:3])
+            + " have lstrip/rstrip/single_word rules, which chat-template rendering does not "
+            "apply; render with nanochat's format or encode the template's text with encode()")
 
     def _check_nanochat_format(self) -> None:
         missing = [t for t in CHAT_SPECIAL_TOKENS if t not in self._special_ids]
@@ -885,8 +882,10 @@ class Tokenizer:
         template = self._template_core(chat_format)
         if template is None and self._hf is not None:
             self._check_nanochat_format()
-        conversation = self._template_text(template, conversation)
-        return self._core.render_conversation(conversation, _max_tokens(max_tokens), template)
+        self._check_template_rules(template)
+        if type(max_tokens) is not int or not 1 <= max_tokens <= sys.maxsize:
+            max_tokens = _max_tokens(max_tokens)
+        return self._core.render_conversation(conversation, max_tokens, template)
 
     def render_for_completion(self, conversation: Conversation, max_tokens: int = 2048,
                               *, chat_format: ChatFormat = None) -> list:
@@ -909,7 +908,7 @@ class Tokenizer:
         template = self._template_core(chat_format)
         if template is None and self._hf is not None:
             self._check_nanochat_format()
-        conversation = self._template_text(template, conversation)
+        self._check_template_rules(template)
         return self._core.render_for_completion(conversation, _max_tokens(max_tokens), template)
 
     def render_conversations(
@@ -943,8 +942,7 @@ class Tokenizer:
         template = self._template_core(chat_format)
         if template is None and self._hf is not None:
             self._check_nanochat_format()
-        if template is not None and self._hf is not None:
-            conversations = (self._template_text(template, c) for c in conversations)
+        self._check_template_rules(template)
         return self._core.render_conversations(
             conversations, _max_tokens(max_tokens), _threads(num_threads), template,
         )

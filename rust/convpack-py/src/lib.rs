@@ -10,6 +10,7 @@ mod template;
 
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use convpack_core::{
@@ -136,6 +137,9 @@ pub struct PyTokenizer {
     ints: Vec<Py<PyAny>>,
     /// The chat token ids, when the vocabulary has them all (looked up once).
     chat: Result<ChatTokens, String>,
+    /// Whether a chat template sees conversations in NFC (see
+    /// [`template::Nfc`]; set once by `Tokenizer.from_hf`).
+    template_nfc: AtomicBool,
 }
 
 impl PyTokenizer {
@@ -148,7 +152,13 @@ impl PyTokenizer {
                 .map(|i| py_int(py, i).unbind())
                 .collect(),
             inner: Arc::new(tok),
+            template_nfc: AtomicBool::new(false),
         }
+    }
+
+    /// How chat templates read conversations for this tokenizer.
+    pub fn template_nfc(&self) -> template::Nfc {
+        template::Nfc(self.template_nfc.load(Ordering::Relaxed))
     }
 
     /// `ids` as a Python list of ints: one allocation for the list, then a
@@ -451,6 +461,12 @@ impl PyTokenizer {
         Ok((ids.into_pyarray(py), offsets.into_pyarray(py)))
     }
 
+    /// Whether chat templates see this tokenizer's conversations with every
+    /// str value in NFC (a `tokenizer.json` whose normalizer is NFC).
+    fn set_template_nfc(&self, on: bool) {
+        self.template_nfc.store(on, Ordering::Relaxed);
+    }
+
     fn decode(&self, py: Python<'_>, ids: Bound<'_, PyAny>) -> PyResult<String> {
         let ids = ids_arg(&ids, self.inner.vocab_size())?;
         self.inner.decode(&ids).py_err(py)
@@ -502,7 +518,8 @@ impl PyTokenizer {
         chat_format: Option<PyRef<'py, PyChatTemplate>>,
     ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
         if let Some(t) = chat_format {
-            let conv = template::extract(&conversation).map_err(|e| extract_error(py, e, None))?;
+            let conv = template::extract(&conversation, self.template_nfc())
+                .map_err(|e| extract_error(py, e, None))?;
             let (tmpl, tok) = (&t.inner, &self.inner);
             let r = run_sized(py, conv.text_len(), "rendering", || {
                 tmpl.render(tok, &conv, max_tokens)
@@ -533,7 +550,8 @@ impl PyTokenizer {
         chat_format: Option<PyRef<'_, PyChatTemplate>>,
     ) -> PyResult<Vec<Rank>> {
         if let Some(t) = chat_format {
-            let conv = template::extract(&conversation).map_err(|e| extract_error(py, e, None))?;
+            let conv = template::extract(&conversation, self.template_nfc())
+                .map_err(|e| extract_error(py, e, None))?;
             let (tmpl, tok) = (&t.inner, &self.inner);
             return run_sized(py, conv.text_len(), "rendering", || {
                 tmpl.render_for_completion(tok, &conv, max_tokens)
@@ -575,6 +593,7 @@ impl PyTokenizer {
         Bound<'py, PyArray1<i64>>,
     )> {
         let template = chat_format.map(|t| Arc::clone(&t.inner));
+        let nfc = self.template_nfc();
         let renderer = match &template {
             Some(_) => None,
             None => Some(self.renderer()?),
@@ -606,7 +625,7 @@ impl PyTokenizer {
                     }
                     Some(Ok(c)) => {
                         let r = match template {
-                            Some(_) => template::extract(&c).map(|t| rich.push(t)),
+                            Some(_) => template::extract(&c, nfc).map(|t| rich.push(t)),
                             None => arena.add(&c).map(|spec| specs.push(spec)),
                         };
                         if let Err(e) = r {
@@ -618,6 +637,18 @@ impl PyTokenizer {
             }
             let convs: Vec<Conversation<Cow<'_, str>>> =
                 specs.iter().map(|s| arena.view(s)).collect();
+            // Room for the chunk's ids and masks (about a token per byte of
+            // text) and for the render's own buffers, taken before rendering:
+            // running out of memory is then a MemoryError here, not an
+            // allocation failing in the middle of a render (which aborts).
+            let text: usize = convs.iter().map(|c| c.text_len()).sum::<usize>()
+                + rich.iter().map(|c| c.text_len()).sum::<usize>();
+            let mut room: Vec<u8> = Vec::new();
+            ids.try_reserve(text)
+                .and_then(|_| mask.try_reserve(text))
+                .and_then(|_| room.try_reserve_exact(text.saturating_mul(8)))
+                .map_err(|_| out_of_memory("collecting rendered conversations"))?;
+            drop(room);
             let tok = &self.inner;
             let results = detached(py, "rendering", || match (&renderer, &template) {
                 (Some(r), _) => r.render_batch(&convs, max_tokens, num_threads),

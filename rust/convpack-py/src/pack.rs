@@ -40,6 +40,8 @@ pub struct PyPacker {
     tok: Arc<Tokenizer>,
     /// The chat template, when not nanochat's format.
     template: Option<Arc<ChatTemplate>>,
+    /// How the template reads conversations (the tokenizer's).
+    nfc: template::Nfc,
     max_tokens: usize,
     num_threads: usize,
     cache: Option<RenderCache>,
@@ -242,7 +244,7 @@ impl PyPacker {
                 continue;
             }
             let added = match self.template {
-                Some(_) => template::extract(item).map(|c| rich.push(c)),
+                Some(_) => template::extract(item, self.nfc).map(|c| rich.push(c)),
                 None => arena.add(item).map(|s| specs.push(s)),
             };
             match added {
@@ -518,6 +520,7 @@ impl PyPacker {
         Ok(PyPacker {
             inner: Packer::new(cfg, sched).map_err(err)?,
             tok: Arc::clone(&tokenizer.inner),
+            nfc: tokenizer.template_nfc(),
             template,
             max_tokens,
             num_threads,

@@ -9,6 +9,7 @@ use convpack_core::{
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyMapping, PyString, PyTuple};
 
 use crate::convert::{type_name, ExtractError};
@@ -46,7 +47,7 @@ impl PyChatTemplate {
         let mut globals = Vec::new();
         for (k, v) in variables.iter() {
             let k: String = k.extract()?;
-            let v = to_value(&v, 0).map_err(|e| match e {
+            let v = to_value(&v, 0, Nfc(false)).map_err(|e| match e {
                 ExtractError::Python(e) => e,
                 ExtractError::Rule(r) => {
                     PyValueError::new_err(format!("template variable {k:?}: {}", r.reason))
@@ -86,9 +87,40 @@ fn rule(message: Option<usize>, reason: String) -> ExtractError {
     ExtractError::Rule(ConversationError::new(message, reason))
 }
 
+/// `unicodedata.normalize`, looked up once.
+static NORMALIZE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Whether the strings of a conversation are put in NFC before a template
+/// sees them: a Hugging Face vocabulary whose normalizer is NFC (Qwen's)
+/// normalises the text it encodes, and normalising each string equals
+/// normalising the render at every boundary a template has (its markup is
+/// ASCII).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Nfc(pub bool);
+
+/// A str value as the template must see it: the same text, in NFC when
+/// `nfc` is on. A string whose code points are all below U+0300 is already
+/// in NFC (none of them changes under NFC or combines: checked for every
+/// one of them by `tests/test_chat_template.py`); others go through
+/// Python's own `unicodedata.normalize("NFC", s)`, as the rest of convpack's
+/// normalisation does.
+fn text(s: &Bound<'_, PyString>, nfc: Nfc) -> PyResult<String> {
+    let lossy = s.to_string_lossy();
+    // UTF-8 bytes below 0xCC encode exactly the code points below U+0300.
+    if !nfc.0 || lossy.bytes().all(|b| b < 0xCC) {
+        return Ok(lossy.into_owned());
+    }
+    let py = s.py();
+    let normalize = NORMALIZE.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py.import("unicodedata")?.getattr("normalize")?.unbind())
+    })?;
+    let out = normalize.bind(py).call1(("NFC", s))?;
+    Ok(out.cast::<PyString>()?.to_string_lossy().into_owned())
+}
+
 /// A Python value as a template value (None, bool, int, float, str, lists,
-/// tuples and mappings with str keys).
-fn to_value(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ExtractError> {
+/// tuples and mappings with str keys), its strings in NFC when `nfc` is on.
+fn to_value(obj: &Bound<'_, PyAny>, depth: usize, nfc: Nfc) -> Result<Value, ExtractError> {
     if depth > MAX_DEPTH {
         return Err(rule(
             None,
@@ -111,12 +143,12 @@ fn to_value(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ExtractError>
         return Ok(Value::from(obj.extract::<f64>()?));
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(Value::from(s.to_string_lossy().as_ref()));
+        return Ok(Value::from(text(s, nfc)?));
     }
     if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
         let items: Vec<Value> = obj
             .try_iter()?
-            .map(|v| to_value(&v?, depth + 1))
+            .map(|v| to_value(&v?, depth + 1, nfc))
             .collect::<Result<_, _>>()?;
         return Ok(Value::from(items));
     }
@@ -130,7 +162,10 @@ fn to_value(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ExtractError>
                     format!("mapping keys must be strings, got {}", type_name(&k)),
                 )
             })?;
-            pairs.push((k.to_string_lossy().into_owned(), to_value(&v, depth + 1)?));
+            pairs.push((
+                k.to_string_lossy().into_owned(),
+                to_value(&v, depth + 1, nfc)?,
+            ));
         }
         return Ok(Value::from_pairs(pairs));
     }
@@ -141,8 +176,9 @@ fn to_value(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ExtractError>
 }
 
 /// Reads a conversation for a template out of Python: `messages` (each a
-/// mapping with a str `role`) and optional `tools`.
-pub fn extract(conv: &Bound<'_, PyAny>) -> Result<TemplateConversation, ExtractError> {
+/// mapping with a str `role`) and optional `tools`; every str value in NFC
+/// when `nfc` is on (keys are left as they are).
+pub fn extract(conv: &Bound<'_, PyAny>, nfc: Nfc) -> Result<TemplateConversation, ExtractError> {
     let conv = conv.cast::<PyMapping>().map_err(|_| {
         rule(
             None,
@@ -166,7 +202,7 @@ pub fn extract(conv: &Bound<'_, PyAny>) -> Result<TemplateConversation, ExtractE
         ));
     }
     let tools = match conv.get_item("tools") {
-        Ok(t) if !t.is_none() => Some(to_value(&t, 0)?),
+        Ok(t) if !t.is_none() => Some(to_value(&t, 0, nfc)?),
         _ => None,
     };
     let mut out = Vec::new();
@@ -210,7 +246,7 @@ pub fn extract(conv: &Bound<'_, PyAny>) -> Result<TemplateConversation, ExtractE
                     continue;
                 }
                 "role" => match v.cast::<PyString>() {
-                    Ok(s) => role = Some(s.to_string_lossy().into_owned()),
+                    Ok(s) => role = Some(text(s, nfc)?),
                     Err(_) => {
                         return Err(rule(
                             Some(i),
@@ -220,12 +256,12 @@ pub fn extract(conv: &Bound<'_, PyAny>) -> Result<TemplateConversation, ExtractE
                 },
                 "content" => {
                     if let Ok(s) = v.cast::<PyString>() {
-                        content = Some(s.to_string_lossy().into_owned());
+                        content = Some(text(s, nfc)?);
                     }
                 }
                 _ => {}
             }
-            fields.push((k, to_value(&v, 1).map_err(at)?));
+            fields.push((k, to_value(&v, 1, nfc).map_err(at)?));
         }
         let role = role.ok_or_else(|| rule(Some(i), "the message has no 'role'".into()))?;
         out.push(TemplateMessage {
