@@ -436,3 +436,86 @@ def test_turns_shards_of_a_template_equal_the_on_the_fly_split(twins, tmp_path, 
         for x, y in zip(next(a), next(b)):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert a.stats["split"] == b.stats["split"]
+
+
+# A template whose text for a turn depends on contents: a user message that
+# starts with "!" is marked urgent (its "!" dropped), and the reply to an
+# urgent message is trimmed. A render with every content a sentinel (which
+# convpack reuses across conversations of the same roles) cannot show that.
+# (Each `{%-` also strips the newline before it.)
+URGENT = (
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'user' and m.content.startswith('!') -%}"
+    "<|im_start|>user\n[urgent] {{ m.content[1:] }}<|im_end|>\n"
+    "{%- elif m.role == 'assistant' and loop.index0 > 0 and messages[loop.index0 - 1].content.startswith('!') -%}"
+    "<|im_start|>assistant\n{{ m.content | trim }}<|im_end|>\n"
+    "{%- else -%}"
+    "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+def ref_urgent(messages):
+    text, spans = "", []
+    for i, m in enumerate(messages):
+        c = m["content"]
+        if m["role"] == "user" and c.startswith("!"):
+            text += f"<|im_start|>user\n[urgent] {c[1:]}<|im_end|>"
+            continue
+        text += f"<|im_start|>{m['role']}\n"
+        if m["role"] == "assistant":
+            if i > 0 and messages[i - 1]["content"].startswith("!"):
+                c = c.strip(" \t\n\r\x0b\x0c")
+            start = len(text)
+            text += c
+            spans.append((start, len(text) + len("<|im_end|>")))
+        else:
+            text += c
+        text += "<|im_end|>"
+    return text, spans
+
+
+urgent_text = st.lists(st.sampled_from(["!", " ", "\n", "a", "b", "x", "é", "<|im_end|>", "\u4e2d"]),
+                       max_size=8).map("".join)
+
+
+@st.composite
+def same_roles(draw):
+    """Conversations of one role sequence with varied contents."""
+    roles = draw(st.sampled_from([["user", "assistant"], ["system", "user", "assistant"],
+                                  ["user", "assistant", "user", "assistant"]]))
+    return [[{"role": r, "content": draw(urgent_text)} for r in roles] for _ in range(6)]
+
+
+_URGENT = {}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(convs=same_roles(), family=st.sampled_from(["qwen", "llama3", "urgent"]))
+def test_one_template_over_many_conversations_of_the_same_roles(twins, convs, family):
+    """One ChatTemplate renders conversation after conversation of the same
+    roles (one by one and in a batch): ids are apply_chat_template's and
+    masks the format's own, whether or not a turn's text depends on the
+    contents."""
+    ours, hf_path = twins
+    if family == "urgent":
+        source, specials, ref = URGENT, {}, ref_urgent
+    else:
+        source, specials, ref = FAMILIES[family]
+    if family not in _URGENT:
+        _URGENT[family] = (tf.hf_fast(hf_path, source, **specials),
+                           ChatTemplate(source, name=family, **specials))
+    hf, fmt = _URGENT[family]
+    wanted = []
+    for messages in convs:
+        ids, mask = ours.render_conversation({"messages": messages}, max_tokens=10**6, chat_format=fmt)
+        assert ids == hf_ids(hf, messages)
+        want, _ = char_mask(hf, *ref(messages))
+        assert mask == want
+        wanted.append((ids, mask))
+    flat, flat_mask, offsets = ours.render_conversations(
+        [{"messages": m} for m in convs], max_tokens=10**6, num_threads=2, chat_format=fmt)
+    for i, (ids, mask) in enumerate(wanted):
+        assert flat[offsets[i]:offsets[i + 1]].tolist() == ids
+        assert flat_mask[offsets[i]:offsets[i + 1]].tolist() == mask

@@ -22,8 +22,11 @@
 //! A token is trained when its bytes overlap a trained span (the rule
 //! `transformers` applies to generation blocks).
 
+use std::sync::{Arc, RwLock};
+
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
+use rustc_hash::FxHashMap;
 
 use crate::bpe::{Rank, Tokenizer};
 use crate::error::{ConversationError, CoreError};
@@ -37,6 +40,11 @@ const SENTINEL_CLOSE: char = '\u{E001}';
 /// What `{% generation %}` and `{% endgeneration %}` become.
 const GEN_OPEN: char = '\u{E010}';
 const GEN_CLOSE: char = '\u{E011}';
+
+/// The sentinel that stands for the content numbered `i`.
+fn sentinel(i: usize) -> String {
+    format!("{SENTINEL_OPEN}{i}{SENTINEL_CLOSE}")
+}
 
 /// Which assistant messages are trained on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,7 +226,14 @@ pub struct ChatTemplate {
     /// text does not follow the prompt the variables asked for.
     default_opener: Option<String>,
     pub policy: MaskPolicy,
+    /// Skeletons by role sequence (see [`ChatTemplate::skeleton`]); `None`
+    /// where the template cannot render that sequence with sentinels.
+    skeletons: RwLock<FxHashMap<Vec<u8>, Option<Arc<str>>>>,
 }
+
+/// Role sequences whose skeleton a template keeps (more are rendered the
+/// general way).
+const MAX_SKELETONS: usize = 256;
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -568,6 +583,7 @@ impl ChatTemplate {
             opener: None,
             default_opener: None,
             policy,
+            skeletons: RwLock::default(),
         };
         t.opener = t.learn_opener(&t.globals);
         let tokens: Vec<(String, Value)> = t
@@ -623,6 +639,40 @@ impl ChatTemplate {
         let mut e = ConversationError::new(message, reason);
         e.template = Some(self.name.clone());
         e
+    }
+
+    /// The text of `messages` (all plain: a role and a content) with each
+    /// content the sentinel of its position in `messages`. It depends on the
+    /// roles alone (and the order of each message's two fields), so one
+    /// render serves every conversation of that role sequence; kept for up
+    /// to [`MAX_SKELETONS`] sequences. `None`: the template cannot render it.
+    fn skeleton(&self, conv: &TemplateConversation, messages: &[usize]) -> Option<Arc<str>> {
+        let key: Vec<u8> = messages
+            .iter()
+            .map(|&i| {
+                let m = &conv.messages[i];
+                let role = ROLES
+                    .iter()
+                    .position(|r| *r == m.role)
+                    .unwrap_or(ROLES.len());
+                let content_first = m.fields.first().is_some_and(|(k, _)| k == "content");
+                (role * 2 + usize::from(content_first)) as u8
+            })
+            .collect();
+        if let Some(s) = self.skeletons.read().ok()?.get(&key) {
+            return s.clone();
+        }
+        let values = messages
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| conv.messages[i].value(Some(&sentinel(k))))
+            .collect();
+        let text: Option<Arc<str>> = self.render_values(values, None, false).ok().map(Arc::from);
+        let mut kept = self.skeletons.write().ok()?;
+        if kept.len() < MAX_SKELETONS {
+            kept.insert(key, text.clone());
+        }
+        text
     }
 
     /// The template's text for these message values.
@@ -693,15 +743,36 @@ impl ChatTemplate {
             .enumerate()
             .filter(|&(_, i)| conv.messages[i].role == "assistant")
             .collect();
-        let sentinel = |i: usize| format!("{SENTINEL_OPEN}{i}{SENTINEL_CLOSE}");
         let mut anchors: Vec<Option<Span>> = vec![None; assistant.len()];
         let mut settled = vec![false; assistant.len()];
+        if !assistant.is_empty()
+            && tools.is_none()
+            && messages.iter().all(|&i| conv.messages[i].is_plain())
+        {
+            // Every message plain: the skeleton of their roles, all contents
+            // put back, must give the real text.
+            if let Some(skeleton) = self.skeleton(conv, messages) {
+                let content = |k: usize| {
+                    messages
+                        .get(k)
+                        .and_then(|&i| conv.messages[i].content.as_deref())
+                };
+                if let Some(found) = substitute(&skeleton, &real, messages.len(), content) {
+                    for (k, span) in found {
+                        if let Some(a) = assistant.iter().position(|&(pos, _)| pos == k) {
+                            anchors[a] = Some(span);
+                        }
+                    }
+                    settled.fill(true);
+                }
+            }
+        }
         let plain: Vec<usize> = assistant
             .iter()
             .filter(|&&(_, i)| conv.messages[i].is_plain())
             .map(|&(_, i)| i)
             .collect();
-        if !plain.is_empty() {
+        if !plain.is_empty() && !settled.iter().all(|&s| s) {
             let mut marked = base.clone();
             for &(pos, i) in &assistant {
                 if conv.messages[i].is_plain() {
@@ -709,7 +780,13 @@ impl ChatTemplate {
                 }
             }
             let marked = self.render_values(marked, tools, false)?;
-            if let Some(found) = substitute(&marked, &real, conv, &plain) {
+            let content = |i: usize| {
+                plain
+                    .contains(&i)
+                    .then(|| conv.messages[i].content.as_deref())
+                    .flatten()
+            };
+            if let Some(found) = substitute(&marked, &real, conv.messages.len(), content) {
                 for (i, span) in found {
                     if let Some(k) = assistant.iter().position(|&(_, j)| j == i) {
                         anchors[k] = Some(span);
@@ -1034,18 +1111,19 @@ impl ChatTemplate {
     }
 }
 
-/// Spans of the assistant contents when `marked` (sentinels in their place)
-/// becomes `real` by putting each content back, or a piece of it where the
-/// template rewrote it (trimmed, stripped, split) and only one piece fits
-/// between the template's own text; `None` when it does not.
-fn substitute(
+/// Spans of the contents when `marked` (sentinels numbered below `n` in
+/// their place) becomes `real` by putting each `content(number)` back, or a
+/// piece of it where the template rewrote it (trimmed, stripped, split) and
+/// only one piece fits between the template's own text; `None` when it does
+/// not, or a number has no content.
+fn substitute<'a>(
     marked: &str,
     real: &str,
-    conv: &TemplateConversation,
-    assistant: &[usize],
+    n: usize,
+    content: impl Fn(usize) -> Option<&'a str>,
 ) -> Option<Vec<(usize, Span)>> {
-    let mut spans = Vec::with_capacity(assistant.len());
-    let mut seen = vec![false; conv.messages.len()];
+    let mut spans = Vec::new();
+    let mut seen = vec![false; n];
     let mut pos = 0usize;
     let mut rest = marked;
     loop {
@@ -1061,10 +1139,10 @@ fn substitute(
         let after = &rest[at + SENTINEL_OPEN.len_utf8()..];
         let close = after.find(SENTINEL_CLOSE)?;
         let i: usize = after[..close].parse().ok()?;
-        if !assistant.contains(&i) || std::mem::replace(&mut seen[i], true) {
+        if i >= n || std::mem::replace(&mut seen[i], true) {
             return None;
         }
-        let content = conv.messages[i].content.as_deref()?;
+        let content = content(i)?;
         rest = &after[close + SENTINEL_CLOSE.len_utf8()..];
         let next = rest.find(SENTINEL_OPEN);
         let literal = &rest[..next.unwrap_or(rest.len())];

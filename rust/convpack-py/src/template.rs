@@ -8,6 +8,7 @@ use convpack_core::{
     TemplateValue as Value, TrainOn,
 };
 use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyMapping, PyString, PyTuple};
@@ -154,25 +155,60 @@ fn to_value(obj: &Bound<'_, PyAny>, depth: usize, nfc: Nfc) -> Result<Value, Ext
     }
     if let Ok(m) = obj.cast::<PyMapping>() {
         let mut pairs = Vec::new();
-        for item in m.items()?.iter() {
-            let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
+        for_each_item(m, |k, v| {
             let k = k.cast::<PyString>().map_err(|_| {
                 rule(
                     None,
-                    format!("mapping keys must be strings, got {}", type_name(&k)),
+                    format!("mapping keys must be strings, got {}", type_name(k)),
                 )
             })?;
             pairs.push((
                 k.to_string_lossy().into_owned(),
-                to_value(&v, depth + 1, nfc)?,
+                to_value(v, depth + 1, nfc)?,
             ));
-        }
+            Ok(())
+        })?;
         return Ok(Value::from_pairs(pairs));
     }
     Err(rule(
         None,
         format!("cannot give a {} to a chat template", type_name(obj)),
     ))
+}
+
+/// `map[key]`, `None` when the key is absent (a dict is read without
+/// raising and catching a `KeyError`).
+fn get<'py>(
+    map: &Bound<'py, PyMapping>,
+    key: &Bound<'py, PyString>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if let Ok(d) = map.cast::<PyDict>() {
+        return d.get_item(key);
+    }
+    match map.get_item(key) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(map.py()) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Calls `f` on each `(key, value)` of `map` in its order (a dict's items
+/// are walked in place, other mappings' through `items()`).
+fn for_each_item<'py>(
+    map: &Bound<'py, PyMapping>,
+    mut f: impl FnMut(&Bound<'py, PyAny>, &Bound<'py, PyAny>) -> Result<(), ExtractError>,
+) -> Result<(), ExtractError> {
+    if let Ok(d) = map.cast::<PyDict>() {
+        for (k, v) in d.iter() {
+            f(&k, &v)?;
+        }
+        return Ok(());
+    }
+    for item in map.items()?.iter() {
+        let (k, v): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item.extract()?;
+        f(&k, &v)?;
+    }
+    Ok(())
 }
 
 /// Reads a conversation for a template out of Python: `messages` (each a
@@ -188,12 +224,9 @@ pub fn extract(conv: &Bound<'_, PyAny>, nfc: Nfc) -> Result<TemplateConversation
             ),
         )
     })?;
-    let messages = match conv.get_item("messages") {
-        Ok(m) => m,
-        Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(conv.py()) => {
-            return Err(rule(None, "the conversation has no 'messages' key".into()))
-        }
-        Err(e) => return Err(e.into()),
+    let py = conv.py();
+    let Some(messages) = get(conv, intern!(py, "messages"))? else {
+        return Err(rule(None, "the conversation has no 'messages' key".into()));
     };
     if !(messages.is_instance_of::<PyList>() || messages.is_instance_of::<PyTuple>()) {
         return Err(rule(
@@ -201,8 +234,8 @@ pub fn extract(conv: &Bound<'_, PyAny>, nfc: Nfc) -> Result<TemplateConversation
             format!("'messages' must be a list, got {}", type_name(&messages)),
         ));
     }
-    let tools = match conv.get_item("tools") {
-        Ok(t) if !t.is_none() => Some(to_value(&t, 0, nfc)?),
+    let tools = match get(conv, intern!(py, "tools")) {
+        Ok(Some(t)) if !t.is_none() => Some(to_value(&t, 0, nfc)?),
         _ => None,
     };
     let mut out = Vec::new();
@@ -228,41 +261,52 @@ pub fn extract(conv: &Bound<'_, PyAny>, nfc: Nfc) -> Result<TemplateConversation
         let mut content = None;
         let mut train = None;
         let mut fields = Vec::new();
-        for item in map.items()?.iter() {
-            let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
+        for_each_item(map, |k, v| {
             let Ok(k) = k.cast::<PyString>() else {
                 return Err(rule(Some(i), "message keys must be strings".into()));
             };
             let k = k.to_string_lossy().into_owned();
-            match k.as_str() {
+            let value = match k.as_str() {
                 "train" => {
                     if !v.is_instance_of::<PyBool>() {
                         return Err(rule(
                             Some(i),
-                            format!("'train' must be a bool, got {}", type_name(&v)),
+                            format!("'train' must be a bool, got {}", type_name(v)),
                         ));
                     }
                     train = Some(v.is_truthy()?);
-                    continue;
+                    return Ok(());
                 }
+                // The string is read once, for the field and for the role
+                // or content picked out.
                 "role" => match v.cast::<PyString>() {
-                    Ok(s) => role = Some(text(s, nfc)?),
+                    Ok(s) => {
+                        let t = text(s, nfc)?;
+                        let value = Value::from(t.as_str());
+                        role = Some(t);
+                        value
+                    }
                     Err(_) => {
                         return Err(rule(
                             Some(i),
-                            format!("'role' must be a string, got {}", type_name(&v)),
+                            format!("'role' must be a string, got {}", type_name(v)),
                         ))
                     }
                 },
-                "content" => {
-                    if let Ok(s) = v.cast::<PyString>() {
-                        content = Some(text(s, nfc)?);
+                "content" => match v.cast::<PyString>() {
+                    Ok(s) => {
+                        let t = text(s, nfc)?;
+                        let value = Value::from(t.as_str());
+                        content = Some(t);
+                        value
                     }
-                }
-                _ => {}
-            }
-            fields.push((k, to_value(&v, 1, nfc).map_err(at)?));
-        }
+                    Err(_) => to_value(v, 1, nfc).map_err(at)?,
+                },
+                _ => to_value(v, 1, nfc).map_err(at)?,
+            };
+            fields.push((k, value));
+            Ok(())
+        })?;
         let role = role.ok_or_else(|| rule(Some(i), "the message has no 'role'".into()))?;
         out.push(TemplateMessage {
             role,
