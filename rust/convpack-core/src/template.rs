@@ -10,7 +10,12 @@
 //! The mask comes from the template's own output, never from markers it may
 //! lack: each assistant message's content is replaced by a unique sentinel,
 //! and where putting the real contents back reproduces the real text exactly
-//! the sentinels' places are the assistant spans. A template that rewrites a
+//! the sentinels' places are the assistant spans. Where every message is a
+//! role and a content, all contents are sentinels at first: that text
+//! depends on the roles alone, so it is rendered once per role sequence and
+//! each conversation costs one render (a layout that depends on the
+//! contents fails the check and takes the render with only the assistant
+//! contents replaced). A template that rewrites a
 //! message (strips an earlier `<think>` block, trims it) is rendered again
 //! with only that message replaced: the real text must start with what comes
 //! before the sentinel and end with what comes after it, and what lies
