@@ -65,7 +65,7 @@ ALLOWED = [
     ("convpack-core/src/template.rs", "Vec::with_capacity(assistant.len())", "messages in memory"),
     ("convpack-core/src/template.rs", "String::with_capacity(marked.len())", "a text in memory"),
     ("convpack-core/src/template.rs", "Vec::with_capacity(ids.len())", "ids in memory"),
-    ("convpack-core/src/template.rs", "vec![false; conv.messages.len()]", "messages in memory"),
+    ("convpack-core/src/template.rs", "let mut seen = vec![false; n];", "n is a conversation's message count"),
     ("convpack-core/src/train.rs", "Vec::with_capacity(word.len())", "a word in memory"),
     ("convpack-core/src/vocab.rs", "vec![Vec::new(); size]", "size is at most the ranks read + MAX_RANK_GAPS"),
     ("convpack-core/src/vocab.rs", "String::with_capacity(ranks.len() * 16)", "ranks in memory"),
