@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convpack import NANOCHAT, Tokenizer, _core
+from convpack import NANOCHAT, Tokenizer, VocabularyError, _core
 from convpack.hf import HfTokenizerError
 
 pytest.importorskip("quicktok")
@@ -283,6 +283,69 @@ def test_merge_list_disagreeing_with_ranks(tmp_path):
         want = theirs.encode(t, add_special_tokens=False).ids
         assert ours.encode(t) == want
     assert by_rank.encode_ordinary("abc") != theirs.encode("abc", add_special_tokens=False).ids
+
+
+def _small_doc(merges: list) -> dict:
+    chars = [hf_fixtures.spell(bytes([b])) for b in range(256)]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({"ab": 256, "bc": 257, "abc": 258})
+    return {
+        "version": "1.0",
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "vocab": vocab, "merges": merges},
+    }
+
+
+def _with_added_bc(doc: dict) -> None:
+    doc["added_tokens"] = [
+        {"id": 257, "content": "bc", "single_word": False, "lstrip": False, "rstrip": False,
+         "normalized": False, "special": True}
+    ]
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        (lambda d: d["model"]["vocab"].update(zz="7"), VocabularyError, r"model.vocab\['zz'\] must be a non-negative"),
+        (lambda d: d["model"]["vocab"].update(zz=-1), VocabularyError, r"model.vocab\['zz'\] must be a non-negative"),
+        (lambda d: d["model"]["vocab"].update(zz=3.0), VocabularyError, r"model.vocab\['zz'\] must be a non-negative"),
+        (lambda d: d["model"]["vocab"].update(zz=10**9), VocabularyError, "ids reach 1000000000 for 260 tokens"),
+        (lambda d: d["model"]["vocab"].update(zz=10**30), VocabularyError, "ids reach 10{30} for 260 tokens"),
+        (lambda d: d["model"]["vocab"].update({"a b": 259}), HfTokenizerError, "token 'a b', not spelled"),
+        (lambda d: d["model"]["merges"].append("a b c"), VocabularyError, r"model.merges\[3\] 'a b c' is not a pair"),
+        (lambda d: d["model"]["merges"].append("a  b"), VocabularyError, r"model.merges\[3\] 'a  b' is not a pair"),
+        (lambda d: d["model"]["merges"].append(["a", "q q"]), VocabularyError, r"model.merges\[3\] .* is not a pair"),
+        (lambda d: d["model"]["merges"].append(["a", 1]), VocabularyError, r"model.merges\[3\] .* is not a pair"),
+        (lambda d: d["model"]["merges"].append(7), VocabularyError, r"model.merges\[3\] 7 is not a pair"),
+        (lambda d: d["model"].update(merges={"a": "b"}), VocabularyError, "'model.merges' must be a list"),
+        (lambda d: (_with_added_bc(d), d["model"]["merges"].append("a bc")), HfTokenizerError, "merge 3 'a bc' of an added token"),
+    ],
+)
+def test_a_broken_vocabulary_or_merges_list_is_named(tmp_path, change, error, message):
+    doc = _small_doc(["a b", "b c", "ab c"])
+    change(doc)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(error, match=message):
+        Tokenizer.from_hf(path)
+
+
+def test_a_merge_that_makes_an_added_token_never_reaches_the_model(tmp_path):
+    # "bc" is an added (special) token the model also has: tokenizers splits
+    # it out of the text first, so the merge b + c is never applied, and
+    # "abc" is a + bc's pieces as the model sees them: "a", then "bc" alone.
+    doc = _small_doc(["a b", "b c", "ab c"])
+    _with_added_bc(doc)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    theirs = tokenizers.Tokenizer.from_file(str(path))
+    ours = Tokenizer.from_hf(path)
+    for t in ("abc", "bcbc", "abcab", "xbcx", "abbc"):
+        assert ours.encode(t) == theirs.encode(t, add_special_tokens=False).ids, t
 
 
 def test_datagen_with_nanochat_specials_missing_is_clear(hf_dir):

@@ -77,7 +77,6 @@ def _bytes_to_unicode() -> dict:
 
 
 BYTE_TO_CHAR: dict = _bytes_to_unicode()
-CHAR_TO_BYTE: dict = {c: b for b, c in BYTE_TO_CHAR.items()}
 
 
 def bytes_to_token(data: bytes) -> str:
@@ -415,17 +414,14 @@ def load(path: Any) -> HfVocabulary:
     vocab = model.get("vocab")
     if not isinstance(vocab, dict):
         raise VocabularyError(f"{path}: field 'model.vocab' must be an object", path)
-    size = max(vocab.values(), default=-1) + 1
-    if size > _core.MAX_VOCAB_SIZE or size > 4 * len(vocab) + 1024:
-        raise VocabularyError(f"{path}: 'model.vocab' ids reach {size - 1} for {len(vocab)} tokens", path)
-    ranks: list = [b""] * size
-    for token, i in vocab.items():
-        if not isinstance(i, int) or i < 0:
-            raise VocabularyError(f"{path}: model.vocab[{token!r}] must be a non-negative integer", path)
-        try:
-            ranks[i] = bytes(CHAR_TO_BYTE[c] for c in token)
-        except KeyError:
-            raise _fail(path, "model.vocab", f"token {token!r}, not spelled in ByteLevel's alphabet") from None
+    ranks, problem = _core.hf_vocab_bytes(vocab)
+    if problem is not None:
+        rule, what = problem
+        if rule == "alphabet":
+            raise _fail(path, "model.vocab", f"token {what!r}, not spelled in ByteLevel's alphabet")
+        if rule == "size":
+            raise VocabularyError(f"{path}: 'model.vocab' ids reach {what} for {len(vocab)} tokens", path)
+        raise VocabularyError(f"{path}: model.vocab[{what!r}] must be a non-negative integer", path)
 
     added = []
     for entry in doc.get("added_tokens") or []:
@@ -451,6 +447,7 @@ def load(path: Any) -> HfVocabulary:
     # len(vocab), in file order.
     next_id = len(vocab)
     seen: dict = {}
+    blanked: list = []
     for t in added:
         if t.content in seen:
             t.id = seen[t.content]
@@ -459,30 +456,22 @@ def load(path: Any) -> HfVocabulary:
         if model_id is not None:
             t.id = model_id
             ranks[model_id] = b""
+            blanked.append(model_id)
         else:
             t.id = next_id
             next_id += 1
         seen[t.content] = t.id
     added = list({t.content: t for t in added}.values())
 
-    merges = []
-    index = {tok: i for tok, i in vocab.items()}
-    for k, m in enumerate(model.get("merges") or []):
-        if isinstance(m, str):
-            parts = m.split(" ")
-        elif isinstance(m, list):
-            parts = m
-        else:
-            parts = []
-        if len(parts) != 2 or parts[0] not in index or parts[1] not in index:
-            raise VocabularyError(f"{path}: model.merges[{k}] {m!r} is not a pair of vocabulary tokens", path)
-        a, b = index[parts[0]], index[parts[1]]
-        if not ranks[a] or not ranks[b]:
-            raise _fail(path, "model.merges", f"merge {k} {m!r} of an added token")
-        result = index.get(parts[0] + parts[1])
-        if result is not None and not ranks[result]:
-            continue  # makes an added token, which never reaches the model
-        merges.append((a, b))
+    listed = model.get("merges") or []
+    if not isinstance(listed, list):
+        raise VocabularyError(f"{path}: field 'model.merges' must be a list", path)
+    merges, problem = _core.hf_merge_ids(vocab, listed, blanked)
+    if problem is not None:
+        rule, k = problem
+        if rule == "added":
+            raise _fail(path, "model.merges", f"merge {k} {listed[k]!r} of an added token")
+        raise VocabularyError(f"{path}: model.merges[{k}] {listed[k]!r} is not a pair of vocabulary tokens", path)
 
     template, problem = _post_template(doc.get("post_processor"))
     family = "ByteLevel BPE" + (" + NFC" if nfc else "")

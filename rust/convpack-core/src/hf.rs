@@ -50,6 +50,55 @@ use crate::bpe::Rank;
 /// token's length; real vocabularies stay far below this).
 pub const MAX_CHECKED_TOKEN_LEN: usize = 1024;
 
+/// The bytes GPT-2's ByteLevel alphabet does not spell as themselves (the
+/// controls, space, DEL to NBSP and the soft hyphen), in byte order: the
+/// `n`th of them is spelled `U+0100 + n`.
+const BYTE_LEVEL_SHIFTED: [u8; 68] = {
+    let mut out = [0u8; 68];
+    let (mut b, mut n) = (0usize, 0usize);
+    while b < 256 {
+        if !byte_level_printable(b as u32) {
+            out[n] = b as u8;
+            n += 1;
+        }
+        b += 1;
+    }
+    out
+};
+
+/// Bytes that a ByteLevel vocabulary spells as the character of the same
+/// code point.
+const fn byte_level_printable(c: u32) -> bool {
+    matches!(c, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF)
+}
+
+/// The byte that the character `c` spells in a ByteLevel vocabulary
+/// (`tokenizer.json` files of GPT-2's lineage), or `None` for a character
+/// outside that alphabet.
+#[inline]
+pub fn byte_level_byte(c: char) -> Option<u8> {
+    let c = c as u32;
+    if byte_level_printable(c) {
+        return Some(c as u8);
+    }
+    BYTE_LEVEL_SHIFTED
+        .get(c.checked_sub(0x100)? as usize)
+        .copied()
+}
+
+/// A ByteLevel token's bytes, written over `out`; false (with `out`
+/// unspecified) when a character is outside the alphabet.
+pub fn byte_level_bytes(token: &str, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    for c in token.chars() {
+        match byte_level_byte(c) {
+            Some(b) => out.push(b),
+            None => return false,
+        }
+    }
+    true
+}
+
 /// Rank-merges `bytes` with only the tokens of id below `limit`, calling
 /// `seen` with the part boundaries (parts are `bytes[b[i]..b[i + 1]]`)
 /// before each merge and at the end; stops early when `seen` returns true.
@@ -209,6 +258,28 @@ mod tests {
 
     fn bytes_vocab() -> Vec<Vec<u8>> {
         (0..=255u8).map(|b| vec![b]).collect()
+    }
+
+    #[test]
+    fn byte_level_alphabet_is_a_bijection_onto_its_256_characters() {
+        let mut seen = [false; 256];
+        let mut spelled = 0;
+        for c in (0..0x200u32).filter_map(char::from_u32) {
+            if let Some(b) = byte_level_byte(c) {
+                assert!(!seen[b as usize], "byte {b} spelled twice");
+                seen[b as usize] = true;
+                spelled += 1;
+            }
+        }
+        assert_eq!(spelled, 256);
+        // Printable bytes are themselves; space is the first shifted one.
+        assert_eq!(byte_level_byte('a'), Some(b'a'));
+        assert_eq!(byte_level_byte('\u{120}'), Some(b' '));
+        assert_eq!(byte_level_byte(' '), None);
+        let mut out = Vec::new();
+        assert!(byte_level_bytes("\u{120}hi", &mut out));
+        assert_eq!(out, b" hi");
+        assert!(!byte_level_bytes("h\u{144}", &mut out));
     }
 
     #[test]
