@@ -173,30 +173,41 @@ pub fn check_merges_follow_ranks(ranks: &[Vec<u8>], merges: &[(Rank, Rank)]) -> 
         }
         results.push(r);
     }
-    // Condition (2): each token's rank split.
-    let mut rank_split: FxHashMap<Rank, (Rank, Rank)> = FxHashMap::default();
-    for (id, bytes) in ranks.iter().enumerate() {
+    // Condition (2): each token's rank split, tokens on every core (the
+    // longest part of the check); the first failure by id is reported.
+    let ids: Vec<Rank> = (0..ranks.len() as Rank).collect();
+    let splits = crate::parallel::map_chunked(&ids, 0, |&id| {
+        let bytes = &ranks[id as usize];
         if bytes.len() < 2 {
-            continue;
+            return Ok(None);
         }
-        let id = id as Rank;
         if bytes.len() > MAX_CHECKED_TOKEN_LEN {
             return Err(format!(
-                "token {id} is {} bytes long; tokens of more than {MAX_CHECKED_TOKEN_LEN} bytes are not supported",
+                "is {} bytes long; tokens of more than {MAX_CHECKED_TOKEN_LEN} bytes are not supported",
                 bytes.len()
             ));
         }
         let bounds = merge_below(bytes, id, &encoder, |_| false);
         if let [0, k, _] = bounds[..] {
-            rank_split.insert(id, (encoder[&bytes[..k]], encoder[&bytes[k..]]));
+            Ok(Some((encoder[&bytes[..k]], encoder[&bytes[k..]])))
         } else {
             // The rank encoder may still build it inside a longer piece,
             // after merges of higher id: (i) of the module docs fails.
-            return Err(format!(
-                "token {id} ({bytes:?}) is not made of two tokens of lower id \
+            Err(format!(
+                "({bytes:?}) is not made of two tokens of lower id \
                  (its bytes merge by rank into {} parts)",
                 bounds.len() - 1
-            ));
+            ))
+        }
+    });
+    let mut rank_split: FxHashMap<Rank, (Rank, Rank)> = FxHashMap::default();
+    for (id, split) in ids.into_iter().zip(splits) {
+        match split {
+            Ok(Some(pair)) => {
+                rank_split.insert(id, pair);
+            }
+            Ok(None) => {}
+            Err(why) => return Err(format!("token {id} {why}")),
         }
     }
     // Walk each token's consecutive merges up to its rank split: condition
