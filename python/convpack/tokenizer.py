@@ -648,6 +648,8 @@ class Tokenizer:
             if type(text) is str and prepend is None and append is None and allowed_special is None:
                 return self._core.encode_ordinary(text)  # the common call, with nothing to check
         elif allowed_special is None and prepend is None and append is None:
+            if type(text) is str and self._hf_splitter is None and not self._hf.nfc:
+                return _core.hf_encode(self._core, text)  # encode_hf's common case, without its layers
             return self.encode_hf(text, num_threads=num_threads)
         pre = self._token(prepend, "prepend")
         post = self._token(append, "append")
