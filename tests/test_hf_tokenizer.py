@@ -251,38 +251,16 @@ def _doc(hf_dir, family="qwen3"):
 def test_unsupported_components_are_refused(hf_dir, tmp_path, change, component):
     doc = _doc(hf_dir)
     change(doc)
-    path = tmp_path / "tokenizer.json"
-    path.write_text(json.dumps(doc), encoding="utf-8")
+    path = _written(tmp_path, doc)
     with pytest.raises(HfTokenizerError, match=component) as info:
         Tokenizer.from_hf(path)
     assert "supported are" in str(info.value)
 
 
-def test_merge_list_disagreeing_with_ranks(tmp_path):
-    # "abc" listed only as a + bc while "ab" has the lower id: by rank the
-    # text "abc" would be [ab, c] -> abc; tokenizers never merges (ab, c).
-    chars = [hf_fixtures.spell(bytes([b])) for b in range(256)]
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({"ab": 256, "bc": 257, "abc": 258})
-    doc = {
-        "version": "1.0",
-        "added_tokens": [],
-        "normalizer": None,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-        "post_processor": None,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-        "model": {"type": "BPE", "vocab": vocab, "merges": [["a", "b"], ["b", "c"], ["a", "bc"]]},
-    }
+def _written(tmp_path, doc: dict):
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(doc), encoding="utf-8")
-    theirs = tokenizers.Tokenizer.from_file(str(path))
-    ours = Tokenizer.from_hf(path)
-    assert _core.hf_merges_by_list(ours._core)
-    by_rank = Tokenizer.from_ranks([bytes([b]) for b in range(256)] + [b"ab", b"bc", b"abc"], special_tokens=[])
-    for t in ("abc", "abcabc", "xabcbc", "bcabc"):
-        want = theirs.encode(t, add_special_tokens=False).ids
-        assert ours.encode(t) == want
-    assert by_rank.encode_ordinary("abc") != theirs.encode("abc", add_special_tokens=False).ids
+    return path
 
 
 def _small_doc(merges: list) -> dict:
@@ -298,6 +276,21 @@ def _small_doc(merges: list) -> dict:
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
         "model": {"type": "BPE", "vocab": vocab, "merges": merges},
     }
+
+
+def test_merge_list_disagreeing_with_ranks(tmp_path):
+    # "abc" listed only as a + bc while "ab" has the lower id: by rank the
+    # text "abc" would be [ab, c] -> abc; tokenizers never merges (ab, c).
+    doc = _small_doc([["a", "b"], ["b", "c"], ["a", "bc"]])
+    path = _written(tmp_path, doc)
+    theirs = tokenizers.Tokenizer.from_file(str(path))
+    ours = Tokenizer.from_hf(path)
+    assert _core.hf_merges_by_list(ours._core)
+    by_rank = Tokenizer.from_ranks([bytes([b]) for b in range(256)] + [b"ab", b"bc", b"abc"], special_tokens=[])
+    for t in ("abc", "abcabc", "xabcbc", "bcabc"):
+        want = theirs.encode(t, add_special_tokens=False).ids
+        assert ours.encode(t) == want
+    assert by_rank.encode_ordinary("abc") != theirs.encode("abc", add_special_tokens=False).ids
 
 
 def _with_added_bc(doc: dict) -> None:
@@ -328,8 +321,7 @@ def _with_added_bc(doc: dict) -> None:
 def test_a_broken_vocabulary_or_merges_list_is_named(tmp_path, change, error, message):
     doc = _small_doc(["a b", "b c", "ab c"])
     change(doc)
-    path = tmp_path / "tokenizer.json"
-    path.write_text(json.dumps(doc), encoding="utf-8")
+    path = _written(tmp_path, doc)
     with pytest.raises(error, match=message):
         Tokenizer.from_hf(path)
 
@@ -340,8 +332,7 @@ def test_a_merge_that_makes_an_added_token_never_reaches_the_model(tmp_path):
     # "abc" is a + bc's pieces as the model sees them: "a", then "bc" alone.
     doc = _small_doc(["a b", "b c", "ab c"])
     _with_added_bc(doc)
-    path = tmp_path / "tokenizer.json"
-    path.write_text(json.dumps(doc), encoding="utf-8")
+    path = _written(tmp_path, doc)
     theirs = tokenizers.Tokenizer.from_file(str(path))
     ours = Tokenizer.from_hf(path)
     for t in ("abc", "bcbc", "abcab", "xbcx", "abbc"):
