@@ -37,9 +37,10 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".to_string())
 }
 
-/// `obj[key]`, or `None` when the key is missing. Keys are interned Python
-/// strings, so looking one up allocates nothing.
-fn get<'py>(
+/// `obj[key]`, or `None` when the key is missing (a dict is read without
+/// raising and catching a `KeyError`). Keys are interned Python strings,
+/// so looking one up allocates nothing.
+pub(crate) fn get<'py>(
     obj: &Bound<'py, PyAny>,
     key: &Bound<'py, PyString>,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {

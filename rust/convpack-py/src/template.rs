@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyMapping, PyString, PyTuple};
 
-use crate::convert::{type_name, ExtractError};
+use crate::convert::{get, type_name, ExtractError};
 
 /// Nesting deeper than this in a message is refused (no template needs it).
 const MAX_DEPTH: usize = 64;
@@ -176,22 +176,6 @@ fn to_value(obj: &Bound<'_, PyAny>, depth: usize, nfc: Nfc) -> Result<Value, Ext
     ))
 }
 
-/// `map[key]`, `None` when the key is absent (a dict is read without
-/// raising and catching a `KeyError`).
-fn get<'py>(
-    map: &Bound<'py, PyMapping>,
-    key: &Bound<'py, PyString>,
-) -> PyResult<Option<Bound<'py, PyAny>>> {
-    if let Ok(d) = map.cast::<PyDict>() {
-        return d.get_item(key);
-    }
-    match map.get_item(key) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(map.py()) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// Calls `f` on each `(key, value)` of `map` in its order (a dict's items
 /// are walked in place, other mappings' through `items()`).
 fn for_each_item<'py>(
@@ -225,7 +209,7 @@ pub fn extract(conv: &Bound<'_, PyAny>, nfc: Nfc) -> Result<TemplateConversation
         )
     })?;
     let py = conv.py();
-    let Some(messages) = get(conv, intern!(py, "messages"))? else {
+    let Some(messages) = get(conv.as_any(), intern!(py, "messages"))? else {
         return Err(rule(None, "the conversation has no 'messages' key".into()));
     };
     if !(messages.is_instance_of::<PyList>() || messages.is_instance_of::<PyTuple>()) {
@@ -234,7 +218,7 @@ pub fn extract(conv: &Bound<'_, PyAny>, nfc: Nfc) -> Result<TemplateConversation
             format!("'messages' must be a list, got {}", type_name(&messages)),
         ));
     }
-    let tools = match get(conv, intern!(py, "tools")) {
+    let tools = match get(conv.as_any(), intern!(py, "tools")) {
         Ok(Some(t)) if !t.is_none() => Some(to_value(&t, 0, nfc)?),
         _ => None,
     };
