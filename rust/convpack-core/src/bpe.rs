@@ -337,13 +337,19 @@ fn pair_table(ranks: &[Vec<u8>], encoder: &FxHashMap<Vec<u8>, Rank>) -> FxHashMa
 
 /// Per-thread memo of merged pieces, for the tokenizer `owner`.
 ///
-/// Entries live in two flat arenas (piece bytes and their tokens) indexed by
-/// the piece's 64-bit hash, so filling and clearing the cache allocates
-/// nothing per entry. A hash collision is a miss, and the newer piece wins.
+/// A piece of up to [`MID_KEY_MAX`] bytes (nearly all) is keyed by its bytes
+/// packed in an integer ([`short_key`], [`mid_key`]) and holds up to
+/// [`INLINE_TOKENS`] tokens in its entry: a hit is one probe, with no
+/// comparison of bytes elsewhere in memory and no second load for the
+/// tokens. Longer pieces, and tokens beyond that, live in two flat arenas
+/// (piece bytes and tokens), the long pieces indexed by their 64-bit hash,
+/// so filling and clearing the cache allocates nothing per entry. A hash
+/// collision of a long piece is a miss, and the newer piece wins.
 struct PieceCache {
     owner: u64,
     /// [`PIECE_EPOCH`] when the cache was last emptied.
     epoch: u64,
+    small: FxHashMap<u128, SmallEntry>,
     map: FxHashMap<u64, CacheEntry>,
     bytes: Vec<u8>,
     tokens: Vec<Rank>,
@@ -351,6 +357,17 @@ struct PieceCache {
     scratch: Vec<Part>,
     /// Scratch space of [`Tokenizer::merge_heap`].
     heap: HeapScratch,
+}
+
+/// Tokens a short piece's entry holds itself.
+const INLINE_TOKENS: usize = 3;
+
+/// A short piece's tokens: `len` of them in `tokens`, or, beyond
+/// [`INLINE_TOKENS`], in the arena from `tokens[0]`.
+#[derive(Clone, Copy)]
+struct SmallEntry {
+    len: u32,
+    tokens: [Rank; INLINE_TOKENS],
 }
 
 #[derive(Clone, Copy)]
@@ -361,9 +378,34 @@ struct CacheEntry {
     tokens_len: u32,
 }
 
+/// `piece` packed with its length, for a piece of up to [`MID_KEY_MAX`]
+/// bytes (a short key's high half is zero, a mid key's is not).
+#[inline]
+fn small_key(piece: &[u8]) -> Option<u128> {
+    short_key(piece).map(u128::from).or_else(|| mid_key(piece))
+}
+
 impl PieceCache {
-    fn get(&self, hash: u64, piece: &[u8]) -> Option<&[Rank]> {
-        let e = self.map.get(&hash)?;
+    fn clear(&mut self) {
+        self.small.clear();
+        self.map.clear();
+        self.bytes.clear();
+        self.tokens.clear();
+    }
+
+    #[inline]
+    fn get(&self, piece: &[u8]) -> Option<&[Rank]> {
+        if let Some(key) = small_key(piece) {
+            let e = self.small.get(&key)?;
+            let n = e.len as usize;
+            return if n <= INLINE_TOKENS {
+                Some(&e.tokens[..n])
+            } else {
+                let at = e.tokens[0] as usize;
+                Some(&self.tokens[at..at + n])
+            };
+        }
+        let e = self.map.get(&long_hash(piece))?;
         let at = e.bytes_at as usize;
         if &self.bytes[at..at + e.bytes_len as usize] != piece {
             return None;
@@ -372,11 +414,25 @@ impl PieceCache {
         Some(&self.tokens[t..t + e.tokens_len as usize])
     }
 
-    fn insert(&mut self, hash: u64, piece: &[u8], tokens: &[Rank]) {
-        if self.map.len() >= PIECE_CACHE_CAPACITY || self.bytes.len() > PIECE_CACHE_BYTES {
-            self.map.clear();
-            self.bytes.clear();
-            self.tokens.clear();
+    fn insert(&mut self, piece: &[u8], tokens: &[Rank]) {
+        if self.small.len() + self.map.len() >= PIECE_CACHE_CAPACITY
+            || self.bytes.len() > PIECE_CACHE_BYTES
+        {
+            self.clear();
+        }
+        if let Some(key) = small_key(piece) {
+            let mut e = SmallEntry {
+                len: tokens.len() as u32,
+                tokens: [0; INLINE_TOKENS],
+            };
+            if tokens.len() <= INLINE_TOKENS {
+                e.tokens[..tokens.len()].copy_from_slice(tokens);
+            } else {
+                e.tokens[0] = self.tokens.len() as u32;
+                self.tokens.extend_from_slice(tokens);
+            }
+            self.small.insert(key, e);
+            return;
         }
         let entry = CacheEntry {
             bytes_at: self.bytes.len() as u32,
@@ -386,8 +442,15 @@ impl PieceCache {
         };
         self.bytes.extend_from_slice(piece);
         self.tokens.extend_from_slice(tokens);
-        self.map.insert(hash, entry);
+        self.map.insert(long_hash(piece), entry);
     }
+}
+
+#[inline]
+fn long_hash(piece: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(piece);
+    h.finish()
 }
 
 /// Bytes of pieces each thread's cache holds before it starts over.
@@ -397,6 +460,7 @@ thread_local! {
     static PIECE_CACHE: RefCell<PieceCache> = RefCell::new(PieceCache {
         owner: 0,
         epoch: 0,
+        small: FxHashMap::default(),
         map: FxHashMap::default(),
         bytes: Vec::new(),
         tokens: Vec::new(),
@@ -1076,16 +1140,9 @@ impl Tokenizer {
             if cache.owner != self.id || cache.epoch != epoch {
                 cache.owner = self.id;
                 cache.epoch = epoch;
-                cache.map.clear();
-                cache.bytes.clear();
-                cache.tokens.clear();
+                cache.clear();
             }
-            let hash = {
-                let mut h = FxHasher::default();
-                h.write(piece);
-                h.finish()
-            };
-            if let Some(tokens) = cache.get(hash, piece) {
+            if let Some(tokens) = cache.get(piece) {
                 // A few ids: pushes beat a call to memcpy.
                 for &t in tokens {
                     out.push(t);
@@ -1100,7 +1157,7 @@ impl Tokenizer {
                 (None, true) => self.merge_heap(&ByRank(self), piece, &mut cache.heap, out),
                 (None, false) => self.merge_small(&ByRank(self), piece, &mut cache.scratch, out),
             }
-            cache.insert(hash, piece, &out[start..]);
+            cache.insert(piece, &out[start..]);
         })
     }
 
