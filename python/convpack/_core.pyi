@@ -7,6 +7,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "BYTE_LEVEL_ALPHABET",
     "BpeTrainer",
     "CHAT_SPECIAL_TOKENS",
     "CL100K_PATTERN",
@@ -34,6 +35,7 @@ SPLIT_PATTERN: str
 CL100K_PATTERN: str
 CL100K_TIKTOKEN_PATTERN: str
 QWEN2_PATTERN: str
+BYTE_LEVEL_ALPHABET: str
 MAX_SPECIAL_TOKENS: int
 MAX_VOCAB_SIZE: int
 CHAT_SPECIAL_TOKENS: list[str]

@@ -61,22 +61,9 @@ class HfTokenizerError(VocabularyError):
     supported."""
 
 
-def _bytes_to_unicode() -> dict:
-    # GPT-2's byte -> printable character map that ByteLevel vocabularies
-    # spell their tokens with.
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    table = {}
-    n = 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + n)
-            n += 1
-    return table
-
-
-BYTE_TO_CHAR: dict = _bytes_to_unicode()
+#: GPT-2's byte -> printable character map that ByteLevel vocabularies spell
+#: their tokens with (the core's table, which also reads them).
+BYTE_TO_CHAR: dict = dict(enumerate(_core.BYTE_LEVEL_ALPHABET))
 
 
 def bytes_to_token(data: bytes) -> str:

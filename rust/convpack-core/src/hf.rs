@@ -86,6 +86,17 @@ pub fn byte_level_byte(c: char) -> Option<u8> {
         .copied()
 }
 
+/// The character that spells the byte `b` in a ByteLevel vocabulary (the
+/// inverse of [`byte_level_byte`]).
+pub fn byte_level_char(b: u8) -> char {
+    if byte_level_printable(b as u32) {
+        return b as char;
+    }
+    // Every byte that is not printable is in the table.
+    let n = BYTE_LEVEL_SHIFTED.iter().position(|&x| x == b).unwrap_or(0);
+    char::from_u32(0x100 + n as u32).unwrap_or(char::REPLACEMENT_CHARACTER)
+}
+
 /// A ByteLevel token's bytes, written over `out`; false (with `out`
 /// unspecified) when a character is outside the alphabet.
 pub fn byte_level_bytes(token: &str, out: &mut Vec<u8>) -> bool {
@@ -283,6 +294,9 @@ mod tests {
             }
         }
         assert_eq!(spelled, 256);
+        for b in 0..=255u8 {
+            assert_eq!(byte_level_byte(byte_level_char(b)), Some(b));
+        }
         // Printable bytes are themselves; space is the first shifted one.
         assert_eq!(byte_level_byte('a'), Some(b'a'));
         assert_eq!(byte_level_byte('\u{120}'), Some(b' '));

@@ -223,5 +223,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hf_merges_by_list, m)?)?;
     m.add_function(wrap_pyfunction!(hf_encode_batch, m)?)?;
     m.add("QWEN2_PATTERN", convpack_core::QWEN2_PATTERN)?;
+    let alphabet: String = (0..=255u8).map(hf::byte_level_char).collect();
+    m.add("BYTE_LEVEL_ALPHABET", alphabet)?;
     Ok(())
 }
