@@ -53,6 +53,22 @@ def test_nanochat_pattern_matches_tiktoken(tt_nano, tokenizer):
         assert tokenizer.encode(t) == e
 
 
+def test_a_batch_on_every_thread_names_its_first_bad_text(tokenizer):
+    # Blocks of a batch become lists in the order they finish, not in the
+    # order of the texts; the error raised must still be the first text's.
+    texts = [f"text number {i}" for i in range(4000)]
+    texts[900] = "one <|assistant_start|> here"
+    texts[3100] = "one <|bos|> there"
+    for num_threads in (1, 2, None):
+        for _ in range(5):
+            with pytest.raises(ValueError, match="assistant_start"):
+                tokenizer.encode(texts, allowed_special=set(), num_threads=num_threads)
+    texts[900] = "fine"
+    rows = tokenizer.encode(texts, allowed_special={"<|bos|>"}, num_threads=2)
+    assert rows[3100] == tokenizer.encode("one ") + [tokenizer.encode_special("<|bos|>")] + tokenizer.encode(" there")
+    assert rows[:3100] == [tokenizer.encode(t) for t in texts[:3100]]
+
+
 def test_round_trip(tokenizer):
     for t in TEXTS:
         assert tokenizer.decode(tokenizer.encode(t)) == t

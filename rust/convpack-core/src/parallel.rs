@@ -10,6 +10,8 @@
 //! builds its own on first use (or, if it cannot start threads, runs the
 //! work on the calling thread).
 
+use std::ops::Range;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
@@ -156,6 +158,129 @@ pub fn map_chunked<T: Sync, R: Send>(
     out
 }
 
+/// [`map_chunked`], but each block's results go to `consume(first item,
+/// results)` on the calling thread as soon as they are ready (blocks in no
+/// particular order), while the other threads go on with the next blocks.
+///
+/// For work whose results must be turned into something only the calling
+/// thread may make (Python objects): with the whole batch mapped first and
+/// consumed after, that last step runs on one thread while the others wait,
+/// and bounds the speed-up. Here the calling thread consumes what the pool
+/// has finished, maps a block itself only when nothing is ready, and waits
+/// only for the last blocks.
+///
+/// The first error `consume` returns stops the work: no block is started
+/// after it, and that error is returned. A panic in `f` on any thread is
+/// resumed on the calling thread once every thread has stopped.
+pub fn map_chunked_each<T: Sync, R: Send, E>(
+    items: &[T],
+    num_threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+    mut consume: impl FnMut(usize, Vec<R>) -> Result<(), E>,
+) -> Result<(), E> {
+    let pool = process_pool();
+    let threads = pool.map_or(1, |pool| {
+        effective_threads(num_threads, pool.current_num_threads() + 1, items.len())
+    });
+    let (Some(pool), true) = (pool, threads > 1) else {
+        return consume(0, items.iter().map(f).collect());
+    };
+    let block = (items.len() / (threads * 16)).max(1);
+    let next = AtomicUsize::new(0);
+    let take = || {
+        let start = next.fetch_add(block, Ordering::Relaxed);
+        (start < items.len()).then(|| start..(start + block).min(items.len()))
+    };
+    let run = |range: Range<usize>| -> (usize, Vec<R>) {
+        (range.start, items[range].iter().map(&f).collect())
+    };
+    let shared = Mutex::new(Shared::<R> {
+        ready: Vec::new(),
+        running: threads - 1,
+        panic: None,
+    });
+    let changed = Condvar::new();
+    let lock = || shared.lock().unwrap_or_else(PoisonError::into_inner);
+    let caller_cpu = placement::current_cpu();
+    pool.in_place_scope(|scope| {
+        for _ in 1..threads {
+            let (take, run, lock, changed) = (&take, &run, &lock, &changed);
+            scope.spawn(move |_| {
+                let _off = caller_cpu.map(placement::keep_off);
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    while let Some(range) = take() {
+                        let done = run(range);
+                        lock().ready.push(done);
+                        changed.notify_one();
+                    }
+                }));
+                let mut s = lock();
+                s.running -= 1;
+                if let Err(p) = outcome {
+                    s.panic.get_or_insert(p);
+                }
+                drop(s);
+                changed.notify_one();
+            });
+        }
+        let stop = || next.store(items.len(), Ordering::Relaxed);
+        let mut result = Ok(());
+        loop {
+            let ready = {
+                let mut s = lock();
+                if s.panic.is_some() {
+                    break;
+                }
+                s.ready.pop()
+            };
+            let (start, rows) = match ready {
+                Some(done) => done,
+                None => match take() {
+                    Some(range) => {
+                        match std::panic::catch_unwind(AssertUnwindSafe(|| run(range))) {
+                            Ok(done) => done,
+                            Err(p) => {
+                                lock().panic.get_or_insert(p);
+                                break;
+                            }
+                        }
+                    }
+                    None => {
+                        let mut s = lock();
+                        while s.ready.is_empty() && s.running > 0 && s.panic.is_none() {
+                            s = changed.wait(s).unwrap_or_else(PoisonError::into_inner);
+                        }
+                        if s.ready.is_empty() {
+                            break; // every block is consumed, or a panic
+                        }
+                        continue;
+                    }
+                },
+            };
+            if let Err(e) = consume(start, rows) {
+                result = Err(e);
+                break;
+            }
+        }
+        stop();
+        result
+    })
+    .and_then(|()| match lock().panic.take() {
+        Some(p) => std::panic::resume_unwind(p),
+        None => Ok(()),
+    })
+}
+
+/// What the threads of [`map_chunked_each`] share.
+struct Shared<R> {
+    /// Blocks mapped and not yet consumed: `(first item, results)`.
+    ready: Blocks<R>,
+    /// Pool tasks still taking blocks.
+    running: usize,
+    /// The first panic of `f`, to resume on the calling thread.
+    panic: Option<Box<dyn std::any::Any + Send>>,
+}
+
 /// Keeping a pool thread off the CPU of the thread that handed it work.
 #[cfg(target_os = "linux")]
 mod placement {
@@ -292,6 +417,57 @@ mod tests {
             let out = super::map_chunked(&v, t, |x| x * 2);
             assert_eq!(out, v.iter().map(|x| x * 2).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn each_block_is_consumed_once() {
+        let v: Vec<u32> = (0..1000).collect();
+        for t in [0, 1, 2, 3, 7] {
+            let mut seen = vec![None; v.len()];
+            let done: Result<(), ()> = super::map_chunked_each(
+                &v,
+                t,
+                |x| x * 2,
+                |start, rows| {
+                    for (k, r) in rows.into_iter().enumerate() {
+                        assert!(seen[start + k].is_none(), "item {} twice", start + k);
+                        seen[start + k] = Some(r);
+                    }
+                    Ok(())
+                },
+            );
+            assert_eq!(done, Ok(()));
+            let want: Vec<Option<u32>> = v.iter().map(|x| Some(x * 2)).collect();
+            assert_eq!(seen, want);
+        }
+    }
+
+    #[test]
+    fn an_error_stops_the_work_and_a_panic_reaches_the_caller() {
+        let v: Vec<u32> = (0..1000).collect();
+        let mut calls = 0;
+        let done = super::map_chunked_each(
+            &v,
+            2,
+            |x| *x,
+            |_, _| {
+                calls += 1;
+                Err("no room")
+            },
+        );
+        assert_eq!((done, calls), (Err("no room"), 1));
+        let caught = std::panic::catch_unwind(|| {
+            super::map_chunked_each(
+                &v,
+                2,
+                |&x| {
+                    assert_ne!(x, 700, "item 700 fails");
+                    x
+                },
+                |_, _| Ok::<(), ()>(()),
+            )
+        });
+        assert!(caught.is_err());
     }
 
     #[test]

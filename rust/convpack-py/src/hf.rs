@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use convpack_core::{bpe::Rank, hf};
+use convpack_core::{bpe::Rank, hf, CoreError};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString};
@@ -204,14 +204,9 @@ fn hf_encode_batch<'py>(
     let views: Vec<Cow<'_, str>> = strs.iter().map(|&i| arena.get(i)).collect();
     let refs: Vec<&str> = views.iter().map(|c| c.as_ref()).collect();
     let inner = &tok.inner;
-    let rows = detached(py, "encoding", || {
-        inner.encode_with_specials_batch(&refs, num_threads)
-    })?;
-    let lists = rows
-        .iter()
-        .map(|r| tok.id_list(py, r))
-        .collect::<PyResult<Vec<_>>>()?;
-    PyList::new(py, lists)
+    tok.lists_of(py, &refs, num_threads, |t| {
+        Ok::<_, CoreError>(inner.encode_with_specials(t))
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use convpack_core::{
-    bpe::Rank, pretokenize::Splitter, train, vocab, AllowedSpecials, ChatTokens, Conversation,
-    Renderer, Tokenizer,
+    bpe::Rank, parallel::map_chunked_each, pretokenize::Splitter, train, vocab, AllowedSpecials,
+    ChatTokens, Conversation, CoreError, Renderer, Tokenizer,
 };
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
@@ -211,6 +211,48 @@ impl PyTokenizer {
         }
     }
 
+    /// A Python list of the id lists of `texts`, each encoded by `encode`
+    /// on `num_threads` threads (0 = all) without the GIL. Each block of
+    /// texts becomes lists as soon as it is encoded, while the other
+    /// threads encode the next blocks (see `parallel::map_chunked_each`):
+    /// the lists are made on one thread, and made after the whole batch
+    /// they held a batch on every core to well under that many times one
+    /// thread's speed. An error is the first text's in order.
+    pub(crate) fn lists_of<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &[&str],
+        num_threads: usize,
+        encode: impl Fn(&str) -> Result<Vec<Rank>, CoreError> + Sync,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut slots: Vec<Option<PyResult<Py<PyList>>>> = texts.iter().map(|_| None).collect();
+        detached(py, "encoding", || {
+            map_chunked_each(
+                texts,
+                num_threads,
+                |t| encode(t),
+                |start, rows| {
+                    Python::attach(|py| {
+                        for (slot, ids) in slots[start..].iter_mut().zip(rows) {
+                            *slot = Some(
+                                ids.py_err(py)
+                                    .and_then(|ids| self.id_list(py, &ids))
+                                    .map(Bound::unbind),
+                            );
+                        }
+                    });
+                    Ok::<(), ()>(())
+                },
+            )
+        })?
+        .map_err(|()| panic_error("encoding"))?;
+        let lists = slots
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| Err(panic_error("encoding"))))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, lists)
+    }
+
     fn renderer(&self) -> PyResult<Renderer<'_>> {
         match &self.chat {
             Ok(chat) => Ok(Renderer {
@@ -367,14 +409,7 @@ impl PyTokenizer {
         let strs = keep_texts(&mut arena, &texts)?;
         let views: Vec<Cow<'_, str>> = strs.iter().map(|&i| arena.get(i)).collect();
         let refs: Vec<&str> = views.iter().map(|c| c.as_ref()).collect();
-        let rows = detached(py, "encoding", || {
-            tok.encode_allowed_batch(&refs, &allowed, num_threads)
-        })?;
-        let lists = rows
-            .into_iter()
-            .map(|r| r.py_err(py).and_then(|ids| self.id_list(py, &ids)))
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, lists)
+        self.lists_of(py, &refs, num_threads, |t| tok.encode_allowed(t, &allowed))
     }
 
     /// Encodes many texts on `num_threads` threads (0 = all) without the GIL.
@@ -389,14 +424,9 @@ impl PyTokenizer {
         let views: Vec<Cow<'_, str>> = strs.iter().map(|&i| arena.get(i)).collect();
         let refs: Vec<&str> = views.iter().map(|c| c.as_ref()).collect();
         let tok = &self.inner;
-        let rows = detached(py, "encoding", || {
-            tok.encode_ordinary_batch(&refs, num_threads)
-        })?;
-        let lists = rows
-            .iter()
-            .map(|r| self.id_list(py, r))
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, lists)
+        self.lists_of(py, &refs, num_threads, |t| {
+            Ok::<_, CoreError>(tok.encode_ordinary(t))
+        })
     }
 
     /// For benchmarks: encodes each text in turn on this thread, in Rust
