@@ -171,14 +171,17 @@ pub fn map_chunked<T: Sync, R: Send>(
 ///
 /// The first error `consume` returns stops the work: no block is started
 /// after it, and that error is returned. A panic in `f` on any thread is
-/// resumed on the calling thread once every thread has stopped.
+/// resumed on the calling thread once every thread has stopped. Called from
+/// a task of the pool, it maps on that thread alone (it waits for blocks,
+/// and the tasks it would hand out could be queued behind itself).
 pub fn map_chunked_each<T: Sync, R: Send, E>(
     items: &[T],
     num_threads: usize,
     f: impl Fn(&T) -> R + Sync,
     mut consume: impl FnMut(usize, Vec<R>) -> Result<(), E>,
 ) -> Result<(), E> {
-    let pool = process_pool();
+    // A pool thread would wait below for tasks queued behind itself.
+    let pool = process_pool().filter(|_| rayon::current_thread_index().is_none());
     let threads = pool.map_or(1, |pool| {
         effective_threads(num_threads, pool.current_num_threads() + 1, items.len())
     });
@@ -468,6 +471,29 @@ mod tests {
             )
         });
         assert!(caught.is_err());
+    }
+
+    #[test]
+    fn a_pool_task_maps_each_block_on_its_own_thread() {
+        // Each item's work runs map_chunked_each from wherever map_chunked
+        // put it, pool threads included: none may wait for itself.
+        let outer: Vec<u32> = (0..8).collect();
+        let inner: Vec<u32> = (0..500).collect();
+        let sums = super::map_chunked(&outer, 2, |&k| {
+            let mut sum = 0;
+            let done = super::map_chunked_each(
+                &inner,
+                2,
+                |x| x + k,
+                |_, rows| {
+                    sum += rows.iter().sum::<u32>();
+                    Ok::<(), ()>(())
+                },
+            );
+            done.map(|()| sum)
+        });
+        let want: Vec<Result<u32, ()>> = outer.iter().map(|k| Ok(124_750 + 500 * k)).collect();
+        assert_eq!(sums, want);
     }
 
     #[test]
