@@ -962,17 +962,6 @@ impl Tokenizer {
         Ok(out)
     }
 
-    /// [`Tokenizer::encode_allowed`] of many texts on up to `num_threads`
-    /// threads, one result per text.
-    pub fn encode_allowed_batch(
-        &self,
-        texts: &[&str],
-        allowed: &AllowedSpecials,
-        num_threads: usize,
-    ) -> Vec<Result<Vec<Rank>, CoreError>> {
-        crate::parallel::map_chunked(texts, num_threads, |t| self.encode_allowed(t, allowed))
-    }
-
     /// The automaton finding every occurrence of every special token,
     /// overlapping ones included (built on first use; `None` if it cannot be).
     fn every_special(&self) -> Option<&AhoCorasick> {
@@ -1092,12 +1081,6 @@ impl Tokenizer {
         }
         self.encode_ordinary_into(&text[done..], &mut out);
         out
-    }
-
-    /// [`Tokenizer::encode_with_specials`] of many texts on up to
-    /// `num_threads` threads.
-    pub fn encode_with_specials_batch(&self, texts: &[&str], num_threads: usize) -> Vec<Vec<Rank>> {
-        crate::parallel::map_chunked(texts, num_threads, |t| self.encode_with_specials(t))
     }
 
     /// Encodes many texts on up to `num_threads` threads of the process-wide
@@ -1599,7 +1582,11 @@ mod tests {
             t.encode_allowed("zb|", &none),
             Err(CoreError::DisallowedSpecial("b|".into()))
         );
-        let rows = t.encode_allowed_batch(&["<|ab|>", "b|", "x"], &t.allowed_specials(["b|"]), 2);
+        let some = t.allowed_specials(["b|"]);
+        let rows: Vec<_> = ["<|ab|>", "b|", "x"]
+            .iter()
+            .map(|x| t.encode_allowed(x, &some))
+            .collect();
         assert_eq!(rows[0], Err(CoreError::DisallowedSpecial("<|ab|>".into())));
         assert_eq!(rows[1], Ok(vec![257]));
         assert_eq!(rows[2], Ok(vec![b'x' as Rank]));

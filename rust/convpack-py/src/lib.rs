@@ -9,6 +9,7 @@ mod pack;
 mod template;
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -212,12 +213,12 @@ impl PyTokenizer {
     }
 
     /// A Python list of the id lists of `texts`, each encoded by `encode`
-    /// on `num_threads` threads (0 = all) without the GIL. Each block of
-    /// texts becomes lists as soon as it is encoded, while the other
-    /// threads encode the next blocks (see `parallel::map_chunked_each`):
-    /// the lists are made on one thread, and made after the whole batch
-    /// they held a batch on every core to well under that many times one
-    /// thread's speed. An error is the first text's in order.
+    /// on `num_threads` threads (0 = all) without the GIL. Python lists can
+    /// be made on one thread only; each block of texts becomes its lists as
+    /// soon as it is encoded, while the other threads encode the next
+    /// blocks (see `parallel::map_chunked_each`), instead of all the lists
+    /// after the whole batch with the other threads idle. An error is the
+    /// first text's in order.
     pub(crate) fn lists_of<'py>(
         &self,
         py: Python<'py>,
@@ -226,7 +227,7 @@ impl PyTokenizer {
         encode: impl Fn(&str) -> Result<Vec<Rank>, CoreError> + Sync,
     ) -> PyResult<Bound<'py, PyList>> {
         let mut slots: Vec<Option<PyResult<Py<PyList>>>> = texts.iter().map(|_| None).collect();
-        detached(py, "encoding", || {
+        let Ok(()) = detached(py, "encoding", || {
             map_chunked_each(
                 texts,
                 num_threads,
@@ -241,11 +242,10 @@ impl PyTokenizer {
                             );
                         }
                     });
-                    Ok::<(), ()>(())
+                    Ok::<(), Infallible>(())
                 },
             )
-        })?
-        .map_err(|()| panic_error("encoding"))?;
+        })?;
         let lists = slots
             .into_iter()
             .map(|s| s.unwrap_or_else(|| Err(panic_error("encoding"))))
