@@ -11,7 +11,8 @@ prose, source code and multilingual text (see ``convpack.bench.texts``):
   encoder's throughput that ``encode`` keeps through Python;
 - a batch on every core: ``tokenizer.encode(docs, num_threads=N)`` against
   ``enc.encode_ordinary_batch(docs, num_threads=N)``;
-- thread scaling: the batch on 1 thread and on N;
+- thread scaling: the batch (lists, and the flat array below) on 1 thread
+  and on N, all timed in the same rounds, against tiktoken's batch scaling;
 - the batch as one flat numpy array (``tokenizer.encode_to_numpy(docs,
   num_threads=N)``: no Python int per token) against the same tiktoken batch.
 
@@ -31,7 +32,7 @@ import functools
 import time
 
 from .._encodings import NAMED_ENCODINGS
-from .common import check_identical, cl100k_path, cold_cache, compare, cpu_count, row
+from .common import check_identical, cl100k_path, cold_cache, cpu_count, interleaved, row
 from .texts import CORPORA, corpus
 
 __all__ = ["run"]
@@ -92,20 +93,26 @@ def run(quick: bool = False) -> list[dict]:
                 base="Rust encoder alone",
                 kind="share",
             )
-            batch = {
-                n: against_batch("encode", ours, enc, docs, n, mb, repeats)
-                for n in sorted({1, threads})
-            }
-            ours_b, tt_b = batch[threads]
+            batch = batches(ours, enc, docs, sorted({1, threads}), mb, repeats)
+            ours_b, tt_b = batch["encode", threads]
             add(f"batch, {threads} threads", ours_b, tt_b, threads)
-            ours_np, tt_np = against_batch("encode_to_numpy", ours, enc, docs, threads, mb, repeats)
+            ours_np, tt_np = batch["encode_to_numpy", threads]
             add(f"batch to numpy, {threads} threads", ours_np, tt_np, threads)
             if threads > 1:
-                # Scaling: the speed-up from 1 thread to N, ours against tiktoken's.
+                # Scaling: the speed-up from 1 thread to N, ours against
+                # tiktoken's (timed in the same rounds).
                 add(
                     f"batch scaling 1 -> {threads} threads",
-                    ours_b / batch[1][0],
-                    tt_b / batch[1][1],
+                    ours_b / batch["encode", 1][0],
+                    tt_b / batch["encode", 1][1],
+                    threads,
+                    unit="x",
+                    kind="scaling",
+                )
+                add(
+                    f"batch to numpy scaling 1 -> {threads} threads",
+                    ours_np / batch["encode_to_numpy", 1][0],
+                    tt_b / batch["encode", 1][1],
                     threads,
                     unit="x",
                     kind="scaling",
@@ -140,29 +147,52 @@ def _add_row(
     )
 
 
-def against_batch(method: str, ours, enc, docs: list, n: int, mb: float, repeats: int) -> tuple:
-    """``(ours, tiktoken)`` in MB/s: ``tokenizer.<method>(docs, num_threads=n)``
-    on ``ours`` with its piece cache emptied each round against
+def batches(ours, enc, docs: list, thread_counts: list, mb: float, repeats: int) -> dict:
+    """Batch throughputs in MB/s, ``{(method, n): (ours, tiktoken)}``:
+    ``tokenizer.<method>(docs, num_threads=n)`` on ``ours`` (its piece cache
+    emptied each round) for ``method`` ``"encode"`` (lists) and
+    ``"encode_to_numpy"`` (one flat array), against
     ``enc.encode_ordinary_batch(docs, num_threads=n)``.
 
+    Every side and thread count is timed in the same rounds, one after the
+    other (``common.interleaved``), so the speed-up from 1 thread to ``n``
+    divides two figures taken under the same machine load, not two figures
+    minutes apart.
+
     Args:
-        method: ``"encode"`` (lists) or ``"encode_to_numpy"`` (one flat array).
         ours: the ``convpack.Tokenizer``.
         enc: the ``tiktoken.Encoding`` with the same ranks and pattern.
         docs: the documents (str).
-        n: threads on both sides.
+        thread_counts: the thread counts (both sides use each).
         mb: their size in MB of UTF-8.
         repeats: rounds.
 
     Returns:
-        The two throughputs.
+        The throughputs; tiktoken's figure for ``"encode_to_numpy"`` is its
+        same batch of lists (it has no flat form), timed in those rounds too.
     """
 
-    def make():
-        call = getattr(cold_cache(ours), method)
-        return lambda: call(docs, num_threads=n)
+    def ours_at(method: str, n: int):
+        def make():
+            call = getattr(cold_cache(ours), method)
+            return lambda: call(docs, num_threads=n)
 
-    return compare(make, lambda: enc.encode_ordinary_batch(docs, num_threads=n), mb, repeats)
+        return make
+
+    def tiktoken_at(n: int):
+        return lambda: lambda: enc.encode_ordinary_batch(docs, num_threads=n)
+
+    makers = {}
+    for n in thread_counts:
+        makers["tiktoken", n] = tiktoken_at(n)
+        for method in ("encode", "encode_to_numpy"):
+            makers[method, n] = ours_at(method, n)
+    got = interleaved(makers, mb, repeats)
+    return {
+        (method, n): (got[method, n], got["tiktoken", n])
+        for n in thread_counts
+        for method in ("encode", "encode_to_numpy")
+    }
 
 
 def one_thread(ours, enc, docs: list, mb: float, repeats: int) -> tuple:
