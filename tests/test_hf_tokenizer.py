@@ -81,6 +81,45 @@ def test_ids_equal_tokenizers(hf_dir, family):
         assert ours.encode_hf(t, add_special_tokens=True) == theirs.encode(t).ids
 
 
+@pytest.mark.parametrize("family", hf_fixtures.FAMILIES + hf_fixtures.VARIANTS)
+def test_every_encode_path_gives_tokenizers_ids(hf_dir, family):
+    # encode with prepend/append or allowed_special, encode_to_numpy and
+    # encode_ordinary take tokenizers' ids too: added tokens in the text
+    # become their ids (encode_ordinary keeps them as text) and the file's
+    # normalizer applies (Qwen's NFC), never the core's bare ids.
+    import numpy as np
+
+    ours, theirs = pair(hf_dir, family)
+    items = corpus.corpus(200) + EDGE
+    want = [theirs.encode(t, add_special_tokens=False).ids for t in items]
+    eot, special = min((i, t.content) for i, t in theirs.get_added_tokens_decoder().items() if t.special)
+    for t, w in zip(items, want):
+        assert ours.encode(t, prepend=eot, append=special) == [eot, *w, eot], t
+    assert ours.encode(items, prepend=eot) == [[eot, *w] for w in want]
+    # allowed_special only adds tiktoken's check: allowing all, the ids are
+    # tokenizers'; a special token that is not allowed raises.
+    assert ours.encode(items, allowed_special="all") == want
+    assert [ours.encode(t, allowed_special="all") for t in items] == want
+    with pytest.raises(ValueError, match="special"):
+        ours.encode(f"a{special}b", allowed_special=set())
+    for batch in (items, items[:40] + ["a\u0301"] + items[40:60], [t for t in items if t.isascii()]):
+        flat, offsets = ours.encode_to_numpy(batch, num_threads=2)
+        assert flat.dtype == np.uint32 and offsets.dtype == np.int64
+        assert [flat[offsets[i] : offsets[i + 1]].tolist() for i in range(len(batch))] == [
+            theirs.encode(t, add_special_tokens=False).ids for t in batch
+        ]
+    with pytest.raises(TypeError, match="position 2"):
+        ours.encode_to_numpy(["a\u0301", "b", 3])
+    with pytest.raises(TypeError, match="one str"):
+        ours.encode_to_numpy("a\u0301")
+    # Without added tokens in the text, encode_ordinary is encode.
+    plain = [t for t in items if "<|" not in t and "<think>" not in t and "</think>" not in t]
+    assert any(not unicodedata.is_normalized("NFC", t) for t in plain)
+    assert [ours.encode_ordinary(t) for t in plain] == [
+        theirs.encode(t, add_special_tokens=False).ids for t in plain
+    ]
+
+
 def test_paths(hf_dir):
     # Which encoder each family runs on: by rank where the core proved the
     # merges equivalent (Qwen's one merge per token, and the tiktoken

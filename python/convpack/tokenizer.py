@@ -625,6 +625,12 @@ class Tokenizer:
         (allowed specials become their ids; any other special token in the
         text raises ``ValueError``). ``allowed_special="all"`` allows all.
 
+        A tokenizer from :meth:`from_hf` always encodes as ``tokenizers``
+        does (:meth:`encode_hf`: added tokens in the text become their ids,
+        the file's normalizer applies), with or without ``prepend`` and
+        ``append``; ``allowed_special`` then adds tiktoken's check (a special
+        token in the text that is not allowed raises ``ValueError``).
+
         Args:
             text: a str, or a list or tuple of str.
             prepend: a token put before each text's ids: an id or a special
@@ -662,7 +668,12 @@ class Tokenizer:
             return ids
         if isinstance(text, (list, tuple)):
             threads = _threads(num_threads)
-            if allowed_special is None:
+            if self._hf is not None:
+                if allowed_special is None:
+                    rows = self.encode_hf(text, num_threads=num_threads)
+                else:
+                    rows = [self._encode_one(t, allowed_special) for t in text]
+            elif allowed_special is None:
                 rows = self._core.encode_ordinary_batch(text, threads)
             else:
                 # The allowed set is built once for the whole list.
@@ -703,6 +714,7 @@ class Tokenizer:
             return self._hf_encode(text, add_special_tokens)
         if isinstance(text, (list, tuple)):
             if self._hf_splitter is not None:
+                _check_strs(text)
                 return [self._hf_encode(t, add_special_tokens) for t in text]
             # Texts the normalizer changes take the exact per-segment path;
             # the rest are encoded on every thread.
@@ -710,6 +722,7 @@ class Tokenizer:
             if self._hf.nfc:
                 slow = {i for i, t in enumerate(text) if type(t) is str and not unicodedata.is_normalized("NFC", t)}
             if slow:
+                _check_strs(text)  # positions in the caller's list, not the quick one's
                 quick = _core.hf_encode_batch(
                     self._core, [t for i, t in enumerate(text) if i not in slow], _threads(num_threads))
                 rest = iter(quick)
@@ -730,9 +743,15 @@ class Tokenizer:
         Returns:
             A list of ids.
 
+        A tokenizer from :meth:`from_hf` whose normalizer is NFC normalizes
+        the text first, as ``tokenizers`` does.
+
         Raises:
             TypeError: ``text`` is not a str.
         """
+        hfv = self._hf
+        if hfv is not None and hfv.nfc and type(text) is str and not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", text)
         return self._core.encode_ordinary(text)
 
     def encode_to_numpy(
@@ -740,7 +759,10 @@ class Tokenizer:
     ) -> tuple:
         """Encodes many texts into one flat array, with no Python int per token.
 
-        Special tokens' text is encoded as ordinary text.
+        Special tokens' text is encoded as ordinary text; for a tokenizer
+        from :meth:`from_hf`, the ids are those of :meth:`encode` (added
+        tokens in the text become their ids, the file's normalizer applies,
+        as in ``tokenizers``).
 
         Args:
             texts: a list or tuple of str.
@@ -756,12 +778,46 @@ class Tokenizer:
                 text is not a str.
             MemoryError: the result does not fit in memory.
         """
-        return self._core.encode_ordinary_flat(texts, _threads(num_threads))
+        hfv = self._hf
+        if hfv is None:
+            return self._core.encode_ordinary_flat(texts, _threads(num_threads))
+        if (self._hf_splitter is not None or hfv.nfc) and not isinstance(texts, str):
+            texts = texts if isinstance(texts, (list, tuple)) else list(texts)
+            if self._hf_splitter is not None or not all(
+                type(t) is not str or unicodedata.is_normalized("NFC", t) for t in texts
+            ):
+                # Texts the normalizer changes, or added tokens with flags:
+                # encode's exact path, then one flat array.
+                rows = self.encode_hf(texts, num_threads=num_threads)
+                offsets = np.zeros(len(rows) + 1, np.int64)
+                np.cumsum([len(r) for r in rows], out=offsets[1:])
+                ids = np.fromiter((i for r in rows for i in r), np.uint32, count=int(offsets[-1]))
+                return ids, offsets
+        return _core.hf_encode_flat(self._core, texts, _threads(num_threads))
 
     def _encode_one(self, text: str, allowed_special) -> list:
+        if self._hf is not None:
+            return self._hf_ids(text, allowed_special)
         if allowed_special is None:
             return self._core.encode_ordinary(text)
         return self._core.encode(text, self._allowed(allowed_special))
+
+    def _hf_ids(self, text: Any, allowed_special) -> list:
+        """:meth:`encode`'s ids of one text for a tokenizer from
+        :meth:`from_hf`: ``tokenizers``' ids, after tiktoken's check of
+        ``allowed_special`` when it is given."""
+        if allowed_special is None:
+            if type(text) is not str:
+                raise TypeError(f"encode expects a str or a list of str, got {type(text).__name__}")
+            return self._hf_encode(text)
+        # Raises on a special token that is not allowed; with every one in
+        # the text allowed, it splits the text at the same tokens as
+        # tokenizers does, so its ids are tokenizers' unless the text needs
+        # the normalizer or an added token's flags.
+        ids = self._core.encode(text, self._allowed(allowed_special))
+        if self._hf_splitter is None and not (self._hf.nfc and not unicodedata.is_normalized("NFC", text)):
+            return ids
+        return self._hf_encode(text)
 
     @staticmethod
     def _allowed(allowed_special) -> Union[str, list]:
@@ -1015,6 +1071,13 @@ class Tokenizer:
         if self._core.special_id("<|bos|>") is None and self._core.special_id("<|endoftext|>") is not None:
             return "<|endoftext|>"
         return "<|bos|>"
+
+
+def _check_strs(texts: Sequence) -> None:
+    """Raise ``TypeError`` naming the first item of ``texts`` that is no str."""
+    for i, t in enumerate(texts):
+        if type(t) is not str:
+            raise TypeError(f"encode expects strings, got {type(t).__name__} at position {i}")
 
 
 def _read_config(config_path: str) -> dict:

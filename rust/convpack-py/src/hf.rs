@@ -11,7 +11,7 @@ use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::convert::Arena;
-use crate::{arena_text, detached, keep_texts, run_sized, PyTokenizer};
+use crate::{arena_text, detached, flat_ids, keep_texts, run_sized, FlatIds, PyTokenizer};
 
 /// What is wrong with a `model.vocab` or `model.merges`, for the loader to
 /// raise with the file's name: the rule and the token, id or merge index.
@@ -209,6 +209,19 @@ fn hf_encode_batch<'py>(
     })
 }
 
+/// [`hf_encode`] of many texts on `num_threads` threads (0 = all), as one
+/// flat array of ids and the texts' offsets into it.
+#[pyfunction]
+fn hf_encode_flat<'py>(
+    py: Python<'py>,
+    tok: PyRef<'py, PyTokenizer>,
+    texts: Bound<'py, PyAny>,
+    num_threads: usize,
+) -> PyResult<FlatIds<'py>> {
+    let inner = &tok.inner;
+    flat_ids(py, &texts, num_threads, |t| inner.encode_with_specials(t))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hf_check_merges, m)?)?;
     m.add_function(wrap_pyfunction!(hf_vocab_bytes, m)?)?;
@@ -217,6 +230,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hf_with_merge_list, m)?)?;
     m.add_function(wrap_pyfunction!(hf_merges_by_list, m)?)?;
     m.add_function(wrap_pyfunction!(hf_encode_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(hf_encode_flat, m)?)?;
     m.add("QWEN2_PATTERN", convpack_core::QWEN2_PATTERN)?;
     let alphabet: String = (0..=255u8).map(hf::byte_level_char).collect();
     m.add("BYTE_LEVEL_ALPHABET", alphabet)?;

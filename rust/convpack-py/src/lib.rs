@@ -15,8 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use convpack_core::{
-    bpe::Rank, parallel::map_chunked_each, pretokenize::Splitter, train, vocab, AllowedSpecials,
-    ChatTokens, Conversation, CoreError, Renderer, Tokenizer,
+    bpe::Rank,
+    parallel::{map_chunked, map_chunked_each},
+    pretokenize::Splitter,
+    train, vocab, AllowedSpecials, ChatTokens, Conversation, CoreError, Renderer, Tokenizer,
 };
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
@@ -127,6 +129,41 @@ fn id_arg(item: &Bound<'_, PyAny>, vocab_size: usize, what: &str) -> PyResult<Ra
 
 fn out_of_memory(what: &str) -> PyErr {
     PyMemoryError::new_err(format!("out of memory while {what}"))
+}
+
+/// Token ids of many texts in one flat array, and the texts' offsets into it.
+pub(crate) type FlatIds<'py> = (Bound<'py, PyArray1<Rank>>, Bound<'py, PyArray1<i64>>);
+
+/// The ids of `texts`, each encoded by `encode` on `num_threads` threads
+/// (0 = all) without the GIL, as one flat array and the texts' offsets
+/// into it (text `i` is `ids[offsets[i]..offsets[i + 1]]`).
+pub(crate) fn flat_ids<'py>(
+    py: Python<'py>,
+    texts: &Bound<'py, PyAny>,
+    num_threads: usize,
+    encode: impl Fn(&str) -> Vec<Rank> + Sync,
+) -> PyResult<FlatIds<'py>> {
+    let mut arena = Arena::default();
+    let strs = keep_texts(&mut arena, texts)?;
+    let views: Vec<Cow<'_, str>> = strs.iter().map(|&i| arena.get(i)).collect();
+    let refs: Vec<&str> = views.iter().map(|c| c.as_ref()).collect();
+    let flat = detached(py, "encoding", || -> Result<_, String> {
+        let rows = map_chunked(&refs, num_threads, |t| encode(t));
+        let total: usize = rows.iter().map(|r| r.len()).sum();
+        let mut ids: Vec<Rank> = Vec::new();
+        ids.try_reserve_exact(total)
+            .map_err(|_| format!("{total} token ids"))?;
+        let mut offsets: Vec<i64> = Vec::with_capacity(rows.len() + 1);
+        offsets.push(0);
+        for r in rows {
+            ids.extend_from_slice(&r);
+            offsets.push(ids.len() as i64);
+        }
+        Ok((ids, offsets))
+    })?;
+    let (ids, offsets) =
+        flat.map_err(|what| PyMemoryError::new_err(format!("cannot hold {what}")))?;
+    Ok((ids.into_pyarray(py), offsets.into_pyarray(py)))
 }
 
 /// A BPE tokenizer with chat special tokens (the core of `convpack.Tokenizer`).
@@ -466,29 +503,9 @@ impl PyTokenizer {
         py: Python<'py>,
         texts: Bound<'py, PyAny>,
         num_threads: usize,
-    ) -> PyResult<(Bound<'py, PyArray1<Rank>>, Bound<'py, PyArray1<i64>>)> {
-        let mut arena = Arena::default();
-        let strs = keep_texts(&mut arena, &texts)?;
-        let views: Vec<Cow<'_, str>> = strs.iter().map(|&i| arena.get(i)).collect();
-        let refs: Vec<&str> = views.iter().map(|c| c.as_ref()).collect();
+    ) -> PyResult<FlatIds<'py>> {
         let tok = &self.inner;
-        let flat = detached(py, "encoding", || -> Result<_, String> {
-            let rows = tok.encode_ordinary_batch(&refs, num_threads);
-            let total: usize = rows.iter().map(|r| r.len()).sum();
-            let mut ids: Vec<Rank> = Vec::new();
-            ids.try_reserve_exact(total)
-                .map_err(|_| format!("{total} token ids"))?;
-            let mut offsets: Vec<i64> = Vec::with_capacity(rows.len() + 1);
-            offsets.push(0);
-            for r in rows {
-                ids.extend_from_slice(&r);
-                offsets.push(ids.len() as i64);
-            }
-            Ok((ids, offsets))
-        })?;
-        let (ids, offsets) =
-            flat.map_err(|what| PyMemoryError::new_err(format!("cannot hold {what}")))?;
-        Ok((ids.into_pyarray(py), offsets.into_pyarray(py)))
+        flat_ids(py, &texts, num_threads, |t| tok.encode_ordinary(t))
     }
 
     /// Whether chat templates see this tokenizer's conversations with every
