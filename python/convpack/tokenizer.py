@@ -779,21 +779,40 @@ class Tokenizer:
             MemoryError: the result does not fit in memory.
         """
         hfv = self._hf
+        threads = _threads(num_threads)
         if hfv is None:
-            return self._core.encode_ordinary_flat(texts, _threads(num_threads))
-        if (self._hf_splitter is not None or hfv.nfc) and not isinstance(texts, str):
-            texts = texts if isinstance(texts, (list, tuple)) else list(texts)
-            if self._hf_splitter is not None or not all(
-                type(t) is not str or unicodedata.is_normalized("NFC", t) for t in texts
-            ):
-                # Texts the normalizer changes, or added tokens with flags:
-                # encode's exact path, then one flat array.
-                rows = self.encode_hf(texts, num_threads=num_threads)
-                offsets = np.zeros(len(rows) + 1, np.int64)
-                np.cumsum([len(r) for r in rows], out=offsets[1:])
-                ids = np.fromiter((i for r in rows for i in r), np.uint32, count=int(offsets[-1]))
-                return ids, offsets
-        return _core.hf_encode_flat(self._core, texts, _threads(num_threads))
+            return self._core.encode_ordinary_flat(texts, threads)
+        if isinstance(texts, str) or not (self._hf_splitter is not None or hfv.nfc):
+            return _core.hf_encode_flat(self._core, texts, threads)
+        texts = texts if isinstance(texts, (list, tuple)) else list(texts)
+        if self._hf_splitter is not None:
+            slow = range(len(texts))  # added tokens with flags: every text
+        else:
+            slow = [i for i, t in enumerate(texts) if type(t) is str and not unicodedata.is_normalized("NFC", t)]
+        if not slow:
+            return _core.hf_encode_flat(self._core, texts, threads)
+        # Texts the normalizer changes (or every text, for added tokens with
+        # flags) take encode's exact path; the rest are encoded on every
+        # thread; then one flat array in the texts' order.
+        _check_strs(texts)
+        rows = {i: self._hf_encode(texts[i]) for i in slow}
+        quick = [i for i in range(len(texts)) if i not in rows]
+        q_ids, q_offsets = _core.hf_encode_flat(self._core, [texts[i] for i in quick], threads)
+        lengths = np.empty(len(texts), np.int64)
+        lengths[quick] = np.diff(q_offsets)
+        for i, r in rows.items():
+            lengths[i] = len(r)
+        offsets = np.zeros(len(texts) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.empty(int(offsets[-1]), np.uint32)
+        k = 0
+        for i in range(len(texts)):
+            if i in rows:
+                ids[offsets[i] : offsets[i + 1]] = rows[i]
+            else:
+                ids[offsets[i] : offsets[i + 1]] = q_ids[q_offsets[k] : q_offsets[k + 1]]
+                k += 1
+        return ids, offsets
 
     def _encode_one(self, text: str, allowed_special) -> list:
         if self._hf is not None:

@@ -14,7 +14,22 @@ English prose, source code, multilingual translations and chat messages
 - a batch on every core: ``tokenizer.encode(docs, num_threads=N)`` against
   ``encode_batch_fast(docs, add_special_tokens=False)`` (its own thread
   pool, every core) with each encoding's ``.ids``: both sides return Python
-  lists of ids.
+  lists of ids;
+- the fastest other exact encoders, when installed: quicktok (``quicktok-v1``
+  ships every family's ranks) one thread per document
+  (``encode_ordinary(doc)``, in the rounds above) and its flat batch
+  (``encode_batch(docs, threads=N)``) against ``encode_to_numpy(docs,
+  num_threads=N)``; fastokens on the same ``tokenizer.json``
+  (``Tokenizer.from_file``), one thread per document (``encode(doc).ids``).
+  Their ids are compared with ``tokenizers``' document by document first;
+  one that differs is still timed and its row says on how many documents
+  (quicktok's Llama 3 encoding, ranks without the file's merges list,
+  differs on some multilingual documents).
+  fastokens keeps what it has encoded (the same megabyte of English runs
+  about 50x faster the second time) and offers no way to forget it, so
+  every round builds it again, which takes seconds: it is timed in
+  ``FASTOKENS_ROUNDS`` rounds of its own, against convpack timed again in
+  those rounds, and not in a quick run.
 
 The ids of every side are checked identical, document by document, before
 anything is timed. Each round times every side once, one after the other,
@@ -34,12 +49,21 @@ from .common import check_identical, cold_cache, cpu_count, interleaved, note, r
 from .hf_files import FAMILIES, built_directory, family_available, ranks_and_specials
 from .texts import CORPORA, corpus
 
-__all__ = ["run", "TIKTOKEN_NAMES"]
+__all__ = ["run", "TIKTOKEN_NAMES", "QUICKTOK_NAMES"]
 
 SECTION = "hf_tokenizer"
 
 #: The families whose ranks tiktoken has, by tiktoken's name.
 TIKTOKEN_NAMES = {"cl100k": "cl100k_base", "o200k": "o200k_base"}
+#: quicktok's encoding of each family.
+QUICKTOK_NAMES = {
+    "cl100k": "cl100k_base",
+    "o200k": "o200k_base",
+    "llama3": "llama3",
+    "qwen3": "qwen3",
+}
+#: Rounds of the fastokens rows (each builds fastokens again).
+FASTOKENS_ROUNDS = 2
 
 
 def _tiktoken_twin(family: str):
@@ -99,14 +123,72 @@ def run(quick: bool = False, families: tuple = FAMILIES, corpora: Optional[tuple
         ours = convpack.Tokenizer.from_hf(directory)
         theirs = tokenizers.Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
         enc = _tiktoken_twin(family) if family in TIKTOKEN_NAMES else None
+        peers = _Peers(family, os.path.join(directory, "tokenizer.json"), quick)
+        rows += peers.notes
         for corpus_name, docs in texts.items():
             rows += _family_rows(
-                family, corpus_name, docs, ours, theirs, enc, threads, repeats, not quick
+                family, corpus_name, docs, ours, theirs, enc, threads, repeats, not quick, peers
             )
     return rows
 
 
-def _family_rows(family, corpus_name, docs, ours, theirs, enc, threads, repeats, warmup) -> list:
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class _Peers:
+    """The other exact encoders of one family's file that are installed."""
+
+    def __init__(self, family: str, path: str, quick: bool) -> None:
+        self.path = path
+        self.notes: list = []
+        self.quicktok = None
+        self.fastokens = False
+        if _installed("quicktok"):
+            import quicktok
+
+            self.quicktok = quicktok.get_encoding(QUICKTOK_NAMES[family])
+        else:
+            self.notes.append(note(SECTION, f"{family}: no quicktok rows: pip install quicktok-v1"))
+        if not _installed("fastokens"):
+            self.notes.append(note(SECTION, f"{family}: no fastokens rows: pip install fastokens"))
+        elif quick:
+            self.notes.append(
+                note(
+                    SECTION,
+                    f"{family}: no fastokens rows in a quick run (each round builds it again)",
+                )
+            )
+        else:
+            self.fastokens = True
+
+    def fresh_fastokens(self):
+        """fastokens on the file, with nothing encoded yet."""
+        import fastokens
+
+        enc = fastokens.Tokenizer.from_file(self.path)
+        # Its first call sets something up (as on the tiktoken ranks in the
+        # peers section): not what a round times.
+        enc.encode("a")
+        return enc
+
+
+def _differs(got: list, expected: list) -> int:
+    return sum(list(g) != e for g, e in zip(got, expected))
+
+
+def _peer_name(name: str, differs: int, docs: int) -> str:
+    return f"{name} (ids differ on {differs} of {docs} docs)" if differs else name
+
+
+def _family_rows(
+    family, corpus_name, docs, ours, theirs, enc, threads, repeats, warmup, peers
+) -> list:
     what = f"{family} tokenizer.json, {corpus_name} text"
     expected = [e.ids for e in theirs.encode_batch_fast(docs, add_special_tokens=False)]
     check_identical(
@@ -118,6 +200,22 @@ def _family_rows(family, corpus_name, docs, ours, theirs, enc, threads, repeats,
     check_identical(what + " (batch)", ours.encode(docs, num_threads=threads), expected)
     if enc is not None:
         check_identical(what + " (tiktoken)", [enc.encode_ordinary(d) for d in docs], expected)
+    flat, offsets = ours.encode_to_numpy(docs, num_threads=threads)
+    check_identical(
+        what + " (batch to numpy)",
+        [flat[offsets[i] : offsets[i + 1]].tolist() for i in range(len(docs))],
+        expected,
+    )
+    qt = peers.quicktok
+    differs = {}
+    if qt is not None:
+        differs["quicktok"] = _differs([qt.encode_ordinary(d) for d in docs], expected)
+        q_flat, q_offsets = qt.encode_batch(docs, threads=threads)
+        q_rows = [q_flat[q_offsets[i] : q_offsets[i + 1]].tolist() for i in range(len(docs))]
+        differs["quicktok flat"] = _differs(q_rows, expected)
+    if peers.fastokens:
+        fresh = peers.fresh_fastokens()
+        differs["fastokens"] = _differs([fresh.encode(d).ids for d in docs], expected)
     mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
 
     def ours_one():
@@ -136,11 +234,30 @@ def _family_rows(family, corpus_name, docs, ours, theirs, enc, threads, repeats,
         batch = cold_cache(theirs).encode_batch_fast
         return lambda: [e.ids for e in batch(docs, add_special_tokens=False)]
 
+    def ours_flat():
+        flat = cold_cache(ours).encode_to_numpy
+        return lambda: flat(docs, num_threads=threads)
+
     makers = {"ours": ours_one, "tokenizers": hf_one}
     if enc is not None:
         makers["tiktoken"] = lambda: lambda: [enc.encode_ordinary(d) for d in docs]
+    batch_makers = {"ours": ours_batch, "tokenizers": hf_batch}
+    if qt is not None:
+        makers["quicktok"] = lambda: lambda: [qt.encode_ordinary(d) for d in docs]
+        batch_makers["ours flat"] = ours_flat
+        batch_makers["quicktok flat"] = lambda: lambda: qt.encode_batch(docs, threads=threads)
     one = interleaved(makers, mb, repeats, warmup)
-    batch = interleaved({"ours": ours_batch, "tokenizers": hf_batch}, mb, repeats, warmup)
+    batch = interleaved(batch_makers, mb, repeats, warmup)
+    fast = None
+    if peers.fastokens:
+
+        def fastokens_one():
+            encode = peers.fresh_fastokens().encode
+            return lambda: [encode(d).ids for d in docs]
+
+        fast = interleaved(
+            {"ours": ours_one, "fastokens": fastokens_one}, mb, FASTOKENS_ROUNDS, False
+        )
     info = {"family": family, "corpus": corpus_name}
     out = [
         row(
@@ -179,4 +296,49 @@ def _family_rows(family, corpus_name, docs, ours, theirs, enc, threads, repeats,
             **info,
         )
     )
+    n = len(docs)
+    if qt is not None:
+        out.append(
+            row(
+                SECTION,
+                f"{what}, 1 thread, against quicktok",
+                "MB/s",
+                one["ours"],
+                one["quicktok"],
+                _peer_name("quicktok", differs["quicktok"], n),
+                threads=1,
+                peer="quicktok",
+                differs=differs["quicktok"],
+                **info,
+            )
+        )
+        out.append(
+            row(
+                SECTION,
+                f"{what}, batch to numpy, {threads} threads, against quicktok",
+                "MB/s",
+                batch["ours flat"],
+                batch["quicktok flat"],
+                _peer_name("quicktok encode_batch", differs["quicktok flat"], n),
+                threads=threads,
+                peer="quicktok",
+                differs=differs["quicktok flat"],
+                **info,
+            )
+        )
+    if fast is not None:
+        out.append(
+            row(
+                SECTION,
+                f"{what}, 1 thread, against fastokens",
+                "MB/s",
+                fast["ours"],
+                fast["fastokens"],
+                _peer_name("fastokens", differs["fastokens"], n),
+                threads=1,
+                peer="fastokens",
+                differs=differs["fastokens"],
+                **info,
+            )
+        )
     return out
