@@ -417,7 +417,8 @@ def test_one_thread_child_is_pinned_to_one_cpu_for_pools_that_ignore_thread_coun
 
 
 @pytest.mark.parametrize(
-    "name", ["quicktok", "fastokens", "bpe-openai", "riptoken", "HF tokenizers"]
+    "name",
+    ["quicktok", "fastokens", "fastokens, tokenizer.json", "bpe-openai", "riptoken", "HF tokenizers"],
 )
 def test_each_installed_peer_is_exact_on_cl100k(name, monkeypatch):
     peer = next(p for p in peers.PEERS if p.name == name)

@@ -1,9 +1,11 @@
 """Encode throughput of the other fast exact encoders, cl100k, in one run.
 
 Every encoder installed here is timed against tiktoken on cl100k_base's
-ranks and pattern: convpack, quicktok (``quicktok-v1`` on PyPI), fastokens,
-bpe-openai, riptoken and the ``tokenizers`` library (on the cl100k
-``tokenizer.json`` of ``convpack.bench.hf_files``). ``pip install
+ranks and pattern: convpack, quicktok (``quicktok-v1`` on PyPI), fastokens
+(twice: built from the ranks, ``from_tiktoken``, and from the cl100k
+``tokenizer.json`` of ``convpack.bench.hf_files``, ``from_file``, a faster
+path of its own), bpe-openai, riptoken and the ``tokenizers`` library (on
+that ``tokenizer.json``). ``pip install
 'convpack[peers]'`` installs them; one that is missing gets a note, not a
 row. Texts: English prose, source code, multilingual translations and chat
 messages (``convpack.bench.texts``).
@@ -128,6 +130,17 @@ def _fastokens(ctx: dict) -> Any:
     return enc
 
 
+def _fastokens_hf(ctx: dict) -> Any:
+    import fastokens
+
+    from .hf_files import built_directory
+
+    path = os.path.join(built_directory("cl100k"), "tokenizer.json")
+    enc = fastokens.Tokenizer.from_file(path)
+    enc.encode("a")  # as above: its first call sets something up
+    return enc
+
+
 def _bpe_openai(ctx: dict) -> Any:
     import bpe_openai
 
@@ -240,6 +253,21 @@ PEERS = (
         # Its word cache outlives calls (the same 1 MB of English runs 1.4x
         # faster the second time) and cannot be emptied: a new one per round.
         fresh=lambda enc, ctx: _fastokens(ctx),
+    ),
+    # fastokens again, on the cl100k tokenizer.json of convpack.bench.hf_files
+    # (the same ranks and ids): its Hugging Face path is another, faster one
+    # than its tiktoken path. Built again every round too (seconds each).
+    Peer(
+        "fastokens, tokenizer.json",
+        "fastokens",
+        "fastokens",
+        _fastokens_hf,
+        {
+            PER_DOC: _per_doc_ids("encode"),
+            LISTS: _pooled(_batch_ids("encode_batch")),
+            FLAT: _pooled(lambda e, docs, t: lambda: e.encode_batch_flat(docs)),
+        },
+        fresh=lambda enc, ctx: _fastokens_hf(ctx),
     ),
     Peer(
         "bpe-openai",
