@@ -296,49 +296,54 @@ def _family_rows(
             **info,
         )
     )
-    n = len(docs)
+
+    def peer_row(case, ours_speed, speed, peer, name, key, threads_used):
+        return row(
+            SECTION,
+            f"{what}, {case}",
+            "MB/s",
+            ours_speed,
+            speed,
+            _peer_name(name, differs[key], len(docs)),
+            threads=threads_used,
+            peer=peer,
+            differs=differs[key],
+            **info,
+        )
+
     if qt is not None:
         out.append(
-            row(
-                SECTION,
-                f"{what}, 1 thread, against quicktok",
-                "MB/s",
+            peer_row(
+                "1 thread, against quicktok",
                 one["ours"],
                 one["quicktok"],
-                _peer_name("quicktok", differs["quicktok"], n),
-                threads=1,
-                peer="quicktok",
-                differs=differs["quicktok"],
-                **info,
+                "quicktok",
+                "quicktok",
+                "quicktok",
+                1,
             )
         )
         out.append(
-            row(
-                SECTION,
-                f"{what}, batch to numpy, {threads} threads, against quicktok",
-                "MB/s",
+            peer_row(
+                f"batch to numpy, {threads} threads, against quicktok",
                 batch["ours flat"],
                 batch["quicktok flat"],
-                _peer_name("quicktok encode_batch", differs["quicktok flat"], n),
-                threads=threads,
-                peer="quicktok",
-                differs=differs["quicktok flat"],
-                **info,
+                "quicktok",
+                "quicktok encode_batch",
+                "quicktok flat",
+                threads,
             )
         )
     if fast is not None:
         out.append(
-            row(
-                SECTION,
-                f"{what}, 1 thread, against fastokens",
-                "MB/s",
+            peer_row(
+                "1 thread, against fastokens",
                 fast["ours"],
                 fast["fastokens"],
-                _peer_name("fastokens", differs["fastokens"], n),
-                threads=1,
-                peer="fastokens",
-                differs=differs["fastokens"],
-                **info,
+                "fastokens",
+                "fastokens",
+                "fastokens",
+                1,
             )
         )
     return out

@@ -208,6 +208,13 @@ def _pooled(make: Callable) -> Callable:
     return make
 
 
+#: fastokens' forms, the same for both of its builds.
+_FASTOKENS_FORMS = {
+    PER_DOC: _per_doc_ids("encode"),
+    LISTS: _pooled(_batch_ids("encode_batch")),
+    FLAT: _pooled(lambda e, docs, t: lambda: e.encode_batch_flat(docs)),
+}
+
 PEERS = (
     Peer(
         "tiktoken",
@@ -245,11 +252,7 @@ PEERS = (
         "fastokens",
         "fastokens",
         _fastokens,
-        {
-            PER_DOC: _per_doc_ids("encode"),
-            LISTS: _pooled(_batch_ids("encode_batch")),
-            FLAT: _pooled(lambda e, docs, t: lambda: e.encode_batch_flat(docs)),
-        },
+        _FASTOKENS_FORMS,
         # Its word cache outlives calls (the same 1 MB of English runs 1.4x
         # faster the second time) and cannot be emptied: a new one per round.
         fresh=lambda enc, ctx: _fastokens(ctx),
@@ -262,11 +265,7 @@ PEERS = (
         "fastokens",
         "fastokens",
         _fastokens_hf,
-        {
-            PER_DOC: _per_doc_ids("encode"),
-            LISTS: _pooled(_batch_ids("encode_batch")),
-            FLAT: _pooled(lambda e, docs, t: lambda: e.encode_batch_flat(docs)),
-        },
+        _FASTOKENS_FORMS,
         fresh=lambda enc, ctx: _fastokens_hf(ctx),
     ),
     Peer(
