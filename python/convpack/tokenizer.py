@@ -97,6 +97,9 @@ class Tokenizer:
         #: The Hugging Face file this tokenizer came from (see :meth:`from_hf`).
         self._hf: Optional[Any] = None
         self._hf_splitter: Optional[Any] = None
+        #: Splits a text on added tokens for the exact path (the flagged
+        #: splitter, or a plain one when the normalizer is NFC), made once.
+        self._hf_segmenter: Optional[Any] = None
 
     # ----------------------------------------------------------- constructors
 
@@ -344,6 +347,7 @@ class Tokenizer:
         tok = cls(core)
         tok._hf = vocab
         tok._hf_splitter = None if vocab.plain_added else hf.AddedSplitter(vocab.added, vocab.nfc)
+        tok._hf_segmenter = tok._hf_splitter or (hf.AddedSplitter(vocab.added, True) if vocab.nfc else None)
         core.set_template_nfc(vocab.nfc)
         return tok
 
@@ -370,16 +374,31 @@ class Tokenizer:
         if self._hf_splitter is None and not (hfv.nfc and not unicodedata.is_normalized("NFC", text)):
             ids = _core.hf_encode(self._core, text)
         else:
-            from . import hf
-
-            splitter = self._hf_splitter or hf.AddedSplitter(hfv.added, hfv.nfc)
             ids = []
-            for seg, tid in splitter.segments(text):
+            for seg, tid in self._hf_segmenter.segments(text):
                 if tid is not None:
                     ids.append(tid)
                 elif seg:
                     ids.extend(self._core.encode_ordinary(seg))
         return self._hf_with_template(ids) if add_special_tokens else ids
+
+    def _hf_exact_rows(self, texts: Sequence[str], num_threads: Optional[int]) -> list:
+        """:meth:`_hf_encode`'s exact path for many texts (all str): each
+        split on added tokens and normalized in Python, then every ordinary
+        segment of them all encoded in one batch on every thread."""
+        split = [self._hf_segmenter.segments(t) for t in texts]
+        plain = [seg for segs in split for seg, tid in segs if tid is None and seg]
+        encoded = iter(self._core.encode_ordinary_batch(plain, _threads(num_threads)))
+        rows = []
+        for segs in split:
+            ids: list = []
+            for seg, tid in segs:
+                if tid is not None:
+                    ids.append(tid)
+                elif seg:
+                    ids.extend(next(encoded))
+            rows.append(ids)
+        return rows
 
     def _hf_with_template(self, ids: list) -> list:
         hfv = self._hf
@@ -715,7 +734,8 @@ class Tokenizer:
         if isinstance(text, (list, tuple)):
             if self._hf_splitter is not None:
                 _check_strs(text)
-                return [self._hf_encode(t, add_special_tokens) for t in text]
+                rows = self._hf_exact_rows(text, num_threads)
+                return [self._hf_with_template(r) for r in rows] if add_special_tokens else rows
             # Texts the normalizer changes take the exact per-segment path;
             # the rest are encoded on every thread.
             slow = set()
@@ -726,7 +746,9 @@ class Tokenizer:
                 quick = _core.hf_encode_batch(
                     self._core, [t for i, t in enumerate(text) if i not in slow], _threads(num_threads))
                 rest = iter(quick)
-                rows = [self._hf_encode(t) if i in slow else next(rest) for i, t in enumerate(text)]
+                order = sorted(slow)
+                exact = dict(zip(order, self._hf_exact_rows([text[i] for i in order], num_threads)))
+                rows = [exact[i] if i in slow else next(rest) for i in range(len(text))]
             else:
                 rows = _core.hf_encode_batch(self._core, text, _threads(num_threads))
             if add_special_tokens:
@@ -795,7 +817,7 @@ class Tokenizer:
         # flags) take encode's exact path; the rest are encoded on every
         # thread; then one flat array in the texts' order.
         _check_strs(texts)
-        rows = {i: self._hf_encode(texts[i]) for i in slow}
+        rows = dict(zip(slow, self._hf_exact_rows([texts[i] for i in slow], num_threads)))
         quick = [i for i in range(len(texts)) if i not in rows]
         q_ids, q_offsets = _core.hf_encode_flat(self._core, [texts[i] for i in quick], threads)
         lengths = np.empty(len(texts), np.int64)
@@ -1067,7 +1089,7 @@ class Tokenizer:
         if "hf" in state:
             built = Tokenizer._of_hf_vocabulary(state["hf"])
             self.__init__(built._core)
-            self._hf, self._hf_splitter = built._hf, built._hf_splitter
+            self._hf, self._hf_splitter, self._hf_segmenter = built._hf, built._hf_splitter, built._hf_segmenter
             return
         self.__init__(
             _core.CoreTokenizer.from_ranks(state["ranks"], state["special_tokens"], state["pattern"])
