@@ -370,17 +370,19 @@ class Tokenizer:
         return None if self._hf is None else self._hf.chat_template
 
     def _hf_encode(self, text: str, add_special_tokens: bool = False) -> list:
-        hfv = self._hf
-        if self._hf_splitter is None and not (hfv.nfc and not unicodedata.is_normalized("NFC", text)):
-            ids = _core.hf_encode(self._core, text)
+        if self._hf_needs_exact(text):
+            ids = self._hf_exact_rows([text], 1)[0]
         else:
-            ids = []
-            for seg, tid in self._hf_segmenter.segments(text):
-                if tid is not None:
-                    ids.append(tid)
-                elif seg:
-                    ids.extend(self._core.encode_ordinary(seg))
+            ids = _core.hf_encode(self._core, text)
         return self._hf_with_template(ids) if add_special_tokens else ids
+
+    def _hf_needs_exact(self, text: Any) -> bool:
+        """Whether a str takes :meth:`_hf_exact_rows` rather than the core's
+        own split on added tokens: its added tokens have flags, or the
+        normalizer (NFC) changes the text."""
+        return self._hf_splitter is not None or (
+            self._hf.nfc and type(text) is str and not unicodedata.is_normalized("NFC", text)
+        )
 
     def _hf_exact_rows(self, texts: Sequence[str], num_threads: Optional[int]) -> list:
         """:meth:`_hf_encode`'s exact path for many texts (all str): each
@@ -732,23 +734,16 @@ class Tokenizer:
         if isinstance(text, str):
             return self._hf_encode(text, add_special_tokens)
         if isinstance(text, (list, tuple)):
-            if self._hf_splitter is not None:
-                _check_strs(text)
-                rows = self._hf_exact_rows(text, num_threads)
-                return [self._hf_with_template(r) for r in rows] if add_special_tokens else rows
-            # Texts the normalizer changes take the exact per-segment path;
-            # the rest are encoded on every thread.
-            slow = set()
-            if self._hf.nfc:
-                slow = {i for i, t in enumerate(text) if type(t) is str and not unicodedata.is_normalized("NFC", t)}
+            # Texts that need the exact path take it (their segments on every
+            # thread); the rest are encoded on every thread by the core.
+            slow = [i for i, t in enumerate(text) if self._hf_needs_exact(t)]
             if slow:
                 _check_strs(text)  # positions in the caller's list, not the quick one's
+                exact = dict(zip(slow, self._hf_exact_rows([text[i] for i in slow], num_threads)))
                 quick = _core.hf_encode_batch(
-                    self._core, [t for i, t in enumerate(text) if i not in slow], _threads(num_threads))
+                    self._core, [t for i, t in enumerate(text) if i not in exact], _threads(num_threads))
                 rest = iter(quick)
-                order = sorted(slow)
-                exact = dict(zip(order, self._hf_exact_rows([text[i] for i in order], num_threads)))
-                rows = [exact[i] if i in slow else next(rest) for i in range(len(text))]
+                rows = [exact[i] if i in exact else next(rest) for i in range(len(text))]
             else:
                 rows = _core.hf_encode_batch(self._core, text, _threads(num_threads))
             if add_special_tokens:
@@ -807,15 +802,11 @@ class Tokenizer:
         if isinstance(texts, str) or not (self._hf_splitter is not None or hfv.nfc):
             return _core.hf_encode_flat(self._core, texts, threads)
         texts = texts if isinstance(texts, (list, tuple)) else list(texts)
-        if self._hf_splitter is not None:
-            slow = range(len(texts))  # added tokens with flags: every text
-        else:
-            slow = [i for i, t in enumerate(texts) if type(t) is str and not unicodedata.is_normalized("NFC", t)]
+        slow = [i for i, t in enumerate(texts) if self._hf_needs_exact(t)]
         if not slow:
             return _core.hf_encode_flat(self._core, texts, threads)
-        # Texts the normalizer changes (or every text, for added tokens with
-        # flags) take encode's exact path; the rest are encoded on every
-        # thread; then one flat array in the texts' order.
+        # As in encode_hf: the exact path where needed, the core's on every
+        # thread for the rest; then one flat array in the texts' order.
         _check_strs(texts)
         rows = dict(zip(slow, self._hf_exact_rows([texts[i] for i in slow], num_threads)))
         quick = [i for i in range(len(texts)) if i not in rows]
@@ -856,9 +847,7 @@ class Tokenizer:
         # tokenizers does, so its ids are tokenizers' unless the text needs
         # the normalizer or an added token's flags.
         ids = self._core.encode(text, self._allowed(allowed_special))
-        if self._hf_splitter is None and not (self._hf.nfc and not unicodedata.is_normalized("NFC", text)):
-            return ids
-        return self._hf_encode(text)
+        return self._hf_encode(text) if self._hf_needs_exact(text) else ids
 
     @staticmethod
     def _allowed(allowed_special) -> Union[str, list]:
