@@ -132,6 +132,16 @@ def interleaved(makers: dict, amount: float, repeats: int, warmup: bool = True) 
     return {name: amount / seconds for name, seconds in best.items()}
 
 
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def note(section: str, text: str) -> dict:
     """A row that carries a note for the report instead of a timing (a case
     not run because a package is missing, where the text came from).

@@ -45,7 +45,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from .common import check_identical, cold_cache, cpu_count, interleaved, note, row
+from .common import check_identical, cold_cache, cpu_count, installed, interleaved, note, row
 from .hf_files import FAMILIES, built_directory, family_available, ranks_and_specials
 from .texts import CORPORA, corpus
 
@@ -132,15 +132,6 @@ def run(quick: bool = False, families: tuple = FAMILIES, corpora: Optional[tuple
     return rows
 
 
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 class _Peers:
     """The other exact encoders of one family's file that are installed."""
 
@@ -149,13 +140,13 @@ class _Peers:
         self.notes: list = []
         self.quicktok = None
         self.fastokens = False
-        if _installed("quicktok"):
+        if installed("quicktok"):
             import quicktok
 
             self.quicktok = quicktok.get_encoding(QUICKTOK_NAMES[family])
         else:
             self.notes.append(note(SECTION, f"{family}: no quicktok rows: pip install quicktok-v1"))
-        if not _installed("fastokens"):
+        if not installed("fastokens"):
             self.notes.append(note(SECTION, f"{family}: no fastokens rows: pip install fastokens"))
         elif quick:
             self.notes.append(

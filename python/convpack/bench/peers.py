@@ -57,7 +57,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .common import BenchmarkMismatch, cl100k_path, cold_cache, cpu_count, interleaved, note
+from .common import (
+    BenchmarkMismatch,
+    cl100k_path,
+    cold_cache,
+    cpu_count,
+    installed,
+    interleaved,
+    note,
+)
 from .texts import CORPORA, corpus
 
 __all__ = ["PEERS", "Peer", "run"]
@@ -301,15 +309,6 @@ PEERS = (
 )
 
 
-def _installed(peer: Peer) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(peer.module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def measure(
     quick: bool,
     batch_threads: int,
@@ -351,7 +350,7 @@ def measure(
     for peer in PEERS:
         if peers is not None and peer.name not in peers and peer.name != "tiktoken":
             continue
-        if not _installed(peer):
+        if not installed(peer.module):
             if per_document:  # say it once, not from the child too
                 rows.append(
                     note(
